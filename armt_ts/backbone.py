@@ -1,0 +1,126 @@
+"""ARMT: a small pre-norm transformer whose every layer carries an associative memory across segments.
+
+A sequence of tokens [B, S, D] is cut into segments of T = config.segment_length tokens (the last may be
+shorter). Each segment gets the same M learned memory tokens appended at its END; attention is causal,
+so content tokens never see their own segment's memory tokens. Per layer l and segment s:
+
+    h <- h + read_l(h; A_l, z_l)          (skipped on the first segment: the memory is empty)
+    h <- block_l(h)
+    A_l, z_l <- write_l(h[:, -M:]; A_l, z_l)
+
+Only (A_l, z_l) cross segment boundaries, and layer l reads and writes only its own memory, so layer l
+of segment s depends on layer l of segment s-1 and layer l-1 of segment s (what diagonal batching uses).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ARMTConfig
+from .memory import AssociativeMemory
+from .state import MemoryState
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)); causal self-attention."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
+        # (B, nh, N, hs)
+        q, k, v = (t.view(B, N, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        drop = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        x = x + F.dropout(self.proj(att.transpose(1, 2).reshape(B, N, D)), drop, self.training)
+        return x + F.dropout(self.mlp(self.ln2(x)), drop, self.training)
+
+
+class ARMT(nn.Module):
+    """Associative Recurrent Memory Transformer backbone: ``y, state = model(x, state)``.
+
+    x [B, S, D] token embeddings -> y [B, S, D] (final layer norm applied), any S >= 1.
+    ``state=None`` starts from an empty memory (first-segment rules: no read, vbar = 0, gamma = 1).
+    """
+
+    def __init__(self, config: ARMTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.mem_tokens = nn.Parameter(torch.randn(c.num_mem_tokens, c.d_model) * 0.02)
+        self.pos = nn.Parameter(torch.randn(c.segment_length + c.num_mem_tokens, c.d_model) * 0.02) if c.positional else None
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.d_ff, c.dropout) for _ in range(c.n_layers))
+        self.memories = nn.ModuleList(AssociativeMemory(c) for _ in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.d_model)
+
+    def _segment_input(self, x: Tensor, with_memory: bool = True) -> Tensor:
+        """[B, t, D] content (t <= T) -> [B, t + M, D] with positions and memory tokens appended."""
+        c = self.config
+        B, t, _ = x.shape
+        if self.pos is not None:
+            x = x + self.pos[:t]
+        if not with_memory:
+            return x
+        mem = self.mem_tokens
+        if self.pos is not None:
+            mem = mem + self.pos[c.segment_length :]
+        return torch.cat([x, mem.unsqueeze(0).expand(B, -1, -1)], dim=1)
+
+    def segment_step(self, x: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState]:
+        """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer."""
+        c = self.config
+        B, t, _ = x.shape
+        if t > c.segment_length:
+            raise ValueError(f"segment has {t} tokens, more than segment_length={c.segment_length}")
+        first = state is None
+        if first:
+            state = MemoryState.zeros(c, B, device=x.device)
+        h = self._segment_input(x)
+        A, z = list(state.A), list(state.z)
+        for l, (block, memory) in enumerate(zip(self.blocks, self.memories)):
+            if not first:
+                h = memory.read(h, A[l], z[l])
+            h = block(h)
+            A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first)
+        return self.ln_f(h[:, :t]), MemoryState(tuple(A), tuple(z))
+
+    def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+        """x [B, S, D] -> (y [B, S, D], state after the last segment). Segments run sequentially.
+
+        With config.tbptt_segments = k the carried state is detached every k segments of this call
+        (truncated backpropagation through time); the values are unchanged.
+        """
+        c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.d_model:
+            raise ValueError(f"expected x of shape [B, S, {c.d_model}], got {tuple(x.shape)}")
+        ys = []
+        for s, start in enumerate(range(0, x.shape[1], c.segment_length)):
+            if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:
+                state = state.detach()
+            y, state = self.segment_step(x[:, start : start + c.segment_length], state)
+            ys.append(y)
+        return torch.cat(ys, dim=1), state
+
+    def forward_without_memory(self, x: Tensor) -> Tensor:
+        """The same transformer run segment by segment with no memory tokens and no reads or writes.
+
+        The no-memory peer, and the reference for "an untrained ARMT (W_v = 0) equals the plain model".
+        """
+        ys = []
+        for start in range(0, x.shape[1], self.config.segment_length):
+            h = self._segment_input(x[:, start : start + self.config.segment_length], with_memory=False)
+            for block in self.blocks:
+                h = block(h)
+            ys.append(self.ln_f(h))
+        return torch.cat(ys, dim=1)

@@ -1,0 +1,195 @@
+"""Configuration: one frozen dataclass per concern, validated in ``__post_init__``.
+
+Modules take a config object, never loose hyperparameters, so a value lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration field has a value the model cannot use; the message names the field."""
+
+
+def _check(cond: bool, cls: str, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{cls}.{field}: {msg}")
+
+
+@dataclass(frozen=True)
+class ARMTConfig:
+    """The ARMT backbone (DESIGN.md section 2). Defaults are a small CPU-friendly model."""
+
+    d_model: int = 64  # D, width of every token
+    n_layers: int = 2  # transformer blocks; each owns one associative memory (A_l, z_l)
+    n_heads: int = 4  # attention heads of the transformer block
+    d_ff: int = 256  # hidden width of the block's MLP
+    dropout: float = 0.0
+    segment_length: int = 16  # T, content tokens per segment
+    num_mem_tokens: int = 4  # M, write-only memory tokens appended at the END of each segment
+    d_mem: int = 32  # r, width of W_q / W_k outputs before the DPFP feature map
+    nu: int = 3  # DPFP order; feature size K = 2 * nu * d_mem
+    eps: float = 1e-5  # the paper's epsilon in the read / write denominators
+    # Post-paper options, all off by default (the defaults reproduce the paper's memory exactly).
+    memory_heads: int = 1  # >1: split D and the keys into independent associative memories
+    phi_l2norm: bool = False  # divide phi(x) by its L2 norm
+    beta_per_channel: bool = False  # beta is a vector over the value channels instead of a scalar
+    # Training: detach the carried state every `tbptt_segments` segments (None = full BPTT).
+    tbptt_segments: int | None = None
+    ops_backend: Literal["fused", "naive"] = "fused"  # naive is the slow reference (ops/naive.py)
+    positional: bool = True  # learned in-segment positions (content 0..T-1, memory T..T+M-1)
+
+    def __post_init__(self) -> None:
+        c = "ARMTConfig"
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "segment_length", "d_mem", "nu", "memory_heads"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, c, name,
+                   f"must be a positive int, got {getattr(self, name)!r}")
+        _check(isinstance(self.num_mem_tokens, int) and self.num_mem_tokens >= 1, c, "num_mem_tokens",
+               f"must be an int >= 1, got {self.num_mem_tokens!r}")
+        _check(self.d_model % self.n_heads == 0, c, "n_heads",
+               f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        _check(self.d_model % self.memory_heads == 0, c, "memory_heads",
+               f"d_model={self.d_model} is not divisible by memory_heads={self.memory_heads}")
+        _check(0.0 <= self.dropout < 1.0, c, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _check(self.eps > 0, c, "eps", f"must be > 0, got {self.eps!r}")
+        _check(self.tbptt_segments is None or (isinstance(self.tbptt_segments, int) and self.tbptt_segments >= 1),
+               c, "tbptt_segments", f"must be None or an int >= 1, got {self.tbptt_segments!r}")
+        _check(self.ops_backend in ("fused", "naive"), c, "ops_backend",
+               f"must be 'fused' or 'naive', got {self.ops_backend!r}")
+
+    @property
+    def d_key(self) -> int:
+        """K, the DPFP feature size."""
+        return 2 * self.nu * self.d_mem
+
+    @property
+    def d_head(self) -> int:
+        """Value width of one memory head."""
+        return self.d_model // self.memory_heads
+
+    def replace(self, **changes: Any) -> "ARMTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ARMTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"ARMTConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class _ConfigMethods:
+    """replace / to_dict / from_dict for the configs below (the same contract as ARMTConfig's)."""
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def _check_positive_ints(obj: Any, cls: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, cls, name,
+               f"must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PatchConfig(_ConfigMethods):
+    """The patch embedder (DESIGN.md section 3): a series [B, T, C] becomes N patch tokens per channel or per step."""
+
+    n_channels: int = 1  # C, channels of the input series
+    d_model: int = 64  # D, token width; must equal the backbone's ARMTConfig.d_model
+    patch_len: int = 16  # P, time steps per patch
+    stride: int = 16  # S, steps between patch starts; S < P overlaps patches (S > P would skip steps)
+    mode: Literal["independent", "mixing"] = "independent"  # one token per (patch, channel) / per patch
+    # Learned per-channel vector added to each token. None picks the mode's default: on for "independent"
+    # (tokens of different channels must differ), off for "mixing", which has no per-channel tokens and
+    # identifies a channel by its input columns; True with "mixing" is rejected rather than ignored.
+    channel_embedding: bool | None = None
+
+    def __post_init__(self) -> None:
+        c = "PatchConfig"
+        _check_positive_ints(self, c, ("n_channels", "d_model", "patch_len", "stride"))
+        _check(self.stride <= self.patch_len, c, "stride",
+               f"must be <= patch_len={self.patch_len} (a larger stride skips time steps), got {self.stride}")
+        _check(self.mode in ("independent", "mixing"), c, "mode",
+               f"must be 'independent' or 'mixing', got {self.mode!r}")
+        _check(self.channel_embedding is None or isinstance(self.channel_embedding, bool), c, "channel_embedding",
+               f"must be None, True or False, got {self.channel_embedding!r}")
+        _check(not (self.mode == "mixing" and self.channel_embedding is True), c, "channel_embedding",
+               "mode='mixing' has one token per patch, so there is no channel token to embed; use None or False")
+        if self.channel_embedding is None:
+            object.__setattr__(self, "channel_embedding", self.mode == "independent")
+
+
+@dataclass(frozen=True)
+class EventConfig(_ConfigMethods):
+    """The event embedder (DESIGN.md section 3): one token per event (type, entity, value, time gap)."""
+
+    n_types: int = 16  # event types are ids in [0, n_types)
+    entity_buckets: int = 4096  # entities are hashed (embed.hash_entity) into ids in [0, entity_buckets)
+    d_model: int = 64  # D, token width; must equal the backbone's ARMTConfig.d_model
+    gap_frequencies: int = 8  # sinusoidal frequencies applied to log1p(time gap in seconds)
+    # log1p(gap) at which the slowest sinusoid completes half a period, so its cosine is monotone over the
+    # range that matters: log1p(one year in seconds) is about 17.3.
+    max_log_gap: float = 20.0
+
+    def __post_init__(self) -> None:
+        c = "EventConfig"
+        _check_positive_ints(self, c, ("n_types", "entity_buckets", "d_model", "gap_frequencies"))
+        _check(isinstance(self.max_log_gap, (int, float)) and self.max_log_gap > 0, c, "max_log_gap",
+               f"must be > 0, got {self.max_log_gap!r}")
+
+
+@dataclass(frozen=True)
+class HeadConfig(_ConfigMethods):
+    """A forecasting head (DESIGN.md section 3): a representation -> forecasts for H steps and C channels."""
+
+    kind: Literal["point", "quantile", "student_t", "normal", "laplace"] = "point"
+    horizon: int = 24  # H, forecast steps
+    n_channels: int = 1  # C, forecast channels
+    d_model: int = 64  # D, width of the representation
+    # True: the representation is [B, C, D], one vector per channel, and the projection is shared by all
+    # channels (channel-independent). False: it is [B, D], one summary, and the projection has H * C
+    # outputs per feature, so it grows with C (prefer per-channel representations for many channels).
+    per_channel: bool = True
+    step_features: int = 8  # features per (step, channel) between the shared projection and the output
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # kind="quantile": the learned levels, increasing
+    point_loss: Literal["mse", "mae"] = "mse"  # kind="point": the training loss
+
+    def __post_init__(self) -> None:
+        c = "HeadConfig"
+        _check(self.kind in ("point", "quantile", "student_t", "normal", "laplace"), c, "kind",
+               f"must be one of 'point', 'quantile', 'student_t', 'normal', 'laplace', got {self.kind!r}")
+        _check_positive_ints(self, c, ("horizon", "n_channels", "d_model", "step_features"))
+        _check(isinstance(self.per_channel, bool), c, "per_channel", f"must be a bool, got {self.per_channel!r}")
+        _check(self.point_loss in ("mse", "mae"), c, "point_loss",
+               f"must be 'mse' or 'mae', got {self.point_loss!r}")
+        # A list (e.g. from JSON) becomes a tuple, so the config stays hashable and round-trips.
+        _check(isinstance(self.quantiles, (tuple, list)) and len(self.quantiles) > 0, c, "quantiles",
+               f"must be a non-empty sequence of levels, got {self.quantiles!r}")
+        _check(all(isinstance(q, (int, float)) and not isinstance(q, bool) for q in self.quantiles), c,
+               "quantiles", f"every level must be a number, got {self.quantiles!r}")
+        qs = tuple(float(q) for q in self.quantiles)
+        object.__setattr__(self, "quantiles", qs)
+        _check(all(0.0 < q < 1.0 for q in qs), c, "quantiles", f"every level must be in (0, 1), got {qs}")
+        _check(all(a < b for a, b in zip(qs, qs[1:])), c, "quantiles", f"must be strictly increasing, got {qs}")
+        # point() of a quantile head is the median, interpolated between learned levels.
+        _check(qs[0] <= 0.5 <= qs[-1], c, "quantiles", f"must bracket the median 0.5, got {qs}")

@@ -1,0 +1,64 @@
+"""Typed errors of the data layer: every rejection names the file, the row and the column.
+
+Readers never let a polars / pyarrow exception escape: they catch it and raise one of these, so a
+caller can ``except DataError`` and a user reads where the problem is and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A file or frame the data layer cannot accept.
+
+    Attributes:
+        file: the path as given (or ``"<frame>"`` for an in-memory frame).
+        row: 1-based data row as the user counts it: the first row after the CSV header is row 1
+            (line 2 of a plain CSV file; a quoted cell that spans lines shifts the line number, not
+            the row). ``None`` when the problem is not about one row (a missing column, say).
+        column: the column name exactly as in the file, or ``None`` for a whole-file problem.
+        problem: what is wrong, in words.
+        expected: what the reader wanted instead.
+    """
+
+    def __init__(self, problem: str, *, file: str, row: int | None = None, column: str | None = None,
+                 expected: str) -> None:
+        self.file = file
+        self.row = row
+        self.column = column
+        self.problem = problem
+        self.expected = expected
+        where = [f"file {file!r}"]
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        super().__init__(f"{', '.join(where)}: {problem}; expected {expected}")
+
+
+class FormatError(DataError):
+    """The file itself cannot be read as a table: unknown suffix, ragged CSV, not UTF-8, corrupt Parquet."""
+
+
+class SchemaError(DataError):
+    """A column is missing, duplicated, unexpected, or has a type the reader cannot use."""
+
+
+class TimestampError(DataError):
+    """A timestamp is missing, unparseable, in another time zone or unit, or off the regular grid."""
+
+
+class UnsortedTimeError(TimestampError):
+    """Time goes backwards (within an entity, for long files) and ``sort=False``."""
+
+
+class DuplicateTimestampError(TimestampError):
+    """The same timestamp occurs twice (per entity and channel) and no ``aggregate`` was asked for."""
+
+
+class ValueParseError(DataError):
+    """A value cell is not a number (or, for events, a required id cell is empty)."""
+
+
+class NonFiniteValueError(ValueParseError):
+    """A value cell is +inf or -inf. Infinities are rejected rather than masked: they are almost
+    always a sensor or export fault the user should see, whereas NaN / empty cells mean 'missing'."""

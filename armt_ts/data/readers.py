@@ -1,0 +1,571 @@
+"""Readers for wide, long and event tables (DESIGN section 6): CSV or Parquet by suffix, or an in-memory
+polars / pandas frame.
+
+- wide: a timestamp column + one numeric column per channel (ETT, Weather)  -> TimeSeriesFrame [T, C]
+- long: timestamp, series/entity id, [channel], value                        -> TimeSeriesFrame [N, T, C]
+- events: timestamp, entity, event_type, [value]                            -> sorted polars DataFrame
+
+Files are scanned lazily (``pl.scan_csv`` / ``pl.scan_parquet``) and only the needed columns are read.
+CSV cells are read as text, so a bad cell is reported with its exact row, column and content.
+
+Cell rules, the same for every reader:
+- empty cells and ``NaN`` / ``nan`` / ``NA`` / ``N/A`` / ``null`` / ``None`` (any case) are missing: mask 0;
+- +-inf is rejected (NonFiniteValueError): a fault to see, not a missing value to hide;
+- any other non-number is rejected (ValueParseError);
+- a CSV row with fewer fields than the header has its trailing cells missing; one with more is rejected.
+
+Time rules (wide and long): timestamps must be non-decreasing (per series and channel for long files)
+unless ``sort=True``; a repeated timestamp is rejected unless ``aggregate`` is given; the regular grid
+runs from the first to the last timestamp at ``freq`` (given, or the most common step); timestamps off
+that grid are rejected; grid steps with no row are unobserved (mask 0), never interpolated.
+Every rejection is a :class:`~armt_ts.data.errors.DataError` naming file, row and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError,
+                                 SchemaError, TimestampError, UnsortedTimeError, ValueParseError)
+from armt_ts.data.frame import TimeSeriesFrame
+from armt_ts.data.timegrid import (Freq, infer_step, parse_freq, parse_timestamps, place_on_grid, show_time,
+                                   step_to_freq)
+
+Source = Union[str, os.PathLike, pl.DataFrame, pl.LazyFrame, pd.DataFrame]
+Aggregate = Literal["mean", "last", "first", "sum"]
+
+_MISSING_TEXT = ["", "nan", "-nan", "+nan", "na", "n/a", "null", "none"]
+_TIME_NAMES = ("timestamp", "datetime", "date", "time")
+_ID_NAMES = ("series_id", "series", "entity_id", "entity", "item_id", "id")
+_CHANNEL_NAMES = ("channel", "variable", "feature", "metric")
+_VALUE_NAMES = ("value", "target")
+_EVENT_TYPE_NAMES = ("event_type", "type", "event")
+_AGGREGATES = ("mean", "last", "first", "sum")
+_CSV_SUFFIXES = (".csv",)
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_EXPECTED_NUMBER = "a decimal number, or an empty cell / NaN for a missing value"
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A lazily scanned table: ``names`` exactly as in the source, ``csv_path`` to diagnose parse errors."""
+
+    lazy: pl.LazyFrame
+    file: str
+    names: list[str]
+    csv_path: Path | None = None
+
+
+def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequence[str] | None = None,
+              freq: str | None = None, aggregate: Aggregate | None = None, sort: bool = False,
+              time_unit: str | None = None, time_format: str | None = None) -> TimeSeriesFrame:
+    """Read a wide table (timestamp + one numeric column per channel) onto a regular grid.
+
+    Args:
+        source: path to a .csv / .parquet file, or a polars / pandas frame (a pandas DatetimeIndex
+            becomes the timestamp column).
+        timestamp: the time column; by default the first column named timestamp / datetime / date /
+            time (any case), else the first column if it holds dates or ISO date strings (epoch numbers
+            are only taken from a named or given column).
+        channels: channel columns, in this order; default every other column.
+        freq: grid step as a polars duration ("1h", "10m"); default the most common step.
+        aggregate: how to merge rows with the same timestamp ("mean" | "last" | "first" | "sum",
+            over the observed cells only; a channel with no observed cell stays missing).
+            None: repeated timestamps raise DuplicateTimestampError.
+        sort: sort rows by time (stably) instead of raising UnsortedTimeError.
+        time_unit: unit of epoch-number timestamps ("s" | "ms" | "us" | "ns"); default by magnitude.
+        time_format: strptime format for text timestamps that are not ISO-like.
+    Returns:
+        TimeSeriesFrame with values / observed [T, C].
+    """
+    _check_aggregate(aggregate)
+    given = parse_freq(freq) if freq is not None else None
+    table = _open(source)
+    ts = _timestamp_column(table, timestamp)
+    if channels is None:
+        chans = [c for c in table.names if c != ts]
+    else:
+        chans = list(channels)
+        for c in chans:
+            _find(table, c, (), "channel", "channels")
+        _check_distinct(table, [ts, *chans])
+    if not chans:
+        raise SchemaError("there is no channel column", file=table.file, column=None,
+                          expected="a timestamp column and at least one numeric column")
+    df = _collect(table, [ts, *chans])
+    t = parse_timestamps(df.to_series(0), file=table.file, column=ts, time_unit=time_unit,
+                         time_format=time_format)
+    v = np.stack([_numeric(df.to_series(j + 1), file=table.file, column=c) for j, c in enumerate(chans)], axis=1)
+    rows = np.arange(1, df.height + 1, dtype=np.int64)
+    t, rows, v, _, merged = _order_and_dedupe(t, rows, v, None, sort=sort, aggregate=aggregate,
+                                              file=table.file, column=ts, label=lambda g: "")
+    grid_freq = given or _inferred_freq(t, None, table.file, ts)
+    grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
+    ok = ~np.isnan(v)
+    values = np.zeros((grid.size, len(chans)), dtype=np.float32)
+    observed = np.zeros_like(values)
+    values[pos] = np.where(ok, v, 0.0)
+    observed[pos] = ok
+    rows_per_step = np.zeros(grid.size, dtype=np.int64)
+    rows_per_step[pos] = merged
+    return TimeSeriesFrame(grid.view("datetime64[ns]"), values, observed, chans, grid_freq.text, table.file,
+                           rows_per_step=rows_per_step)
+
+
+def read_long(source: Source, *, timestamp: str | None = None, series_id: str | None = None,
+              channel: str | None = None, value: str | None = None, freq: str | None = None,
+              aggregate: Aggregate | None = None, sort: bool = False, time_unit: str | None = None,
+              time_format: str | None = None) -> TimeSeriesFrame:
+    """Read a long table (timestamp, series id, [channel], value) into one [N, T, C] frame.
+
+    Column names default to the first present of: timestamp as in :func:`read_wide`; series id
+    series_id / series / entity_id / entity / item_id / id; channel channel / variable / feature /
+    metric (optional: without it there is one channel named after the value column); value value /
+    target. Any other column is rejected (SchemaError). Series ids and channels keep their order of
+    first appearance. All series share one grid from the earliest to the latest timestamp (see
+    :class:`TimeSeriesFrame`). Time must be non-decreasing within each (series, channel) unless
+    ``sort=True``; a repeated (series, channel, timestamp) raises unless ``aggregate`` is given.
+    Other arguments as in :func:`read_wide`.
+
+    Returns:
+        TimeSeriesFrame with values / observed [N, T, C] and ``series_ids`` (N).
+    """
+    _check_aggregate(aggregate)
+    given = parse_freq(freq) if freq is not None else None
+    table = _open(source)
+    ts = _timestamp_column(table, timestamp)
+    sid = _find(table, series_id, _ID_NAMES, "series id", "series_id")
+    ch = _find(table, channel, _CHANNEL_NAMES, "channel", "channel", required=False)
+    val = _find(table, value, _VALUE_NAMES, "value", "value")
+    used = [c for c in (ts, sid, ch, val) if c is not None]
+    _check_columns(table, used, "timestamp, series id, [channel], value")
+    df = _collect(table, used)
+    t = parse_timestamps(df.get_column(ts), file=table.file, column=ts, time_unit=time_unit,
+                         time_format=time_format)
+    v = _numeric(df.get_column(val), file=table.file, column=val)[:, None]
+    ids, series_ids = _codes(_labels(df.get_column(sid), file=table.file, column=sid, role="series id"))
+    if ch is None:
+        chan_codes, chans = np.zeros(df.height, dtype=np.int64), [val]
+    else:
+        chan_codes, chans = _codes(_labels(df.get_column(ch), file=table.file, column=ch, role="channel"))
+    n_chan = len(chans)
+    rows = np.arange(1, df.height + 1, dtype=np.int64)
+    t, rows, v, g, _ = _order_and_dedupe(
+        t, rows, v, ids * n_chan + chan_codes, sort=sort, aggregate=aggregate, file=table.file, column=ts,
+        label=lambda g: f" in series {series_ids[g // n_chan]!r}, channel {chans[g % n_chan]!r}")
+    grid_freq = given or _inferred_freq(t, g, table.file, ts)
+    grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
+    ok = ~np.isnan(v[:, 0])
+    values = np.zeros((len(series_ids), grid.size, n_chan), dtype=np.float32)
+    observed = np.zeros_like(values)
+    values[g // n_chan, pos, g % n_chan] = np.where(ok, v[:, 0], 0.0)
+    observed[g // n_chan, pos, g % n_chan] = ok
+    return TimeSeriesFrame(grid.view("datetime64[ns]"), values, observed, chans, grid_freq.text, table.file,
+                           series_ids=series_ids)
+
+
+def read_events(source: Source, *, timestamp: str | None = None, entity: str | None = None,
+                event_type: str | None = None, value: str | None = None, sort: bool = False,
+                time_unit: str | None = None, time_format: str | None = None) -> pl.DataFrame:
+    """Read an event table (timestamp, entity, event_type, [value]), validated and sorted by time.
+
+    Column names default to the first present of: timestamp as in :func:`read_wide`; entity as the
+    series id of :func:`read_long`; event_type / type / event; value (optional). Any other column is
+    rejected. Events are irregular by nature: no grid, and several events may share a timestamp.
+    Empty entity or event_type cells are rejected; an empty / NaN value is null. Time must be
+    non-decreasing in file order unless ``sort=True`` (a stable sort: ties keep file order).
+
+    Returns:
+        polars DataFrame with columns timestamp (Datetime[ns]), entity (String), event_type (String),
+        value (Float64, null allowed), one row per event.
+    """
+    table = _open(source)
+    ts = _timestamp_column(table, timestamp)
+    ent = _find(table, entity, _ID_NAMES, "entity", "entity")
+    typ = _find(table, event_type, _EVENT_TYPE_NAMES, "event type", "event_type")
+    val = _find(table, value, _VALUE_NAMES, "value", "value", required=False)
+    used = [c for c in (ts, ent, typ, val) if c is not None]
+    _check_columns(table, used, "timestamp, entity, event_type, [value]")
+    df = _collect(table, used)
+    t = parse_timestamps(df.get_column(ts), file=table.file, column=ts, time_unit=time_unit,
+                         time_format=time_format)
+    rows = np.arange(1, df.height + 1, dtype=np.int64)
+    if not sort:
+        _check_order(t, rows, None, file=table.file, column=ts, label=lambda g: "")
+    order = np.argsort(t, kind="stable")
+    v = (np.full(df.height, np.nan) if val is None
+         else _numeric(df.get_column(val), file=table.file, column=val))
+    return pl.DataFrame({
+        "timestamp": pl.Series(t[order].view("datetime64[ns]")).cast(pl.Datetime("ns")),
+        "entity": _labels(df.get_column(ent), file=table.file, column=ent, role="entity").gather(order),
+        "event_type": _labels(df.get_column(typ), file=table.file, column=typ, role="event type").gather(order),
+        "value": pl.Series(v[order], dtype=pl.Float64).fill_nan(None),
+    })
+
+
+# ---------------------------------------------------------------------------------------------------
+# Opening and collecting
+
+
+def _open(source: Source) -> _Table:
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(Path(source), str(source))
+    if isinstance(source, pd.DataFrame):
+        source = _from_pandas(source)
+    if isinstance(source, pl.DataFrame):
+        source = source.lazy()
+    if isinstance(source, pl.LazyFrame):
+        try:
+            names = source.collect_schema().names()
+        except pl.exceptions.PolarsError as err:
+            raise FormatError(f"cannot read the frame's schema ({_first_line(err)})", file="<frame>",
+                              expected="a polars or pandas frame") from err
+        return _Table(source, "<frame>", names)
+    raise TypeError(f"expected a path or a polars / pandas DataFrame, got {type(source).__name__}")
+
+
+def _open_path(path: Path, file: str) -> _Table:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {file!r}")
+    suffix = path.suffix.lower()
+    if suffix in _CSV_SUFFIXES:
+        _check_csv_header(path, file)
+        # Every cell as text: numbers are parsed here so a bad cell is reported with its content.
+        lazy, csv_path, kind = pl.scan_csv(path, infer_schema=False, empty_string_is_null=True), path, "CSV"
+    elif suffix in _PARQUET_SUFFIXES:
+        lazy, csv_path, kind = pl.scan_parquet(path), None, "Parquet"
+    else:
+        raise FormatError(f"unknown file suffix {path.suffix!r}", file=file,
+                          expected=f"one of {_CSV_SUFFIXES + _PARQUET_SUFFIXES}")
+    try:
+        names = lazy.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise FormatError(f"cannot read the {kind} file ({_first_line(err)})", file=file,
+                          expected=f"a valid {kind} file") from err
+    return _Table(lazy, file, names, csv_path=csv_path)
+
+
+def _check_csv_header(path: Path, file: str) -> None:
+    """Reject an empty file, a non-UTF-8 header and repeated names, which polars would quietly rename
+    ('a_duplicated_0') or decode lossily."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.strip():
+        raise FormatError("the file is empty or its first line is blank", file=file,
+                          expected="a header line with the column names")
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FormatError(f"the header line is not valid UTF-8 (byte {err.start})", file=file,
+                          expected="a UTF-8 encoded file") from err
+    names = next(csv.reader([text.rstrip("\r\n")]))
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SchemaError("the column name appears twice in the header", file=file, column=name,
+                              expected="distinct column names")
+        seen.add(name)
+
+
+def _from_pandas(df: pd.DataFrame) -> pl.DataFrame:
+    if isinstance(df.index, pd.DatetimeIndex):
+        name = str(df.index.name) if df.index.name is not None else "timestamp"
+        if name in map(str, df.columns):
+            raise SchemaError("the DatetimeIndex's name is also a column name", file="<frame>", column=name,
+                              expected="a DatetimeIndex whose name is not a column")
+        df = df.reset_index(names=name)
+    names = [str(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SchemaError("the column name appears twice", file="<frame>", column=dup,
+                          expected="distinct column names")
+    df = df.set_axis(names, axis=1)
+    # pyarrow cannot convert object columns that mix types (numbers and text): make them text, which the
+    # readers then parse cell by cell like a CSV.
+    for name in df.columns[(df.dtypes == object).to_numpy()]:
+        df[name] = df[name].map(lambda x: None if _is_na(x) else str(x))
+    try:
+        return pl.from_pandas(df, include_index=False)
+    except Exception as err:  # pyarrow raises many unrelated types; all mean "cannot convert"
+        raise FormatError(f"cannot convert the pandas frame ({_first_line(err)})", file="<frame>",
+                          expected="columns of numbers, text or datetimes") from err
+
+
+def _is_na(x: object) -> bool:
+    try:
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _collect(table: _Table, columns: list[str]) -> pl.DataFrame:
+    # pl.nth selects by position: a name like "^a.*$" or "*" would be a pattern for pl.col.
+    idx = [table.names.index(c) for c in columns]
+    try:
+        df = table.lazy.select(pl.nth(idx)).collect()
+    except pl.exceptions.PolarsError as err:
+        if table.csv_path is not None:
+            raise _diagnose_csv(table, err) from err
+        raise FormatError(f"cannot read the table ({_first_line(err)})", file=table.file,
+                          expected="a readable CSV or Parquet table") from err
+    if df.height == 0:
+        raise FormatError("the table has no data rows", file=table.file, expected="at least one data row")
+    return df
+
+
+def _diagnose_csv(table: _Table, err: Exception) -> FormatError:
+    """Find the row polars choked on: a line that is not UTF-8, or a row with too many fields."""
+    with open(table.csv_path, "rb") as f:
+        for line_no, line in enumerate(f):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return FormatError("the line is not valid UTF-8", file=table.file, row=line_no,
+                                   expected="a UTF-8 encoded file")
+    with open(table.csv_path, newline="", encoding="utf-8-sig") as f:
+        for row, record in enumerate(csv.reader(f)):
+            if len(record) > len(table.names):
+                return FormatError(f"the row has {len(record)} fields but the header has {len(table.names)}",
+                                   file=table.file, row=row,
+                                   expected=f"at most {len(table.names)} comma-separated fields per row")
+    return FormatError(f"polars cannot parse the CSV ({_first_line(err)})", file=table.file,
+                       expected="a well-formed comma-separated file")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Columns
+
+
+def _find(table: _Table, given: str | None, aliases: Sequence[str], role: str, param: str,
+          required: bool = True) -> str | None:
+    """The column for ``role``: ``given`` (must exist) or the first alias present (any case)."""
+    if given is not None:
+        if given not in table.names:
+            raise SchemaError(f"there is no {role} column named {given!r}", file=table.file, column=given,
+                              expected=f"one of the columns {table.names}")
+        return given
+    lower = {}
+    for name in table.names:
+        lower.setdefault(name.lower(), name)
+    for alias in aliases:
+        if alias in lower:
+            return lower[alias]
+    if required:
+        raise SchemaError(f"no {role} column was found", file=table.file, column=None,
+                          expected=f"a column named one of {list(aliases)} (any case), or pass {param}=")
+    return None
+
+
+def _timestamp_column(table: _Table, given: str | None) -> str:
+    found = _find(table, given, _TIME_NAMES, "timestamp", "timestamp", required=False)
+    if found is not None:
+        return found
+    if not table.names:
+        raise SchemaError("the table has no columns", file=table.file, expected="a timestamp column")
+    first = table.names[0]
+    head = _collect_head(table, first)
+    if _looks_like_time(head, table.file, first):
+        return first
+    raise SchemaError("no timestamp column was found (the first column does not hold dates)",
+                      file=table.file, column=first,
+                      expected=f"a column named one of {list(_TIME_NAMES)} (any case), or pass timestamp=")
+
+
+def _collect_head(table: _Table, column: str) -> pl.Series:
+    try:
+        head = table.lazy.select(pl.nth(table.names.index(column))).head(100).collect().to_series()
+        return head.alias("cell")  # a plain name: see _numeric
+    except pl.exceptions.PolarsError as err:
+        if table.csv_path is not None:
+            raise _diagnose_csv(table, err) from err
+        raise FormatError(f"cannot read the table ({_first_line(err)})", file=table.file,
+                          expected="a readable CSV or Parquet table") from err
+
+
+def _looks_like_time(head: pl.Series, file: str, column: str) -> bool:
+    if isinstance(head.dtype, pl.Datetime) or head.dtype == pl.Date:
+        return True
+    head = head.drop_nulls()
+    if head.dtype != pl.String or head.is_empty() or head.str.contains(r"^\s*[+-]?\d+(\.\d+)?\s*$").any():
+        return False
+    try:
+        parse_timestamps(head, file=file, column=column)
+    except TimestampError:
+        return False
+    return True
+
+
+def _check_distinct(table: _Table, used: list[str]) -> None:
+    for i, name in enumerate(used):
+        if name in used[:i]:
+            raise SchemaError("the column is used twice (e.g. as timestamp and as channel)", file=table.file,
+                              column=name, expected="each column in one role")
+
+
+def _check_columns(table: _Table, used: list[str], layout: str) -> None:
+    _check_distinct(table, used)
+    extra = [c for c in table.names if c not in used]
+    if extra:
+        raise SchemaError(f"unexpected column(s) {extra}", file=table.file, column=extra[0],
+                          expected=f"only the columns of the layout ({layout}); select them or name "
+                                   f"them with the reader's arguments")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cells
+
+
+def _numeric(s: pl.Series, *, file: str, column: str) -> np.ndarray:
+    """A value column -> [n] float64 with NaN where missing. Raises on non-numbers and infinities."""
+    s = s.alias("cell")  # polars evaluates Series methods as pl.col(name): "^x$" or "*" would be patterns
+    dtype = s.dtype
+    if dtype == pl.String:
+        text = s.str.strip_chars()
+        missing = text.is_null() | text.str.to_lowercase().is_in(_MISSING_TEXT)
+        x = text.cast(pl.Float64, strict=False)
+        bad = ~missing & x.is_null()
+        if bad.any():
+            i = int(bad.arg_true()[0])
+            raise ValueParseError(f"cannot read {s[i]!r} as a number", file=file, row=i + 1, column=column,
+                                  expected=_EXPECTED_NUMBER)
+        out = np.array(x.to_numpy(), dtype=np.float64)
+        out[missing.to_numpy()] = np.nan
+    elif dtype.is_numeric():
+        out = np.array(s.cast(pl.Float64).to_numpy(), dtype=np.float64)
+    elif dtype == pl.Null:
+        out = np.full(len(s), np.nan)
+    else:
+        present = s.is_not_null()
+        i = int(present.arg_true()[0]) if present.any() else 0
+        raise ValueParseError(f"the column holds {dtype} values, not numbers", file=file, row=i + 1,
+                              column=column, expected=_EXPECTED_NUMBER)
+    inf = np.isinf(out)
+    if inf.any():
+        i = int(np.flatnonzero(inf)[0])
+        raise NonFiniteValueError(f"the value {s[i]!r} is infinite", file=file, row=i + 1, column=column,
+                                  expected="a finite number (an empty cell or NaN marks a missing value)")
+    return out
+
+
+def _labels(s: pl.Series, *, file: str, column: str, role: str) -> pl.Series:
+    """An id column (series, channel, entity, event type) as text; empty cells are rejected."""
+    text = s.alias("cell").cast(pl.String)  # a plain name: see _numeric
+    missing = text.is_null() | (text.str.strip_chars() == "")
+    if missing.any():
+        i = int(missing.arg_true()[0])
+        raise ValueParseError(f"the {role} is missing", file=file, row=i + 1, column=column,
+                              expected=f"a non-empty {role} in every row")
+    return text
+
+
+def _codes(labels: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """[n] int64 codes and the distinct labels, in order of first appearance."""
+    uniq, first, inverse = np.unique(labels.to_numpy().astype(str), return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse].astype(np.int64), [str(u) for u in uniq[order]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Time order, duplicates, frequency
+
+
+def _check_aggregate(aggregate: str | None) -> None:
+    if aggregate is not None and aggregate not in _AGGREGATES:
+        raise ValueError(f"aggregate={aggregate!r} must be None or one of {_AGGREGATES}")
+
+
+def _check_order(t: np.ndarray, rows: np.ndarray, group: np.ndarray | None, *, file: str, column: str,
+                 label: Callable[[int], str]) -> None:
+    """Raise UnsortedTimeError at the first file row where time goes back (within its group)."""
+    if group is None:
+        perm = np.arange(t.size)
+        g = np.zeros(t.size, dtype=np.int64)
+    else:
+        perm = np.argsort(group, kind="stable")  # file order within each group
+        g = group[perm]
+    ts, rs = t[perm], rows[perm]
+    back = (ts[1:] < ts[:-1]) & (g[1:] == g[:-1])
+    if back.any():
+        k = np.flatnonzero(back)
+        k = k[np.argmin(rs[1:][k])]
+        raise UnsortedTimeError(
+            f"time goes backwards{label(int(g[k + 1]))}: {show_time(ts[k + 1])} comes after {show_time(ts[k])} "
+            f"(row {rs[k]})", file=file, row=int(rs[k + 1]), column=column,
+            expected="non-decreasing timestamps (or pass sort=True)")
+
+
+def _order_and_dedupe(t: np.ndarray, rows: np.ndarray, v: np.ndarray, group: np.ndarray | None, *,
+                      sort: bool, aggregate: str | None, file: str, column: str,
+                      label: Callable[[int], str]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by (group, time), then reject or aggregate repeated (group, time) keys.
+
+    Args:
+        t: [n] int64 ns; rows: [n] 1-based file rows; v: [n, K] float64 (NaN = missing);
+        group: [n] int64 key codes (series x channel) or None for one group.
+    Returns:
+        t, rows (first occurrence), v [m, K], group [m], merged [m] (file rows per key): one entry per
+        key, sorted by (group, time).
+    """
+    if not sort:
+        _check_order(t, rows, group, file=file, column=column, label=label)
+    g = np.zeros(t.size, dtype=np.int64) if group is None else group
+    perm = np.lexsort((t, g))  # stable: rows with the same key keep file order, so first/last are defined
+    t, rows, v, g = t[perm], rows[perm], v[perm], g[perm]
+    dup = (t[1:] == t[:-1]) & (g[1:] == g[:-1])
+    if not dup.any():
+        return t, rows, v, g, np.ones(t.size, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, ~dup])
+    if aggregate is None:
+        later = np.flatnonzero(dup) + 1
+        i = later[np.argmin(rows[later])]
+        first = rows[starts[np.searchsorted(starts, i, side="right") - 1]]
+        raise DuplicateTimestampError(
+            f"timestamp {show_time(t[i])} repeats row {first}{label(int(g[i]))}", file=file, row=int(rows[i]),
+            column=column, expected="one row per timestamp (or pass aggregate='mean'|'last'|'first'|'sum')")
+    merged = np.diff(np.r_[starts, t.size])
+    return t[starts], rows[starts], _aggregate(v, starts, aggregate), g[starts], merged
+
+
+def _aggregate(v: np.ndarray, starts: np.ndarray, how: str) -> np.ndarray:
+    """Reduce [n, K] rows to [m, K] groups starting at ``starts``, over observed (non-NaN) cells only."""
+    observed = ~np.isnan(v)
+    count = np.add.reduceat(observed.astype(np.int64), starts, axis=0)
+    if how in ("mean", "sum"):
+        total = np.add.reduceat(np.where(observed, v, 0.0), starts, axis=0)
+        out = total / np.maximum(count, 1) if how == "mean" else total
+    else:
+        n = v.shape[0]
+        idx = np.broadcast_to(np.arange(n)[:, None], v.shape)
+        if how == "first":
+            pick = np.minimum.reduceat(np.where(observed, idx, n - 1), starts, axis=0)
+        else:
+            pick = np.maximum.reduceat(np.where(observed, idx, 0), starts, axis=0)
+        out = np.take_along_axis(v, pick, axis=0)
+    out[count == 0] = np.nan
+    return out
+
+
+def _inferred_freq(t: np.ndarray, group: np.ndarray | None, file: str, column: str) -> Freq:
+    step = infer_step(t, group)
+    if step is None:
+        raise TimestampError("cannot infer the frequency from a single distinct timestamp", file=file,
+                             column=column, expected="two or more timestamps, or freq= given")
+    return step_to_freq(step)
+

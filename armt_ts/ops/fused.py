@@ -1,0 +1,66 @@
+"""Batched versions of ``ops/naive.py``: same signatures, same layouts, a handful of einsums each.
+
+tests/test_ops.py checks outputs, final state and gradients (including with respect to the initial
+state) against the naive reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+
+@functools.lru_cache(maxsize=32)
+def _dpfp_index(two_r: int, nu: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # block_j[i] = u[i] * u[(i - j) mod 2r]  (torch.roll by +j), flattened over j = 1..nu
+    left = [i for _ in range(nu) for i in range(two_r)]
+    right = [(i - j) % two_r for j in range(1, nu + 1) for i in range(two_r)]
+    return torch.tensor(left, device=device), torch.tensor(right, device=device)
+
+
+def dpfp(x: Tensor, nu: int = 3, l2norm: bool = False) -> Tensor:
+    """DPFP-nu with one gather instead of nu rolls and a concat; equal to ``naive.dpfp``."""
+    u = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
+    li, ri = _dpfp_index(u.shape[-1], nu, u.device)
+    feat = u.index_select(-1, li) * u.index_select(-1, ri)
+    if l2norm:
+        feat = feat / (feat.norm(dim=-1, keepdim=True) + 1e-6)
+    return feat
+
+
+def _heads_first(x: Tensor) -> Tensor:
+    """[B, N, H, X] -> [B*H, N, X] (a view when H == 1)."""
+    B, N, H, X = x.shape
+    return x.transpose(1, 2).reshape(B * H, N, X)
+
+
+def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
+    """q [B, N, H, K], A [B, H, K, Dv], z [B, H, K] -> [B, N, H, Dv]."""
+    B, N, H, K = q.shape
+    qh = _heads_first(q)  # [BH, N, K]
+    num = torch.bmm(qh, A.reshape(B * H, K, -1))  # [BH, N, Dv]
+    den = torch.bmm(qh, z.reshape(B * H, K, 1)) + eps  # [BH, N, 1]
+    return (num / den).view(B, H, N, -1).transpose(1, 2)
+
+
+def delta_write(
+    k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5
+) -> tuple[Tensor, Tensor]:
+    """Batched delta-rule write; see ``naive.delta_write`` for the equations."""
+    B, M, H, K = k.shape
+    kh = _heads_first(k)  # [BH, M, K]
+    Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
+    zh = z.reshape(B * H, K, 1)
+    delta = _heads_first(v)  # [BH, M, Dv]
+    if first:
+        gamma = torch.ones(B * H, 1, M, dtype=k.dtype, device=k.device)
+    else:
+        zk = torch.bmm(kh, zh) + eps  # [BH, M, 1]
+        delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
+        gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach().transpose(1, 2)
+    # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
+    new_A = torch.baddbmm(Ah, kh.transpose(1, 2), _heads_first(beta) * delta)
+    new_z = torch.baddbmm(zh, kh.transpose(1, 2), gamma.transpose(1, 2))
+    return new_A.view(A.shape), new_z.view(z.shape)

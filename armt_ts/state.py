@@ -1,0 +1,155 @@
+"""Recurrent state as a value: ``y, state = model(x, state)``; nothing is kept on the module.
+
+MemoryState holds, for every layer l, ARMT's association matrix A_l and normaliser z_l. It is
+immutable (a frozen dataclass of tensors); ``detach()`` and ``to()`` return new states. Files are
+safetensors with a JSON header, written atomically (temp file, fsync, rename); never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .config import ARMTConfig
+
+_FORMAT = "armt_ts.MemoryState"
+_FORMAT_VERSION = 1
+
+
+class StateFileError(ValueError):
+    """A state file is missing, truncated, tampered with or of another format/version."""
+
+
+def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, meta: dict) -> None:
+    """Write ``tensors`` (+ ``meta`` as JSON in the safetensors header) to ``path`` atomically.
+
+    The bytes go to a temp file in the same directory, are fsync'ed, then renamed over ``path``: a
+    crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        contiguous = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
+        save_file(contiguous, tmp, metadata={"meta": json.dumps(meta, sort_keys=True)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_safetensors(path: str | os.PathLike, expect_format: str) -> tuple[dict[str, Tensor], dict]:
+    """Read a file written by ``atomic_save_safetensors``; check its format tag. Raises StateFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateFileError(f"{path}: no such file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise StateFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    try:
+        meta = json.loads(header["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise StateFileError(f"{path}: safetensors header has no valid 'meta' JSON; not an armt_ts file") from None
+    if meta.get("format") != expect_format:
+        raise StateFileError(f"{path}: format is {meta.get('format')!r}, expected {expect_format!r}")
+    return tensors, meta
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """Per-layer associative memory of ARMT.
+
+    A[l]: [B, H, K, Dv] and z[l]: [B, H, K] for layer l, with H memory heads, K = 2*nu*d_mem features,
+    Dv = d_model / H value channels. fp32 by design (the state accumulates over millions of writes).
+    """
+
+    A: tuple[Tensor, ...]
+    z: tuple[Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.A) != len(self.z) or not self.A:
+            raise ValueError(f"MemoryState: need one (A, z) pair per layer, got {len(self.A)} A and {len(self.z)} z")
+        for l, (a, zz) in enumerate(zip(self.A, self.z)):
+            if a.dim() != 4 or zz.dim() != 3 or a.shape[:3] != zz.shape:
+                raise ValueError(
+                    f"MemoryState layer {l}: A {tuple(a.shape)} and z {tuple(zz.shape)} do not match "
+                    "[B, H, K, Dv] / [B, H, K]"
+                )
+
+    @classmethod
+    def zeros(cls, config: ARMTConfig, batch_size: int, device: torch.device | str | None = None) -> "MemoryState":
+        H, K, Dv = config.memory_heads, config.d_key, config.d_head
+        A = tuple(torch.zeros(batch_size, H, K, Dv, device=device) for _ in range(config.n_layers))
+        z = tuple(torch.zeros(batch_size, H, K, device=device) for _ in range(config.n_layers))
+        return cls(A, z)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.A)
+
+    @property
+    def batch_size(self) -> int:
+        return self.A[0].shape[0]
+
+    def detach(self) -> "MemoryState":
+        return MemoryState(tuple(a.detach() for a in self.A), tuple(zz.detach() for zz in self.z))
+
+    def to(self, *args, **kwargs) -> "MemoryState":
+        return MemoryState(tuple(a.to(*args, **kwargs) for a in self.A), tuple(zz.to(*args, **kwargs) for zz in self.z))
+
+    def clone(self) -> "MemoryState":
+        return MemoryState(tuple(a.clone() for a in self.A), tuple(zz.clone() for zz in self.z))
+
+    def nbytes(self) -> int:
+        """Bytes held by the state (all layers, all batch rows)."""
+        return sum(t.numel() * t.element_size() for t in (*self.A, *self.z))
+
+    def equal(self, other: "MemoryState") -> bool:
+        """Bit-exact equality (shapes, dtypes and every element)."""
+        return self.num_layers == other.num_layers and all(
+            a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+            for a, b in zip((*self.A, *self.z), (*other.A, *other.z))
+        )
+
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """Atomic safetensors write; ``extra`` (JSON-able) is stored in the header."""
+        tensors = {f"A.{l}": a for l, a in enumerate(self.A)} | {f"z.{l}": zz for l, zz in enumerate(self.z)}
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "num_layers": self.num_layers, "extra": extra or {}}
+        atomic_save_safetensors(tensors, path, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> "MemoryState":
+        tensors, meta = load_safetensors(path, _FORMAT)
+        if meta.get("version") != _FORMAT_VERSION:
+            raise StateFileError(f"{path}: state version {meta.get('version')!r}, this armt_ts reads {_FORMAT_VERSION}")
+        n = meta.get("num_layers")
+        want = {f"A.{l}" for l in range(n)} | {f"z.{l}" for l in range(n)} if isinstance(n, int) else None
+        if want is None or set(tensors) != want:
+            raise StateFileError(f"{path}: tensors {sorted(tensors)} do not match num_layers={n!r}")
+        try:
+            state = cls(tuple(tensors[f"A.{l}"] for l in range(n)), tuple(tensors[f"z.{l}"] for l in range(n)))
+        except ValueError as e:
+            raise StateFileError(f"{path}: {e}") from None
+        return state.to(device) if device is not None else state

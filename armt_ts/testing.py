@@ -1,0 +1,22 @@
+"""Helpers for tests that compare a fast path with its reference."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def relative_error(ref: Tensor, out: Tensor) -> float:
+    """max |out - ref| / max(max |ref|, tiny): one number that reads the same at every scale."""
+    ref, out = ref.detach().double(), out.detach().double()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(name: str, ref: Tensor, out: Tensor, tol: float = 1e-5) -> None:
+    """Assert ``out`` matches ``ref`` in shape and to relative error ``tol``; the message names the tensor."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    if ref.numel() == 0:
+        return
+    err = relative_error(ref, out)
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"

@@ -1,0 +1,231 @@
+"""Associative retrieval (ARMT paper, DESIGN.md section 7): ARMT vs RMT vs GRU, same training budget.
+
+Train with a curriculum up to --train-pairs pairs (one pair per segment), then measure exact match at
+50, 150, 500 and 1000 pairs: rewrite (keys repeat, answer = latest value) and remember (unique keys;
+capacity estimate k = n (v alpha - 1) / (v - 1)).
+
+    python -m benchmarks.associative_retrieval            # full run
+    python -m benchmarks.associative_retrieval --quick    # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+
+from armt_ts import ARMT, ARMTConfig
+from armt_ts.peers import RMT, GRUPeer
+from benchmarks.common import Timer, git_commit, machine_info, markdown_table, write_results
+from datasets.associative_retrieval import RetrievalTask, capacity_estimate
+
+MODELS = ("armt", "rmt", "gru")
+
+
+class Retriever(nn.Module):
+    """Token embedding -> backbone -> logits of the last position (the query's sep)."""
+
+    def __init__(self, vocab: int, backbone: nn.Module, d_model: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        # GPT-2 scale, the same as the backbone's learned positions: with torch's default N(0, 1) the
+        # positions (which tell a key from a value: both use the same 16 symbols) are drowned out
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.backbone = backbone
+        self.head = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
+        """-> logits [B, vocab] at the last position, or [B, L, vocab] with ``all_positions``."""
+        y, _ = self.backbone(self.embed(tokens))
+        return self.head(y if all_positions else y[:, -1])
+
+
+def backbone_config(task: RetrievalTask, args: argparse.Namespace) -> ARMTConfig:
+    return ARMTConfig(
+        d_model=args.d_model, n_layers=args.layers, n_heads=4, d_ff=2 * args.d_model,
+        segment_length=task.segment_length, num_mem_tokens=args.mem_tokens, d_mem=args.d_mem,
+        memory_heads=args.memory_heads, phi_l2norm=args.phi_l2norm,
+    )
+
+
+def build(name: str, task: RetrievalTask, args: argparse.Namespace) -> Retriever:
+    config = backbone_config(task, args)
+    if name == "armt":
+        backbone: nn.Module = ARMT(config)
+    elif name == "rmt":
+        backbone = RMT(config)
+    elif name == "gru":
+        # match the ARMT retriever's parameter count (embedding and head are the same for both)
+        armt_params = sum(p.numel() for p in ARMT(config).parameters())
+        backbone = GRUPeer.matched(config, armt_params)
+    else:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    return Retriever(task.vocab_size, backbone, config.d_model)
+
+
+def curriculum(train_pairs: int, start: int = 2) -> list[int]:
+    # starts at 2 pairs: a 1-pair stage teaches "answer the last value", a shortcut that ignores keys
+    stages, n = [], start
+    while n < train_pairs:
+        stages.append(n)
+        n *= 2
+    return stages + [train_pairs]
+
+
+@torch.no_grad()
+def exact_match(model: Retriever, task: RetrievalTask, pairs: int, samples: int, seed: int, batch: int) -> float:
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    correct = 0
+    for start in range(0, samples, batch):
+        x, y = task.sample(min(batch, samples - start), pairs, g)
+        correct += (model(x).argmax(-1) == y).sum().item()
+    model.train()
+    return correct / samples
+
+
+def train(model: Retriever, task: RetrievalTask, args: argparse.Namespace, seed: int) -> dict:
+    """Adaptive curriculum under a fixed step budget, identical for every model.
+
+    Stages double the number of pairs up to --train-pairs; a batch draws its length uniformly from
+    [stage/2, stage]. Every --check-every steps the model is scored on fresh sequences of the stage's
+    length and moves on once exact match >= --advance-at. After the last stage it keeps training there
+    until the budget (--steps) is spent. Same seed -> same data stream for every model.
+    """
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warmup = 50
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    )
+    stages = curriculum(args.train_pairs, args.curriculum_start)
+    stage_i, log = 0, []
+    for step in range(1, args.steps + 1):
+        stage = stages[stage_i]
+        pairs = int(torch.randint(max(1, stage // 2), stage + 1, (1,), generator=g))
+        if args.dense:
+            x, y = task.sample_dense(args.batch, pairs, g)
+            loss = nn.functional.cross_entropy(model(x, all_positions=True).flatten(0, 1), y.flatten(), ignore_index=-100)
+        else:
+            x, y = task.sample(args.batch, pairs, g)
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % args.check_every == 0 or step == args.steps:
+            acc = exact_match(model, task, stage, 256, seed + 1000 + step, 256)
+            log.append({"step": step, "stage_pairs": stage, "loss": round(loss.item(), 4), "exact_match": acc})
+            print(f"    step {step:>5}  stage {stage:>3} pairs  loss {loss.item():.4f}  exact match {acc:.3f}", flush=True)
+            if acc >= args.advance_at and stage_i < len(stages) - 1:
+                stage_i += 1
+    return {"log": log, "steps": args.steps, "final_stage": stages[stage_i]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    rows, curves = [], {}
+    tasks = {
+        "rewrite": RetrievalTask("rewrite", num_symbols=16, key_size=1, shared_vocab=args.shared_vocab),
+        # key size 1 gives only 16 unique keys; remember needs unique keys up to the largest evaluation
+        "remember": RetrievalTask("remember", num_symbols=16, key_size=args.remember_key_size, shared_vocab=args.shared_vocab),
+    }
+    t0 = time.perf_counter()
+    for task_name in args.tasks:
+        task = tasks[task_name]
+        for name in args.models:
+            torch.manual_seed(args.seed)
+            model = build(name, task, args)
+            params = sum(p.numel() for p in model.parameters())
+            print(f"[{task_name}] {name}: {params} parameters", flush=True)
+            with Timer() as t:
+                info = train(model, task, args, args.seed)
+            curves[f"{task_name}/{name}"] = info["log"]
+            for pairs in args.eval_pairs:
+                if task.kind == "remember" and pairs > task.num_keys:
+                    continue
+                with Timer() as te:
+                    acc = exact_match(model, task, pairs, args.eval_samples, args.seed + 7 + pairs, args.eval_batch)
+                row = {
+                    "model": name, "task": task_name, "pairs": pairs, "exact_match": acc,
+                    "train_pairs": args.train_pairs, "train_seconds": round(t.seconds, 1), "train_steps": info["steps"],
+                    "final_stage_pairs": info["final_stage"],
+                    "params": params, "key_size": task.key_size, "eval_samples": args.eval_samples,
+                    "eval_seconds": round(te.seconds, 2),
+                    "capacity_estimate": round(capacity_estimate(pairs, acc, task.num_symbols), 1) if task.kind == "remember" else None,
+                }
+                rows.append(row)
+                print(f"    eval {pairs:>4} pairs: exact match {acc:.4f}", flush=True)
+    return {"rows": rows, "curves": curves, "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small budget: finishes in a few minutes")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--tasks", nargs="+", default=["rewrite", "remember"], choices=["rewrite", "remember"])
+    p.add_argument("--train-pairs", type=int, default=50)
+    p.add_argument("--eval-pairs", type=int, nargs="+", default=[50, 150, 500, 1000])
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 2000; quick: 300)")
+    p.add_argument("--check-every", type=int, default=50)
+    p.add_argument("--advance-at", type=float, default=0.95, help="exact match that moves the curriculum on")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--mem-tokens", type=int, default=2)
+    p.add_argument("--d-mem", type=int, default=16)
+    p.add_argument("--memory-heads", type=int, default=1)
+    p.add_argument("--phi-l2norm", action="store_true")
+    p.add_argument("--curriculum-start", type=int, default=2)
+    p.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=False,
+                   help="keys and values use the same 16 tokens (default: values have their own 16)")
+    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                   help="score every 'key sep' prefix during training (same inputs; see RetrievalTask.sample_dense)")
+    p.add_argument("--remember-key-size", type=int, default=3)
+    p.add_argument("--eval-samples", type=int, default=None, help="default 1000 (quick: 200)")
+    p.add_argument("--eval-batch", type=int, default=250)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small matrices)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="associative_retrieval", help="result file stem under benchmarks/results")
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 300 if args.quick else 2000
+    if args.eval_samples is None:
+        args.eval_samples = 200 if args.quick else 1000
+    if args.quick:
+        args.eval_pairs = [p for p in args.eval_pairs if p <= 500]
+
+    result = run(args)
+    payload = {
+        "benchmark": "associative_retrieval",
+        "protocol": "DESIGN.md section 7: 16 symbols, one pair per segment, curriculum up to train_pairs; "
+        "same stages, steps, batch and data for every model",
+        "args": vars(args), "seed": args.seed, "git_commit": git_commit(), "machine": machine_info(),
+        **result,
+    }
+    columns = ["model", "task", "pairs", "exact_match", "capacity_estimate", "train_pairs", "train_seconds", "params"]
+    md = [
+        "# Associative retrieval: ARMT vs RMT vs GRU",
+        "",
+        f"Command: `python -m benchmarks.associative_retrieval {' '.join(argv or [])}`".rstrip(),
+        "",
+        f"Training: {args.steps} steps per model, adaptive curriculum over {curriculum(args.train_pairs, args.curriculum_start)} pairs "
+        f"(advance at exact match >= {args.advance_at}), "
+        f"batch {args.batch}, AdamW lr {args.lr}; same budget and data stream for every model. "
+        f"Rewrite: key size 1; remember: key size {args.remember_key_size} (key size 1 has only 16 unique keys). "
+        f"Exact match over {args.eval_samples} sequences per row. Seed {args.seed}; commit {payload['git_commit']}; "
+        f"total wall time {result['wall_seconds']} s on {payload['machine'].get('cpu_model', '?')} "
+        f"({payload['machine']['torch_threads']} threads).",
+        "",
+        markdown_table(result["rows"], columns),
+    ]
+    write_results(args.name, payload, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

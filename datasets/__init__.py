@@ -1,0 +1,1 @@
+"""Dataset definitions: synthetic generators (the embedded default) and loaders for external files."""

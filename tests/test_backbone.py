@@ -1,0 +1,209 @@
+"""ARMT backbone: the paper's invariants, state as a value, config flags, and the peers."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from armt_ts import ARMT, ARMTConfig, ConfigError, MemoryState, StateFileError
+from armt_ts.peers import RMT, GRUPeer, gru_params
+from armt_ts.testing import assert_close
+
+SMALL = ARMTConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, segment_length=5, num_mem_tokens=3, d_mem=8)
+FLAGS = {
+    "paper": {},
+    "multi_head": {"memory_heads": 4},
+    "l2norm_phi": {"phi_l2norm": True},
+    "beta_per_channel": {"beta_per_channel": True},
+    "all": {"memory_heads": 2, "phi_l2norm": True, "beta_per_channel": True},
+}
+
+
+def _model(seed=0, **flags) -> ARMT:
+    """A model whose memory is live: W_v random instead of zero (the untrained default reads 0)."""
+    torch.manual_seed(seed)
+    model = ARMT(SMALL.replace(**flags))
+    for memory in model.memories:
+        torch.nn.init.normal_(memory.W_v.weight, std=0.3)
+    return model
+
+
+def test_untrained_model_equals_transformer_without_memory():
+    # a: W_v = 0 -> every write stores zero values -> every read adds exactly 0 to the content rows
+    torch.manual_seed(0)
+    model = ARMT(SMALL)
+    x = torch.randn(2, 23, SMALL.d_model)
+    y, state = model(x)
+    assert_close("content outputs", model.forward_without_memory(x), y, 1e-5)
+    assert all(a.abs().max() == 0 for a in state.A)
+    assert all(zz.abs().max() > 0 for zz in state.z)
+
+
+@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+@pytest.mark.parametrize("length", [1, 5, 13, 23])
+def test_whole_sequence_equals_segment_by_segment(flags, length):
+    # d: lengths that do not divide segment_length (5) included
+    model = _model(**flags)
+    x = torch.randn(2, length, SMALL.d_model)
+    y_full, state_full = model(x)
+    ys, state = [], None
+    for start in range(0, length, SMALL.segment_length):
+        y, state = model(x[:, start : start + SMALL.segment_length], state)
+        ys.append(y)
+    assert_close("outputs", y_full, torch.cat(ys, dim=1), 1e-6)
+    for l in range(SMALL.n_layers):
+        assert_close(f"A[{l}]", state_full.A[l], state.A[l], 1e-6)
+        assert_close(f"z[{l}]", state_full.z[l], state.z[l], 1e-6)
+    # and splitting at arbitrary segment-aligned points with a carried state is the same again
+    if length > SMALL.segment_length:
+        y1, s1 = model(x[:, :5], None)
+        y2, s2 = model(x[:, 5:], s1)
+        assert_close("two calls", y_full, torch.cat([y1, y2], dim=1), 1e-6)
+
+
+@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+def test_naive_backend_equals_fused_backend(flags):
+    fused_model = _model(**flags)
+    naive_model = ARMT(fused_model.config.replace(ops_backend="naive"))
+    naive_model.load_state_dict(fused_model.state_dict())
+    x = torch.randn(2, 12, SMALL.d_model, requires_grad=True)
+    y_f, s_f = fused_model(x)
+    (y_f.square().mean() + sum(a.sum() for a in s_f.A)).backward()
+    g_f = x.grad.clone()
+    x.grad = None
+    y_n, s_n = naive_model(x)
+    (y_n.square().mean() + sum(a.sum() for a in s_n.A)).backward()
+    assert_close("outputs", y_n, y_f, 1e-5)
+    assert_close("A[-1]", s_n.A[-1], s_f.A[-1], 1e-5)
+    assert_close("grad x", x.grad, g_f, 1e-4)
+    for (name, p_f), p_n in zip(fused_model.named_parameters(), naive_model.parameters()):
+        assert_close(f"grad {name}", p_n.grad, p_f.grad, 1e-4)
+
+
+def test_loss_on_last_segment_reaches_first_segment_inputs():
+    # e: gradients flow through (A, z) across all segments
+    model = _model()
+    x = torch.randn(2, 4 * SMALL.segment_length, SMALL.d_model, requires_grad=True)
+    y, _ = model(x)
+    y[:, -SMALL.segment_length :].square().sum().backward()
+    first = x.grad[:, : SMALL.segment_length]
+    assert first.abs().max() > 1e-6, "no gradient reached the first segment through the memory"
+
+
+def test_gradient_with_respect_to_initial_state():
+    model = _model()
+    init = MemoryState.zeros(SMALL, 2)
+    init = MemoryState(tuple(a.normal_().requires_grad_() for a in init.A), tuple(z.uniform_(0.5, 1).requires_grad_() for z in init.z))
+    y, _ = model(torch.randn(2, 7, SMALL.d_model), init)
+    y.square().sum().backward()
+    assert all(a.grad is not None and a.grad.abs().max() > 0 for a in init.A)
+    assert all(z.grad is not None and z.grad.abs().max() > 0 for z in init.z)
+
+
+def test_truncated_backprop_cuts_gradient_but_not_values():
+    model = _model()
+    tbptt = ARMT(SMALL.replace(tbptt_segments=2))
+    tbptt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 4 * SMALL.segment_length, SMALL.d_model, requires_grad=True)
+    y_full, _ = model(x)
+    y_tb, _ = tbptt(x)
+    assert torch.equal(y_full, y_tb)
+    y_tb[:, -SMALL.segment_length :].sum().backward()
+    T = SMALL.segment_length
+    # the state is detached before segment 2: segments 0-1 get no gradient from segment 3, segment 2 does
+    assert x.grad[:, : 2 * T].abs().max() == 0
+    assert x.grad[:, 2 * T : 3 * T].abs().max() > 0
+
+
+def test_multi_head_memory_has_separate_heads():
+    model = _model(memory_heads=4)
+    _, state = model(torch.randn(2, 11, SMALL.d_model))
+    assert state.A[0].shape == (2, 4, SMALL.d_key, SMALL.d_model // 4)
+    assert state.z[0].shape == (2, 4, SMALL.d_key)
+    assert not torch.equal(state.z[0][:, 0], state.z[0][:, 1])
+
+
+def test_memory_state_save_load_is_bit_exact(tmp_path):
+    # f: safetensors round trip, atomic write leaves no temp files
+    _, state = _model()(torch.randn(3, 17, SMALL.d_model))
+    path = tmp_path / "sub" / "state.safetensors"
+    state.save(path, extra={"note": "test"})
+    loaded = MemoryState.load(path)
+    assert loaded.equal(state)
+    assert [p.name for p in path.parent.iterdir()] == ["state.safetensors"]
+    # and the restored state continues exactly like the original
+    model = _model()
+    x = torch.randn(3, 8, SMALL.d_model)
+    assert torch.equal(model(x, state)[0], model(x, loaded)[0])
+
+
+def test_memory_state_bad_files_fail_clearly(tmp_path):
+    _, state = _model()(torch.randn(1, 6, SMALL.d_model))
+    path = tmp_path / "state.safetensors"
+    state.save(path)
+    data = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StateFileError, match="truncated.safetensors"):
+        MemoryState.load(tmp_path / "truncated.safetensors")
+    with pytest.raises(StateFileError, match="no such file"):
+        MemoryState.load(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"A.0": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(StateFileError, match="meta"):
+        MemoryState.load(tmp_path / "foreign.safetensors")
+
+
+def test_state_detach_and_to_return_new_values():
+    _, state = _model()(torch.randn(1, 6, SMALL.d_model))
+    assert state.A[0].requires_grad
+    detached = state.detach()
+    assert not detached.A[0].requires_grad and state.A[0].requires_grad
+    doubled = state.to(torch.float64)
+    assert doubled.A[0].dtype == torch.float64 and state.A[0].dtype == torch.float32
+    assert state.nbytes() == sum(t.numel() * 4 for t in (*state.A, *state.z))
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="n_heads"):
+        ARMTConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="num_mem_tokens"):
+        ARMTConfig(num_mem_tokens=0)
+    with pytest.raises(ConfigError, match="tbptt_segments"):
+        ARMTConfig(tbptt_segments=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SMALL.d_model = 8  # type: ignore[misc]
+    assert ARMTConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+def test_segment_longer_than_segment_length_is_rejected():
+    with pytest.raises(ValueError, match="segment_length"):
+        _model().segment_step(torch.randn(1, SMALL.segment_length + 1, SMALL.d_model), None)
+
+
+def test_rmt_peer_segment_by_segment_and_memory_flow():
+    torch.manual_seed(0)
+    model = RMT(SMALL)
+    x = torch.randn(2, 13, SMALL.d_model, requires_grad=True)
+    y_full, mem_full = model(x)
+    y1, m1 = model(x[:, :5])
+    y2, m2 = model(x[:, 5:], m1)
+    assert_close("rmt outputs", y_full, torch.cat([y1, y2], 1), 1e-6)
+    assert_close("rmt memory", mem_full, m2, 1e-6)
+    assert mem_full.shape == (2, SMALL.num_mem_tokens, SMALL.d_model)
+    y_full[:, -3:].sum().backward()
+    assert x.grad[:, :5].abs().max() > 0
+
+
+def test_gru_peer_matches_parameter_budget_and_carries_state():
+    target = sum(p.numel() for p in ARMT(SMALL).parameters())
+    gru = GRUPeer.matched(SMALL, target)
+    n = sum(p.numel() for p in gru.parameters())
+    assert n == gru_params(SMALL.d_model, gru.gru.hidden_size, SMALL.n_layers)
+    assert abs(n - target) / target < 0.02
+    x = torch.randn(2, 9, SMALL.d_model)
+    y, h = gru(x)
+    y1, h1 = gru(x[:, :4])
+    y2, h2 = gru(x[:, 4:], h1)
+    assert_close("gru outputs", y, torch.cat([y1, y2], 1), 1e-5)
+    assert_close("gru state", h, h2, 1e-5)
