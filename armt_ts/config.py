@@ -193,3 +193,70 @@ class HeadConfig(_ConfigMethods):
         _check(all(a < b for a, b in zip(qs, qs[1:])), c, "quantiles", f"must be strictly increasing, got {qs}")
         # point() of a quantile head is the median, interpolated between learned levels.
         _check(qs[0] <= 0.5 <= qs[-1], c, "quantiles", f"must bracket the median 0.5, got {qs}")
+
+
+@dataclass(frozen=True)
+class ForecasterConfig(_ConfigMethods):
+    """A forecaster (armt_ts/forecaster.py): scaler -> patch embedder -> ARMT backbone -> head.
+
+    The parts share D (``armt.d_model``), C (``patch.n_channels``) and the representation layout (per channel in
+    "independent" mode, one summary in "mixing" mode); the check below rejects parts that disagree, and
+    ``ForecasterConfig.build`` fills the shared fields from one place.
+    """
+
+    armt: ARMTConfig = dataclasses.field(default_factory=ARMTConfig)
+    patch: PatchConfig = dataclasses.field(default_factory=PatchConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    # Statistics of the observed context that normalise the input and map forecasts back to data units
+    # (gluonts.torch.scaler): "std" = z-score (StdScaler), "mean" = mean |value| (MeanScaler), "none".
+    scaling: Literal["std", "mean", "none"] = "std"
+
+    def __post_init__(self) -> None:
+        c = "ForecasterConfig"
+        for name, cls in (("armt", ARMTConfig), ("patch", PatchConfig), ("head", HeadConfig)):
+            _check(isinstance(getattr(self, name), cls), c, name,
+                   f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        D, C = self.armt.d_model, self.patch.n_channels
+        _check(self.patch.d_model == D, c, "patch.d_model", f"must equal armt.d_model={D}, got {self.patch.d_model}")
+        _check(self.head.d_model == D, c, "head.d_model", f"must equal armt.d_model={D}, got {self.head.d_model}")
+        _check(self.head.n_channels == C, c, "head.n_channels",
+               f"must equal patch.n_channels={C}, got {self.head.n_channels}")
+        independent = self.patch.mode == "independent"
+        _check(self.head.per_channel == independent, c, "head.per_channel",
+               f"must be {independent} for patch.mode={self.patch.mode!r} (the representation is "
+               f"{'[B, C, D]' if independent else '[B, D]'}), got {self.head.per_channel}")
+        # A segment then holds whole time patches (all C channel tokens of a patch), never half of one.
+        _check(not independent or self.armt.segment_length % C == 0, c, "armt.segment_length",
+               f"must be a multiple of patch.n_channels={C} in 'independent' mode, got {self.armt.segment_length}")
+        _check(self.scaling in ("std", "mean", "none"), c, "scaling",
+               f"must be 'std', 'mean' or 'none', got {self.scaling!r}")
+
+    @classmethod
+    def build(
+        cls,
+        horizon: int,
+        n_channels: int = 1,
+        armt: ARMTConfig | None = None,
+        patch: PatchConfig | None = None,
+        head: HeadConfig | None = None,
+        scaling: Literal["std", "mean", "none"] = "std",
+    ) -> "ForecasterConfig":
+        """A consistent config from its parts: the shared fields are set HERE, once, and overwrite the parts'.
+
+        ``patch.n_channels`` and ``head.n_channels`` <- n_channels; ``patch.d_model`` and ``head.d_model`` <-
+        ``armt.d_model``; ``head.horizon`` <- horizon; ``head.per_channel`` <- ``patch.mode == "independent"``.
+        """
+        armt = armt or ARMTConfig()
+        patch = (patch or PatchConfig()).replace(n_channels=n_channels, d_model=armt.d_model)
+        head = (head or HeadConfig()).replace(horizon=horizon, n_channels=n_channels, d_model=armt.d_model,
+                                              per_channel=patch.mode == "independent")
+        return cls(armt=armt, patch=patch, head=head, scaling=scaling)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":
+        """The inverse of ``to_dict`` (nested dicts for the parts)."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"ForecasterConfig: unknown fields {sorted(unknown)}")
+        parts = {"armt": ARMTConfig, "patch": PatchConfig, "head": HeadConfig}
+        return cls(**{k: parts[k].from_dict(v) if k in parts and isinstance(v, dict) else v for k, v in d.items()})

@@ -40,16 +40,19 @@ class AssociativeMemory(nn.Module):
 
     def read(self, h: Tensor, A: Tensor, z: Tensor) -> Tensor:
         """h [B, N, D] -> h + retrieved [B, N, D]. A [B, H, K, Dv], z [B, H, K]."""
-        q = self._phi(self.W_q(h))
-        out = self.ops.associative_read(q, A, z, self.config.eps)  # [B, N, H, Dv]
-        return h + out.reshape(h.shape)
+        q = self.W_q(h)
+        # the memory math runs in fp32 even under bf16 autocast: the state accumulates over many writes
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            out = self.ops.associative_read(self._phi(q.float()), A, z, self.config.eps)  # [B, N, H, Dv]
+        return h + out.reshape(h.shape).to(h.dtype)
 
     def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool) -> tuple[Tensor, Tensor]:
-        """m [B, M, D]: this layer's outputs at the memory positions -> new (A, z)."""
+        """m [B, M, D]: this layer's outputs at the memory positions -> new (A, z), fp32."""
         c = self.config
         B, M, D = m.shape
-        k = self._phi(self.W_k(m))
-        v = self.W_v(m).view(B, M, c.memory_heads, c.d_head)
-        beta = torch.sigmoid(self.W_beta(m))
-        beta = beta.view(B, M, c.memory_heads, c.d_head if c.beta_per_channel else 1)
-        return self.ops.delta_write(k, v, beta, A, z, first, c.eps)
+        k, v, b = self.W_k(m), self.W_v(m), self.W_beta(m)
+        with torch.autocast(device_type=m.device.type, enabled=False):
+            k = self._phi(k.float())
+            v = v.float().view(B, M, c.memory_heads, c.d_head)
+            beta = torch.sigmoid(b.float()).view(B, M, c.memory_heads, c.d_head if c.beta_per_channel else 1)
+            return self.ops.delta_write(k, v, beta, A, z, first, c.eps)

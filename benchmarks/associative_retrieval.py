@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 from torch import Tensor, nn
 
-from armt_ts import ARMT, ARMTConfig
+from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
 from benchmarks.common import Timer, git_commit, machine_info, markdown_table, write_results
 from datasets.associative_retrieval import RetrievalTask, capacity_estimate
@@ -44,6 +44,29 @@ class Retriever(nn.Module):
         """-> logits [B, vocab] at the last position, or [B, L, vocab] with ``all_positions``."""
         y, _ = self.backbone(self.embed(tokens))
         return self.head(y if all_positions else y[:, -1])
+
+    def forward_queries(self, pairs: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """pairs [B, L] (whole segments), queries [B, Q, Lq] -> (pair logits [B, L, V], query logits [B, Q, V]).
+
+        The pairs run once; the state after them is repeated for the Q query segments, so each query
+        sees exactly what it would see at the end of its own sequence of the paper's format.
+        """
+        B, Q, Lq = queries.shape
+        y, state = self.backbone(self.embed(pairs))
+        batch_dim = 1 if isinstance(self.backbone, GRUPeer) else 0
+        yq, _ = self.backbone(self.embed(queries.reshape(B * Q, Lq)), repeat_state(state, Q, batch_dim))
+        return self.head(y), self.head(yq[:, -1]).view(B, Q, -1)
+
+
+def repeat_state(state: MemoryState | Tensor, times: int, batch_dim: int = 0) -> MemoryState | Tensor:
+    """Repeat each batch row of a backbone's state ``times`` times (row b -> rows b*times ... b*times+times-1).
+
+    ARMT: MemoryState; RMT: memory tokens [B, M, D]; GRU: hidden [layers, B, H] (batch_dim 1).
+    """
+    if isinstance(state, MemoryState):
+        return MemoryState(tuple(a.repeat_interleave(times, 0) for a in state.A),
+                           tuple(z.repeat_interleave(times, 0) for z in state.z))
+    return state.repeat_interleave(times, batch_dim)
 
 
 def backbone_config(task: RetrievalTask, args: argparse.Namespace) -> ARMTConfig:
@@ -79,14 +102,22 @@ def curriculum(train_pairs: int, start: int = 4) -> list[int]:
     return stages + [train_pairs]
 
 
+def autocast(args: argparse.Namespace):
+    """bf16 autocast when asked (the memory state stays fp32 inside the model); a no-op otherwise."""
+    return torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
 @torch.no_grad()
-def exact_match(model: Retriever, task: RetrievalTask, pairs: int, samples: int, seed: int, batch: int) -> float:
+def exact_match(model: Retriever, task: RetrievalTask, pairs: int, samples: int, seed: int, batch: int,
+                args: argparse.Namespace) -> float:
     model.eval()
     g = torch.Generator().manual_seed(seed)
     correct = 0
     for start in range(0, samples, batch):
         x, y = task.sample(min(batch, samples - start), pairs, g)
-        correct += (model(x).argmax(-1) == y).sum().item()
+        with autocast(args):
+            pred = model(x.to(args.device)).argmax(-1).cpu()
+        correct += (pred == y).sum().item()
     model.train()
     return correct / samples
 
@@ -110,12 +141,14 @@ def train(model: Retriever, task: RetrievalTask, args: argparse.Namespace, seed:
     for step in range(1, args.steps + 1):
         stage = stages[stage_i]
         pairs = int(torch.randint(max(1, stage // 2), stage + 1, (1,), generator=g))
-        if args.dense:
-            x, y = task.sample_dense(args.batch, pairs, g)
-            loss = nn.functional.cross_entropy(model(x, all_positions=True).flatten(0, 1), y.flatten(), ignore_index=-100)
-        else:
-            x, y = task.sample(args.batch, pairs, g)
-            loss = nn.functional.cross_entropy(model(x), y)
+        body, body_targets, queries, answers = (t.to(args.device) for t in task.sample_queries(args.batch, pairs, args.queries, g))
+        with autocast(args):
+            pair_logits, query_logits = model.forward_queries(body, queries)
+            logits, targets = query_logits.flatten(0, 1).float(), answers.flatten()
+            if args.dense:
+                logits = torch.cat([logits, pair_logits.flatten(0, 1).float()])
+                targets = torch.cat([targets, body_targets.flatten()])
+            loss = nn.functional.cross_entropy(logits, targets, ignore_index=-100)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step} ({pairs} pairs, batch of {args.batch})")
         opt.zero_grad(set_to_none=True)
@@ -124,7 +157,7 @@ def train(model: Retriever, task: RetrievalTask, args: argparse.Namespace, seed:
         opt.step()
         sched.step()
         if step % args.check_every == 0 or step == args.steps:
-            acc = exact_match(model, task, stage, 256, seed + 1000 + step, 256)
+            acc = exact_match(model, task, stage, 256, seed + 1000 + step, 256, args)
             log.append({"step": step, "stage_pairs": stage, "loss": round(loss.item(), 4), "exact_match": acc})
             print(f"    step {step:>5}  stage {stage:>3} pairs  loss {loss.item():.4f}  exact match {acc:.3f}", flush=True)
             if acc >= args.advance_at and stage_i < len(stages) - 1:
@@ -147,7 +180,7 @@ def run_task(args: argparse.Namespace, task_name: str) -> tuple[list[dict], dict
     rows, curves = [], {}
     for name in args.models:
         torch.manual_seed(args.seed)
-        model = build(name, task, args)
+        model = build(name, task, args).to(args.device)
         params = sum(p.numel() for p in model.parameters())
         print(f"[{task_name}] {name}: {params} parameters", flush=True)
         with Timer() as t:
@@ -157,7 +190,7 @@ def run_task(args: argparse.Namespace, task_name: str) -> tuple[list[dict], dict
             if task.kind == "remember" and pairs > task.num_keys:
                 continue
             with Timer() as te:
-                acc = exact_match(model, task, pairs, args.eval_samples, args.seed + 7 + pairs, args.eval_batch)
+                acc = exact_match(model, task, pairs, args.eval_samples, args.seed + 7 + pairs, args.eval_batch, args)
             row = {
                 "model": name, "task": task_name, "pairs": pairs, "exact_match": acc,
                 "train_pairs": args.train_pairs, "train_seconds": round(t.seconds, 1), "train_steps": info["steps"],
@@ -208,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curriculum-start", type=int, default=4)
     p.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=False,
                    help="keys and values use the same 16 tokens (default: values have their own 16)")
+    p.add_argument("--queries", type=int, default=16,
+                   help="training queries per sequence of pairs (each a full sequence of the paper's format)")
     p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
                    help="score every 'key sep' prefix during training (same inputs; see RetrievalTask.sample_dense)")
     p.add_argument("--remember-key-size", type=int, default=3)
@@ -216,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for these small matrices)")
     p.add_argument("--jobs", type=int, default=2, help="tasks trained in parallel processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (memory state stays fp32)")
     p.add_argument("--name", default=None, help="result file stem under benchmarks/results "
                    "(default associative_retrieval, or associative_retrieval_quick with --quick)")
     args = p.parse_args(argv)
@@ -233,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "associative_retrieval",
         "protocol": "DESIGN.md section 7: 16 symbols, one pair per segment, curriculum up to train_pairs; "
         "same stages, steps, batch and data for every model",
-        "args": vars(args), "seed": args.seed, "git_commit": git_commit(), "machine": machine_info(),
+        "args": vars(args), "seed": args.seed, "git_commit": git_commit(), "machine": machine_info(args.device),
         **result,
     }
     columns = ["model", "task", "pairs", "exact_match", "capacity_estimate", "train_pairs", "final_stage_pairs",
@@ -251,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Training, identical for every model: {args.steps} steps of batch {args.batch}, AdamW lr {args.lr} "
         f"(warm-up, cosine), gradient clip 1.0, adaptive curriculum over {curriculum(args.train_pairs, args.curriculum_start)} "
         f"pairs (advance at exact match >= {args.advance_at}, checked every {args.check_every} steps), "
-        f"{'every key-sep prefix scored (dense)' if args.dense else 'final query scored only'}; "
+        f"{args.queries} query segments per sequence of pairs (sharing the pairs' state)"
+        f"{' and every earlier key-sep prefix scored (dense)' if args.dense else ''}; evaluation uses single "
+        f"sequences of the paper's format; "
         f"the same seeded data stream. Models: d_model {args.d_model}, {args.layers} layers, ARMT/RMT with "
         f"{args.mem_tokens} memory tokens (ARMT d_mem {args.d_mem}), GRU with matched parameters. "
         f"Exact match over {args.eval_samples} fresh sequences per row. Seed {args.seed}; commit "

@@ -60,7 +60,7 @@ class RetrievalTask:
         return self.num_symbols**self.key_size
 
     def sample(self, batch: int, pairs: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """-> tokens [batch, pairs * (key_size + 3) + key_size + 1] (long), answers [batch] (long)."""
+        """The paper's format: -> tokens [batch, pairs * (key_size + 3) + key_size + 1], answers [batch]."""
         tokens, targets = self.sample_dense(batch, pairs, generator)
         return tokens, targets[:, -1]
 
@@ -71,37 +71,48 @@ class RetrievalTask:
         BEFORE this pair's write (if the key was written earlier), and at the final query's sep it is the
         answer. The input is exactly the task's sequence; only more of its positions are scored.
         """
+        body, body_targets, queries, answers = self.sample_queries(batch, pairs, 1, generator)
+        tokens = torch.cat([body, queries[:, 0]], dim=1)
+        tail_targets = torch.full((batch, self.key_size + 1), -100)
+        tail_targets[:, -1] = answers[:, 0]
+        return tokens, torch.cat([body_targets, tail_targets], dim=1)
+
+    def sample_queries(
+        self, batch: int, pairs: int, queries: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pairs once, then several independent query segments against the same stored pairs.
+
+        -> pair tokens [batch, pairs * (key_size + 3)], their dense targets [batch, pairs * (key_size + 3)]
+        (see ``sample_dense``), query tokens [batch, queries, key_size + 1] ("key sep") and answers
+        [batch, queries]. Each (pairs, query j) is one sequence of the paper's format; sharing the pairs
+        lets a model score many queries for the cost of one pass over the pairs.
+        """
         if self.kind == "remember" and pairs > self.num_keys:
             raise ValueError(f"remember with {pairs} pairs needs unique keys, but only {self.num_keys} exist")
         if self.kind == "remember":
             key_ids = torch.argsort(torch.rand(batch, self.num_keys, generator=generator), dim=1)[:, :pairs]
         else:
             key_ids = torch.randint(0, self.num_keys, (batch, pairs), generator=generator)
-        values = torch.randint(0, self.num_symbols, (batch, pairs), generator=generator)
-        # query a position; for rewrite, the answer is the last write of that position's key
-        pos = torch.randint(0, pairs, (batch,), generator=generator)
-        query = key_ids[torch.arange(batch), pos]
-        same = key_ids == query[:, None]
-        last = pairs - 1 - torch.flip(same, dims=[1]).float().argmax(dim=1)
-        answers = values[torch.arange(batch), last] + self.value_offset
-        digits = self._digits(key_ids)  # [batch, pairs, key_size]
-        sep = torch.full((batch, pairs, 1), self.sep)
-        eos = torch.full((batch, pairs, 1), self.eos)
-        body = torch.cat([digits, sep, values[..., None] + self.value_offset, eos], dim=2).reshape(batch, -1)
-        tail = torch.cat([self._digits(query[:, None])[:, 0], torch.full((batch, 1), self.sep)], dim=1)
-        tokens = torch.cat([body, tail], dim=1)
-        # previous value of each pair's key: scan once over the pairs, keeping the latest value per key
+        values = torch.randint(0, self.num_symbols, (batch, pairs), generator=generator) + self.value_offset
+        rows = torch.arange(batch)
+        # scan the pairs once: the value each key held before this pair, and the latest value per key
         prev = torch.full((batch, pairs), -100)
         table = torch.full((batch, self.num_keys), -100)
-        rows = torch.arange(batch)
         for i in range(pairs):
             prev[:, i] = table[rows, key_ids[:, i]]
-            table[rows, key_ids[:, i]] = values[:, i] + self.value_offset
-        targets = torch.full_like(tokens, -100)
+            table[rows, key_ids[:, i]] = values[:, i]
+        # query keys are keys that were written; the answer is the latest value under that key
+        pos = torch.randint(0, pairs, (batch, queries), generator=generator)
+        query_ids = torch.gather(key_ids, 1, pos)
+        answers = torch.gather(table, 1, query_ids)
         seg = self.segment_length
-        targets[:, self.key_size : pairs * seg : seg] = prev
-        targets[:, -1] = answers
-        return tokens, targets
+        sep = torch.full((batch, pairs, 1), self.sep)
+        eos = torch.full((batch, pairs, 1), self.eos)
+        body = torch.cat([self._digits(key_ids), sep, values[..., None], eos], dim=2).reshape(batch, -1)
+        body_targets = torch.full_like(body, -100)
+        body_targets[:, self.key_size :: seg] = prev
+        query_tokens = torch.cat([self._digits(query_ids), torch.full((batch, queries, 1), self.sep)], dim=2)
+        return body, body_targets, query_tokens, answers
 
     def _digits(self, ids: Tensor) -> Tensor:
         out = []

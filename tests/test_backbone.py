@@ -207,3 +207,26 @@ def test_gru_peer_matches_parameter_budget_and_carries_state():
     y2, h2 = gru(x[:, 4:], h1)
     assert_close("gru outputs", y, torch.cat([y1, y2], 1), 1e-5)
     assert_close("gru state", h, h2, 1e-5)
+
+
+def test_bf16_autocast_keeps_the_memory_state_fp32():
+    model = _model()
+    x = torch.randn(2, 12, SMALL.d_model)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        y, state = model(x)
+    assert all(a.dtype == torch.float32 for a in state.A) and all(z.dtype == torch.float32 for z in state.z)
+    y_ref, state_ref = model(x)
+    assert torch.isfinite(y).all()
+    # bf16 has ~3 significant digits; the fp32 run is the reference
+    assert_close("bf16 outputs", y_ref, y.float(), 0.1)
+    assert_close("bf16 A[-1]", state_ref.A[-1], state.A[-1], 0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    model = _model()
+    x = torch.randn(2, 12, SMALL.d_model)
+    y_cpu, s_cpu = model(x)
+    y_gpu, s_gpu = model.to("cuda")(x.cuda())
+    assert_close("cuda outputs", y_cpu, y_gpu.cpu(), 1e-4)
+    assert_close("cuda A[-1]", s_cpu.A[-1], s_gpu.A[-1].cpu(), 1e-4)

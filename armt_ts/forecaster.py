@@ -1,0 +1,158 @@
+"""ARMTForecaster: scaler -> patch embedder -> ARMT backbone -> forecasting head (DESIGN.md section 3).
+
+    values [B, T, C], observed [B, T, C]
+      -> scaler over the observed context: normalised values, loc [B, 1, C], scale [B, 1, C]
+      -> PatchEmbedder: tokens [B, N * C, D] ("independent", time-major) or [B, N, D] ("mixing")
+      -> ARMT, segment by segment (armt.segment_length tokens each): a context longer than one segment
+         reaches the forecast through the associative memory; a shorter one is a single partial segment
+      -> representation: the last time patch's output tokens, [B, C, D] ("independent") or [B, D] ("mixing")
+      -> head: params in normalised units; loc / scale bring forecasts back to data units.
+
+The loss is computed in normalised units (the target is scaled with the context's loc / scale), so every series
+weighs the same whatever its magnitude; for the distribution heads this differs from the data-unit negative
+log-likelihood only by the constant log(scale), so the gradients are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from gluonts.torch.scaler import MeanScaler, NOPScaler, Scaler, StdScaler
+from torch import Tensor, nn
+
+from .backbone import ARMT
+from .config import ForecasterConfig
+from .embed import PatchEmbedder
+from .heads import Params, build_head
+from .state import MemoryState
+
+
+class ForecasterOutput(NamedTuple):
+    """What ``ARMTForecaster.forward`` returns."""
+
+    params: Params  # head parameters in normalised units, leading dims [B, H, C]
+    loc: Tensor  # [B, 1, C], data = loc + scale * normalised
+    scale: Tensor  # [B, 1, C]
+    state: MemoryState  # memory after the last segment of the context
+
+
+def _scaler(kind: str) -> Scaler:
+    # dim=1 is time in [B, T, C]; keepdim gives [B, 1, C], which broadcasts against [B, H, C].
+    if kind == "std":
+        return StdScaler(dim=1, keepdim=True)
+    if kind == "mean":
+        # default_scale=1.0: a series with no observed value gets scale 1, not a batch statistic (a forecast must
+        # not depend on which other series share its batch).
+        return MeanScaler(dim=1, keepdim=True, default_scale=1.0)
+    return NOPScaler(dim=1, keepdim=True)
+
+
+class ARMTForecaster(nn.Module):
+    """Embedder + ARMT backbone + head: ``forward(past_values, past_observed, state) -> ForecasterOutput``.
+
+    Any context length T >= 1 works: shorter than one segment, or many segments long (the memory carries it).
+    """
+
+    def __init__(self, config: ForecasterConfig):
+        super().__init__()
+        self.config = config
+        self.scaler = _scaler(config.scaling)
+        self.embed = PatchEmbedder(config.patch)
+        self.backbone = ARMT(config.armt)
+        self.head = build_head(config.head)
+
+    def num_segments(self, context_length: int) -> int:
+        """Segments the backbone runs for a context of ``context_length`` steps."""
+        return -(-self.embed.num_tokens(context_length) // self.config.armt.segment_length)
+
+    def normalise(self, past_values: Tensor, past_observed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """values [B, T, C] -> (normalised [B, T, C], keep [B, T, C] bool, loc [B, 1, C], scale [B, 1, C]).
+
+        Statistics use observed entries only; unobserved entries (NaN allowed) become 0 before scaling, since the
+        gluonts scalers multiply by the mask and NaN * 0 is NaN.
+        """
+        C = self.config.patch.n_channels
+        if past_values.dim() != 3 or past_values.shape[-1] != C:
+            raise ValueError(f"past_values: expected [B, T, C] with C = {C}, got shape {tuple(past_values.shape)}")
+        if past_observed.shape != past_values.shape:
+            raise ValueError(f"past_observed: expected shape {tuple(past_values.shape)}, got {tuple(past_observed.shape)}")
+        keep = past_observed != 0
+        bad = keep & ~torch.isfinite(past_values)
+        if bad.any():
+            first = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"past_values: {int(bad.sum())} non-finite value(s) at observed positions, first at {first}")
+        dtype = self.embed.proj.weight.dtype
+        x = torch.where(keep, past_values.to(dtype), torch.zeros((), dtype=dtype, device=past_values.device))
+        x, loc, scale = self.scaler(x, keep.to(dtype))
+        return x, keep, loc, scale
+
+    def forward(
+        self,
+        past_values: Tensor,
+        past_observed: Tensor,
+        state: MemoryState | None = None,
+        loc: Tensor | None = None,
+        scale: Tensor | None = None,
+    ) -> ForecasterOutput:
+        """Read a context and return the head's parameters.
+
+        Args:
+            past_values: [B, T, C]; finite where observed, anything (NaN included) where not.
+            past_observed: [B, T, C] bool or 0/1 float, nonzero = observed.
+            state: memory left by an earlier call over the preceding history, or None (empty memory).
+            loc, scale: [B, 1, C] scaler statistics to use instead of this context's own (a caller that feeds
+                one series in several calls keeps them fixed, so the memory sees one set of units); both or neither.
+
+        Returns:
+            ForecasterOutput(params, loc, scale, state).
+        """
+        if (loc is None) != (scale is None):
+            raise ValueError("loc and scale: pass both or neither")
+        x, keep, own_loc, own_scale = self.normalise(past_values, past_observed)
+        if loc is not None:
+            # the scalers are affine, x = (v - own_loc) / own_scale: re-express in the given units
+            x = (x * own_scale + own_loc - loc) / scale
+        else:
+            loc, scale = own_loc, own_scale
+        tokens, _ = self.embed(x, keep)  # [B, N*C, D] or [B, N, D]
+        y, state = self.backbone(tokens, state)
+        C = self.config.patch.n_channels
+        # "independent": the last time patch's tokens are the last C (index n * C + c); "mixing": the last token.
+        rep = y[:, -C:] if self.config.patch.mode == "independent" else y[:, -1]  # [B, C, D] or [B, D]
+        return ForecasterOutput(self.head(rep), loc, scale, state)
+
+    def loss(
+        self,
+        past_values: Tensor,
+        past_observed: Tensor,
+        future_values: Tensor,
+        future_observed: Tensor,
+        state: MemoryState | None = None,
+    ) -> Tensor:
+        """Scalar mean loss over the observed future entries, in normalised units (see the module docstring).
+
+        future_values / future_observed: [B, H, C]; future values may be NaN where not observed.
+        """
+        params, loc, scale, _ = self(past_values, past_observed, state)
+        target = (future_values.to(loc.dtype) - loc) / scale  # NaN stays NaN; the head masks it out
+        return self.head.loss(params, target, future_observed)
+
+    @torch.no_grad()
+    def point(self, past_values: Tensor, past_observed: Tensor, state: MemoryState | None = None) -> Tensor:
+        """[B, H, C] point forecast in data units (the mean, or the median of a quantile head)."""
+        params, loc, scale, _ = self(past_values, past_observed, state)
+        return self.head.point(params, loc, scale)
+
+    @torch.no_grad()
+    def quantiles(
+        self,
+        past_values: Tensor,
+        past_observed: Tensor,
+        levels: Sequence[float],
+        state: MemoryState | None = None,
+    ) -> Tensor:
+        """[B, H, C, Q] forecast quantiles at ``levels`` in data units."""
+        params, loc, scale, _ = self(past_values, past_observed, state)
+        return self.head.quantiles(params, levels, loc, scale)

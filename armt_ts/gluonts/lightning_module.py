@@ -1,0 +1,65 @@
+"""ARMTLightningModule: trains an ``ARMTModel`` with Lightning (as gluonts.torch's ``patch_tst/lightning_module.py``).
+
+Lightning supplies the rest: progress bar, checkpoints (gluonts' estimator adds a ModelCheckpoint), CPU / CUDA,
+mixed precision (``precision="bf16-mixed"``; the associative memory itself stays fp32, see memory.py) and
+data-parallel training (``strategy="ddp"``). Gradient clipping is a Trainer argument (``gradient_clip_val``).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from gluonts.core.component import validated
+from gluonts.itertools import select
+from torch import Tensor
+
+from ..config import ForecasterConfig
+from .module import ARMTModel
+
+
+class ARMTLightningModule(pl.LightningModule):
+    """Training and validation loss of an ``ARMTModel``; Adam optimiser.
+
+    Args:
+        config: ``ForecasterConfig.to_dict()`` (a plain dict, so that gluonts can serialise the predictor as JSON).
+        context_length: steps of context the model reads.
+        lr, weight_decay: Adam's.
+    """
+
+    @validated()
+    def __init__(self, config: dict, context_length: int, lr: float = 1e-3, weight_decay: float = 1e-8):
+        super().__init__()
+        self.model = ARMTModel(ForecasterConfig.from_dict(config), context_length)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.inputs = self.model.describe_inputs()
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def _loss(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        loss = self.model.loss(
+            **select(self.inputs, batch),
+            future_target=batch["future_target"],
+            future_observed_values=batch["future_observed_values"],
+        )
+        # Fail loudly and say where: a NaN loss would otherwise silently turn every weight into NaN.
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{stage} loss is {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch index {batch_idx})"
+            )
+        # sync_dist: under DDP the logged epoch value (and so the checkpoint's choice) is the mean over ranks,
+        # one all-reduce per epoch; a no-op in a single process.
+        self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, sync_dist=True,
+                 batch_size=batch["past_target"].shape[0])
+        return loss
+
+    def training_step(self, batch, batch_idx: int):  # type: ignore[override]
+        return self._loss(batch, batch_idx, "train")
+
+    def validation_step(self, batch, batch_idx: int):  # type: ignore[override]
+        return self._loss(batch, batch_idx, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
