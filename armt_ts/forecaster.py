@@ -77,12 +77,14 @@ class ARMTForecaster(nn.Module):
         if past_values.dim() != 3 or past_values.shape[-1] != C:
             raise ValueError(f"past_values: expected [B, T, C] with C = {C}, got shape {tuple(past_values.shape)}")
         if past_observed.shape != past_values.shape:
-            raise ValueError(f"past_observed: expected shape {tuple(past_values.shape)}, got {tuple(past_observed.shape)}")
+            raise ValueError(f"past_observed: expected shape {tuple(past_values.shape)}, "
+                             f"got {tuple(past_observed.shape)}")
         keep = past_observed != 0
         bad = keep & ~torch.isfinite(past_values)
         if bad.any():
             first = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"past_values: {int(bad.sum())} non-finite value(s) at observed positions, first at {first}")
+            raise ValueError(f"past_values: {int(bad.sum())} non-finite value(s) at observed positions, "
+                             f"first at {first}")
         dtype = self.embed.proj.weight.dtype
         x = torch.where(keep, past_values.to(dtype), torch.zeros((), dtype=dtype, device=past_values.device))
         x, loc, scale = self.scaler(x, keep.to(dtype))

@@ -17,8 +17,8 @@ The serialised predictor is JSON (``predictor.json``, gluonts' serde) plus the w
 (``prediction-net.safetensors``); no pickle, unlike gluonts' ``PyTorchPredictor``, which writes ``torch.save``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
+# cannot resolve them as strings.
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional, Union

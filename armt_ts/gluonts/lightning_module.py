@@ -5,8 +5,8 @@ mixed precision (``precision="bf16-mixed"``; the associative memory itself stays
 data-parallel training (``strategy="ddp"``). Gradient clipping is a Trainer argument (``gradient_clip_val``).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
+# cannot resolve them as strings.
 import lightning.pytorch as pl
 import torch
 from gluonts.core.component import validated
@@ -38,17 +38,20 @@ class ARMTLightningModule(pl.LightningModule):
         return self.model(*args, **kwargs)
 
     def _loss(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
-        loss = self.model.loss(
-            **select(self.inputs, batch),
-            future_target=batch["future_target"],
-            future_observed_values=batch["future_observed_values"],
-        )
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch index {batch_idx})"
+        try:
+            loss = self.model.loss(
+                **select(self.inputs, batch),
+                future_target=batch["future_target"],
+                future_observed_values=batch["future_observed_values"],
+            )
+        except Exception as e:
+            # e.g. torch.distributions rejecting NaN parameters before any loss exists: keep the error, say where
+            e.add_note(f"raised by the {stage} loss at {where}")
+            raise
         # Fail loudly and say where: a NaN loss would otherwise silently turn every weight into NaN.
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{stage} loss is {loss.item()} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch index {batch_idx})"
-            )
+            raise FloatingPointError(f"{stage} loss is {loss.item()} at {where}")
         # sync_dist: under DDP the logged epoch value (and so the checkpoint's choice) is the mean over ranks,
         # one all-reduce per epoch; a no-op in a single process.
         self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, sync_dist=True,

@@ -1,0 +1,560 @@
+"""``armt-ts``: the command line (DESIGN.md section 1). One subcommand so far:
+
+    armt-ts forecast [FILE] --horizon 24 --out forecast.csv --plot forecast.png
+
+reads a wide or long CSV / Parquet file (or, without FILE, generates the embedded synthetic telemetry), trains an
+ARMT forecaster on every series with ``ARMTEstimator`` (or loads one saved earlier with ``--save-model``), and
+writes the point and quantile forecasts of every series as a CSV plus a PNG of history and forecast bands.
+
+Every (entity, channel) is forecast as its own univariate series: the estimator is channel-independent, so any
+number of columns works and all series share one model. Saved models are JSON + safetensors (``ARMTPredictor``),
+never pickle. A user error (bad file, bad option, missing model folder) prints one line on stderr and exits with
+status 2; ``main`` returns the status instead of calling ``sys.exit``, so it can be called from Python and tests.
+
+The heavy imports (torch, gluonts, lightning, matplotlib) happen inside the command, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from armt_ts.data import TimeSeriesFrame
+    from armt_ts.gluonts import ARMTPredictor
+
+PROG = "armt-ts"
+
+# Defaults sized so that `armt-ts forecast` on the embedded default (32 series of 1344 hourly steps), imports
+# included, finishes well under 3 minutes on 2 CPU cores.
+DEFAULT_HORIZON = 24
+CONTEXT_PER_HORIZON = 8  # default context = 8 * horizon: 192 hourly steps, more than the synthetic weekly cycle
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCHES_PER_EPOCH = 50
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+# The plot shows the median and the 10-90% band, whatever --quantiles the CSV gets.
+PLOT_LEVELS = (0.1, 0.5, 0.9)
+PLOT_HISTORY_PER_HORIZON = 3  # history shown before the forecast, in horizons
+DEFAULT_PLOT_SERIES = 4
+
+# The model the command trains: the library's default ARMT width and depth, with 16-step patches and 8 patch
+# tokens per segment, so that the default context (12 patches) spans two segments and the second one reads
+# what the associative memory wrote from the first.
+PATCH_LEN = 16
+SEGMENT_LENGTH = 8
+
+
+class CLIError(Exception):
+    """A problem with the user's input or options: reported as one line on stderr, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``armt-ts`` parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="ARMT (Associative Recurrent Memory Transformer) forecasting for telemetry time series.",
+        epilog="Run 'armt-ts forecast --help' for the options of a command.\n\n"
+               "Example (the embedded synthetic default: trains, forecasts 24 steps, writes a CSV and a PNG):\n"
+               "  armt-ts forecast --out forecast.csv --plot forecast.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_forecast(commands)
+    return parser
+
+
+def _add_forecast(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "forecast",
+        help="train (or load) a model and forecast every series of a file",
+        description=(
+            "Train an ARMT forecaster on every series of FILE (or load one with --model) and write point and\n"
+            "quantile forecasts for the next --horizon steps of each series, plus a PNG of history and\n"
+            "forecast bands. Without FILE the embedded synthetic telemetry is used (8 entities x 4 channels,\n"
+            "8 weeks of hourly steps), so the command runs with no data at all.\n\n"
+            "Layouts (CSV or Parquet):\n"
+            "  wide  a timestamp column and one numeric column per series (ETT, Weather);\n"
+            "  long  timestamp, series id, [channel], value: one row per observation.\n"
+            "The file is read as long when it has a series-id column (series_id, series, entity_id, entity,\n"
+            "item_id or id) and a value column (value or target), or when --id is given; as wide otherwise.\n"
+            "Every (series, channel) is forecast as its own univariate series with one shared model.\n"
+            "Empty / NaN cells and gaps in time are missing values (masked, never filled in); timestamps must\n"
+            "lie on a regular grid, which is inferred or given with --freq."
+        ),
+        epilog=(
+            "Output CSV: one row per series, [channel] and forecast step, with columns series, [channel],\n"
+            "timestamp (continuing the series' grid), mean (point forecast) and q<level> per quantile.\n\n"
+            "Examples:\n"
+            "  armt-ts forecast                                  # embedded default -> forecast.csv, forecast.png\n"
+            "  armt-ts forecast ETTh1.csv --horizon 96 --target OT HUFL --save-model ett-model\n"
+            "  armt-ts forecast new.csv --model ett-model --out new_forecast.csv --no-plot\n"
+            "  armt-ts forecast sensors.parquet --id machine --target reading --freq 10m"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="CSV (.csv) or Parquet (.parquet, .pq) file; omit it for the embedded synthetic default")
+    g = p.add_argument_group("columns (inferred unless given)")
+    g.add_argument("--timestamp", metavar="COL",
+                   help="time column (default: timestamp / datetime / date / time, else the first column if it "
+                        "holds dates)")
+    g.add_argument("--id", metavar="COL", help="series-id column; giving it selects the long layout")
+    g.add_argument("--target", metavar="COL", nargs="+",
+                   help="wide: the value columns to forecast (default: every column but the timestamp); "
+                        "long: the value column")
+    g.add_argument("--freq", metavar="STEP",
+                   help="grid step as a polars duration: 10m, 1h, 1d, 1mo (default: the most common step)")
+    g.add_argument("--sort", action="store_true", help="sort rows by time instead of rejecting time going backwards")
+    g.add_argument("--aggregate", choices=("mean", "last", "first", "sum"),
+                   help="merge rows with the same timestamp this way instead of rejecting them")
+
+    g = p.add_argument_group("forecast")
+    g.add_argument("--horizon", type=int, metavar="H",
+                   help=f"steps to forecast (default {DEFAULT_HORIZON}, or the --model's)")
+    g.add_argument("--context", type=int, metavar="T",
+                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
+                        f"--model's); it may span many ARMT segments, carried by the associative memory")
+    g.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
+                   help="quantile levels in (0, 1) written to the CSV (default: "
+                        f"{' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
+
+    g = p.add_argument_group("training (ignored with --model)")
+    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)")
+    g.add_argument("--batches-per-epoch", type=int, default=DEFAULT_BATCHES_PER_EPOCH, metavar="N",
+                   help="training batches per epoch (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help="windows per batch (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of training (default: %(default)s)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train and predict (default: %(default)s)")
+    g.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision (the memory stays fp32)")
+
+    g = p.add_argument_group("model files (JSON + safetensors, never pickle)")
+    g.add_argument("--model", metavar="DIR", help="load this saved model instead of training")
+    g.add_argument("--save-model", metavar="DIR", help="save the trained model to this folder")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", metavar="CSV", default="forecast.csv", help="forecast table (default: %(default)s)")
+    g.add_argument("--plot", metavar="PNG", default="forecast.png",
+                   help="picture of history and forecast bands (default: %(default)s)")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the picture")
+    g.add_argument("--plot-series", type=int, default=DEFAULT_PLOT_SERIES, metavar="N",
+                   help="series drawn in the picture, the first N in output order (default: %(default)s)")
+    p.set_defaults(run=run_forecast)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``armt-ts`` and ``python -m armt_ts``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad options, 0 after --help
+    try:
+        return args.run(args)
+    except CLIError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# forecast
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The univariate series to forecast, all on one regular grid.
+
+    Fields:
+        frame: the data as read (its timestamps, freq and source).
+        target: [S, T] float32, NaN where unobserved; S = every (series, channel) of ``frame``.
+        series: S series names (wide: the column; long: the series id).
+        channels: S channel names, or None when each series has one channel.
+        description: where the data came from, in words.
+    """
+
+    frame: TimeSeriesFrame
+    target: np.ndarray
+    series: list[str]
+    channels: list[str] | None
+    description: str
+
+
+@dataclass(frozen=True)
+class Forecasts:
+    """Forecasts of every series of a Panel: timestamps [H], mean [S, H], quantiles [S, Q, H] at ``levels``."""
+
+    timestamps: np.ndarray
+    mean: np.ndarray
+    levels: tuple[float, ...]
+    quantiles: np.ndarray
+
+    def at(self, level: float) -> np.ndarray:
+        """[S, H] forecasts at one of ``levels``."""
+        return self.quantiles[:, self.levels.index(level)]
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    """The ``forecast`` subcommand."""
+    quantiles = _check_options(args)
+    with _quiet_libraries():
+        from armt_ts.data import DataError
+
+        try:
+            panel = load_panel(args)
+        except (DataError, FileNotFoundError) as err:
+            raise CLIError(str(err)) from None
+        if args.model is not None:
+            predictor = load_model(args.model, args.device)
+            horizon, context = _check_loaded(predictor, args)
+            how = f"loaded the model from {args.model}"
+        else:
+            horizon = args.horizon or DEFAULT_HORIZON
+            context = args.context or CONTEXT_PER_HORIZON * horizon
+            started = time.perf_counter()
+            predictor = train(panel, horizon, context, args)
+            how = (f"trained in {time.perf_counter() - started:.1f} s ({args.epochs} epoch(s) x "
+                   f"{args.batches_per_epoch} batches of {args.batch_size} windows, {args.device}"
+                   f"{', bf16' if args.bf16 else ''})")
+            if args.save_model is not None:
+                with _writing(args.save_model):
+                    save_model(predictor, args.save_model)
+                how += f"; saved to {args.save_model}"
+        forecasts = predict(predictor, panel, horizon, sorted(set(quantiles) | set(PLOT_LEVELS)))
+    with _writing(args.out):
+        rows = write_csv(panel, forecasts, quantiles, Path(args.out))
+    outputs = [f"{args.out} ({rows} rows)"]
+    if not args.no_plot:
+        with _writing(args.plot):
+            plot_forecast(panel, forecasts, Path(args.plot), n_series=args.plot_series)
+        outputs.append(args.plot)
+    print(f"{PROG} forecast: {len(panel.series)} series from {panel.description}; horizon {horizon}, "
+          f"context {context}\n  {how}\n  wrote {', '.join(outputs)}")
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> list[float]:
+    for name in ("horizon", "context"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name} must be a positive number of steps, got {value}")
+    for name in ("epochs", "batches_per_epoch", "batch_size", "plot_series"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    quantiles = list(args.quantiles)
+    bad = [q for q in quantiles if not 0.0 < q < 1.0]
+    if bad:
+        raise CLIError(f"--quantiles must lie strictly between 0 and 1, got {bad[0]}")
+    if len(set(quantiles)) != len(quantiles):
+        raise CLIError(f"--quantiles has a repeated level: {quantiles}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda was asked for but torch sees no CUDA device")
+    return sorted(quantiles)
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """An output that cannot be written (no permission, a folder in the way, disk full) is a CLIError."""
+    try:
+        yield
+    except OSError as err:
+        raise CLIError(f"cannot write {path!r}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence Lightning's and gluonts' info logging and their warnings about the data loader and the logger,
+    which are noise on a command line; restored on exit, so calling ``main`` from Python leaves no trace."""
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when first imported: import it first)
+
+    names = ("lightning.pytorch", "lightning.fabric", "gluonts")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning\..*")
+            warnings.filterwarnings("ignore", module=r"gluonts\..*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input
+
+
+def load_panel(args: argparse.Namespace) -> Panel:
+    """Read FILE as wide or long (see the forecast help), or generate the embedded default without it."""
+    from armt_ts.data import read_long, read_wide
+
+    if args.file is None:
+        if any(v is not None for v in (args.timestamp, args.id, args.target, args.freq)):
+            raise CLIError("--timestamp, --id, --target and --freq describe a FILE; none was given")
+        return _synthetic_panel()
+    common = dict(timestamp=args.timestamp, freq=args.freq, aggregate=args.aggregate, sort=args.sort)
+    if _is_long(args):
+        if args.target is not None and len(args.target) > 1:
+            raise CLIError(f"a long file has one value column, but --target names {len(args.target)}")
+        frame = read_long(args.file, series_id=args.id, value=args.target[0] if args.target else None, **common)
+        layout = "long"
+    else:
+        frame = read_wide(args.file, channels=args.target, **common)
+        layout = "wide"
+    return _panel(frame, f"{args.file} ({layout}, {frame.n_steps} steps of {frame.freq})")
+
+
+def _is_long(args: argparse.Namespace) -> bool:
+    """Long when --id is given, or when the file has a series-id column and a value column (given or named
+    as the long reader expects); wide otherwise."""
+    if args.id is not None:
+        return True
+    if args.target is not None and len(args.target) > 1:
+        return False
+    # The long reader's own column names, so that detection and reading cannot disagree.
+    from armt_ts.data.readers import _ID_NAMES, _VALUE_NAMES
+
+    names = _column_names(Path(args.file))
+    lower = {n.lower() for n in names}
+    has_value = args.target[0] in names if args.target else any(a in lower for a in _VALUE_NAMES)
+    return has_value and any(a in lower for a in _ID_NAMES)
+
+
+def _column_names(path: Path) -> list[str]:
+    """The header of a CSV / Parquet file, or [] when it cannot be read: the reader then says why."""
+    import polars as pl
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pl.scan_csv(path, infer_schema=False).collect_schema().names()
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pl.scan_parquet(path).collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError):
+        pass
+    return []
+
+
+def _synthetic_panel() -> Panel:
+    from armt_ts.data import TimeSeriesFrame
+    from armt_ts.data.timegrid import step_to_freq
+    from datasets.synthetic import TelemetryConfig, generate_telemetry
+
+    tel = generate_telemetry(TelemetryConfig())
+    n, length, c = tel.shape
+    frame = TimeSeriesFrame(
+        timestamps=tel.timestamps, values=np.nan_to_num(tel.values, nan=0.0), observed=tel.observed,
+        channels=list(tel.channels), freq=step_to_freq(int(tel.config.step / np.timedelta64(1, "ns"))).text,
+        source="<synthetic telemetry>", series_ids=list(tel.entities))
+    return _panel(frame, f"the embedded synthetic telemetry ({n} entities x {c} channels, {length} steps of "
+                         f"{frame.freq})")
+
+
+def _panel(frame: TimeSeriesFrame, description: str) -> Panel:
+    target = np.where(frame.observed > 0, frame.values, np.nan).astype(np.float32)
+    if frame.series_ids is None:  # wide, [T, C]: each column is a series
+        return Panel(frame, np.ascontiguousarray(target.T), list(frame.channels), None, description)
+    n, length, c = target.shape  # long, [N, T, C]: series-major, channels inside (to_gluonts' order too)
+    series = [sid for sid in frame.series_ids for _ in range(c)]
+    channels = list(frame.channels) * n if c > 1 else None
+    return Panel(frame, target.transpose(0, 2, 1).reshape(n * c, length), series, channels, description)
+
+
+def _gluonts_dataset(panel: Panel):
+    """The panel as a gluonts ListDataset, one univariate entry per series, in the panel's order.
+
+    gluonts dates an entry by a pandas Period, which is aligned to whole units (an hourly Period starts at :00),
+    and ``to_gluonts`` rightly refuses to shift a grid that starts elsewhere. The model reads no calendar
+    features, so here the start is moved back to the Period's start; output timestamps come from the frame's own
+    grid (``future_timestamps``), never from gluonts.
+    """
+    import pandas as pd
+
+    from armt_ts.data import parse_freq, to_gluonts
+
+    frame = panel.frame
+    first = pd.Timestamp(frame.timestamps[0])
+    aligned = pd.Period(first, freq=parse_freq(frame.freq).pandas).start_time
+    shift = (first - aligned).to_timedelta64().astype("timedelta64[ns]")
+    return to_gluonts(dataclasses.replace(frame, timestamps=frame.timestamps - shift))
+
+
+def future_timestamps(frame: TimeSeriesFrame, horizon: int) -> np.ndarray:
+    """[horizon] datetime64[ns]: the next steps of the frame's regular grid."""
+    import polars as pl
+
+    from armt_ts.data import parse_freq
+
+    freq = parse_freq(frame.freq)
+    last = frame.timestamps[-1].astype("datetime64[ns]")
+    if freq.step_ns is not None:
+        return last + np.arange(1, horizon + 1, dtype=np.int64) * np.timedelta64(freq.step_ns, "ns")
+    # Calendar steps: continue the grid from its first timestamp as the reader built it (month ends stay month
+    # ends: Jan 31, Feb 29, Mar 31), not by adding months to the last one.
+    first = pl.Series(frame.timestamps[:1].astype("datetime64[ns]"))
+    end = first.dt.offset_by(f"{(frame.n_steps - 1 + horizon) * freq.months}mo")[0]
+    grid = pl.datetime_range(first[0], end, interval=freq.text, time_unit="ns", eager=True)
+    return grid.to_numpy().astype("datetime64[ns]")[frame.n_steps:frame.n_steps + horizon]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+
+
+def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) -> ARMTPredictor:
+    """Train an ARMT forecaster on every series of the panel (all of its history) with ``ARMTEstimator``."""
+    import lightning.pytorch as lp
+
+    from armt_ts.config import ARMTConfig, HeadConfig, PatchConfig
+    from armt_ts.gluonts import ARMTEstimator
+
+    if panel.frame.n_steps <= horizon:
+        raise CLIError(f"the series have {panel.frame.n_steps} steps; training needs more than the horizon "
+                       f"({horizon}): lower --horizon, or forecast with a saved --model")
+    lp.seed_everything(args.seed, verbose=False)  # torch, numpy (gluonts' window sampler) and random
+    print(f"{PROG}: training on {len(panel.series)} series (horizon {horizon}, context {context}, "
+          f"{args.epochs} epochs x {args.batches_per_epoch} batches)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="armt-ts-") as tmp:
+        estimator = ARMTEstimator(
+            prediction_length=horizon,
+            context_length=context,
+            armt=ARMTConfig(segment_length=SEGMENT_LENGTH),
+            patch=PatchConfig(patch_len=PATCH_LEN, stride=PATCH_LEN),
+            head=HeadConfig(kind="student_t"),  # a distribution: any quantile level can be asked for
+            batch_size=args.batch_size,
+            num_batches_per_epoch=args.batches_per_epoch,
+            trainer_kwargs=dict(
+                max_epochs=args.epochs,
+                accelerator="gpu" if args.device == "cuda" else "cpu",
+                devices=1,
+                precision="bf16-mixed" if args.bf16 else "32-true",
+                # gluonts always adds a ModelCheckpoint: its checkpoint goes to a folder deleted below
+                default_root_dir=tmp,
+                logger=False,
+                enable_model_summary=False,
+                enable_progress_bar=sys.stderr.isatty(),
+            ),
+        )
+        predictor = estimator.train(_gluonts_dataset(panel))
+    return predictor.to(args.device)
+
+
+def save_model(predictor: ARMTPredictor, directory: str) -> None:
+    """JSON (gluonts serde) + safetensors weights; see ``ARMTPredictor.serialize``."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--save-model {directory!r} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    predictor.serialize(path)
+
+
+def load_model(directory: str, device: str) -> ARMTPredictor:
+    """A predictor saved by ``--save-model``; any failure is a CLIError naming the folder."""
+    from armt_ts.gluonts import ARMTPredictor
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise CLIError(f"--model {directory!r}: no such folder (expected one written by --save-model)")
+    try:
+        return ARMTPredictor.deserialize(path, device=device)
+    except Exception as err:  # missing files, bad JSON, a foreign predictor, mismatched tensors: all "cannot load"
+        text = str(err).strip().splitlines()
+        raise CLIError(f"--model {directory!r}: cannot load the model ({type(err).__name__}: "
+                       f"{text[0] if text else ''})") from None
+
+
+def _check_loaded(predictor: ARMTPredictor, args: argparse.Namespace) -> tuple[int, int]:
+    horizon = predictor.prediction_length
+    context = predictor.prediction_net.model.context_length
+    for name, given, saved in (("horizon", args.horizon, horizon), ("context", args.context, context)):
+        if given is not None and given != saved:
+            raise CLIError(f"--{name} {given} differs from the model's ({saved}); omit --{name} with --model, "
+                           f"or train a new model")
+    return horizon, context
+
+
+def predict(predictor: ARMTPredictor, panel: Panel, horizon: int, levels: Sequence[float]) -> Forecasts:
+    """Forecast the next ``horizon`` steps of every series, from the end of its history."""
+    forecasts = list(predictor.predict(_gluonts_dataset(panel)))
+    mean = np.stack([np.asarray(f.mean, dtype=np.float64) for f in forecasts])
+    quantiles = np.stack([np.stack([np.asarray(f.quantile(q), dtype=np.float64) for q in levels])
+                          for f in forecasts])
+    return Forecasts(future_timestamps(panel.frame, horizon), mean, tuple(levels), quantiles)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _quantile_column(level: float) -> str:
+    return f"q{level:g}"
+
+
+def write_csv(panel: Panel, forecasts: Forecasts, levels: Sequence[float], path: Path) -> int:
+    """One row per series, [channel] and forecast step; returns the number of rows."""
+    import polars as pl
+
+    n_series, horizon = forecasts.mean.shape
+    cols: dict[str, pl.Series] = {"series": pl.Series(np.repeat(panel.series, horizon), dtype=pl.String)}
+    if panel.channels is not None:
+        cols["channel"] = pl.Series(np.repeat(panel.channels, horizon), dtype=pl.String)
+    cols["timestamp"] = pl.Series(np.tile(forecasts.timestamps, n_series)).cast(pl.Datetime("ns"))
+    cols["mean"] = pl.Series(forecasts.mean.ravel())
+    for q in levels:
+        cols[_quantile_column(q)] = pl.Series(forecasts.at(q).ravel())
+    whole_seconds = (forecasts.timestamps.astype(np.int64) % 1_000_000_000 == 0).all()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(cols).write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S" if whole_seconds else None)
+    return n_series * horizon
+
+
+def plot_forecast(panel: Panel, forecasts: Forecasts, path: Path, *, n_series: int = DEFAULT_PLOT_SERIES) -> None:
+    """PNG of the first ``n_series`` series: the last few horizons of history, the forecast median and the
+    10-90% band. Drawn on an Agg canvas (no pyplot, no GUI, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
+    n = min(n_series, len(panel.series))
+    horizon = forecasts.timestamps.size
+    keep = min(PLOT_HISTORY_PER_HORIZON * horizon, panel.frame.n_steps)
+    t_hist = panel.frame.timestamps[-keep:]
+    fig = Figure(figsize=(10, 1.0 + 2.4 * n), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    lo, mid, hi = (forecasts.at(q) for q in PLOT_LEVELS)
+    for i, ax in enumerate(axes):
+        name = panel.series[i] if panel.channels is None else f"{panel.series[i]} / {panel.channels[i]}"
+        ax.plot(t_hist, panel.target[i, -keep:], color="0.25", lw=1.0, label="history")
+        ax.fill_between(forecasts.timestamps, lo[i], hi[i], color="tab:blue", alpha=0.25,
+                        label=f"{PLOT_LEVELS[0]:.0%}-{PLOT_LEVELS[2]:.0%} band")
+        ax.plot(forecasts.timestamps, mid[i], color="tab:blue", lw=1.5, label="median forecast")
+        ax.axvline(forecasts.timestamps[0], color="0.6", ls=":", lw=1.0)
+        ax.set_title(name, loc="left", fontsize=10)
+        ax.set_ylabel("value")
+    axes[0].legend(loc="upper left", fontsize=8, ncols=3)
+    locator = AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes[-1].set_xlabel("time")
+    fig.suptitle(f"ARMT forecast, {horizon} steps ahead: {panel.description}", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,185 @@
+"""The GluonTS interface (armt_ts/gluonts/): module inputs and outputs, training with Lightning, evaluation with
+gluonts.ev metrics, predictor serialisation, seeding, NaN-loss reporting, bf16 and multivariate targets.
+
+Every model here is tiny and trains for a handful of batches: these tests check the plumbing, not accuracy."""
+
+import math
+import re
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from gluonts.dataset.common import ListDataset
+from gluonts.dataset.split import split
+from gluonts.ev.metrics import MAE, MSE, MeanWeightedSumQuantileLoss
+from gluonts.model import Predictor, evaluate_model
+from gluonts.model.forecast import QuantileForecast, SampleForecast
+from gluonts.torch.model.forecast import DistributionForecast
+
+from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
+from armt_ts.gluonts import ARMTEstimator, ARMTLightningModule, ARMTModel, ARMTPredictor
+
+H = 12
+ARMT = ARMTConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, segment_length=4, num_mem_tokens=2, d_mem=4)
+CONTEXT = 96  # 12 patches of 8 steps = 3 segments: the memory is on the path
+FORECAST_TYPE = {"student_t": DistributionForecast, "quantile": QuantileForecast, "point": SampleForecast}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"lightning\..*")
+        yield
+
+
+def _sines(n=4, length=240, target_dim=1, missing=True):
+    t = np.arange(length)
+    entries = []
+    for k in range(n):
+        rows = [(k + 1) * np.sin(2 * np.pi * t / 24 + k + c) + 10 * k + c for c in range(target_dim)]
+        target = np.stack(rows).astype(np.float32)
+        if missing:
+            target[:, 40 + 7 * k: 50 + 7 * k] = np.nan  # gaps become observed_values 0
+        entries.append({"start": "2024-01-01 00:00", "target": target[0] if target_dim == 1 else target})
+    return ListDataset(entries, freq="h", one_dim_target=target_dim == 1)
+
+
+def _split(ds):
+    train, template = split(ds, offset=-2 * H)
+    return train, template.generate_instances(prediction_length=H, windows=2, distance=H)
+
+
+def _estimator(tmp_path, kind="student_t", target_dim=1, mode="independent", batches=4, **trainer):
+    kwargs = dict(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                  enable_model_summary=False, logger=False, **trainer)
+    return ARMTEstimator(prediction_length=H, context_length=CONTEXT, target_dim=target_dim, armt=ARMT,
+                         patch=PatchConfig(patch_len=8, stride=8, mode=mode), head=HeadConfig(kind=kind), batch_size=8,
+                         num_batches_per_epoch=batches, trainer_kwargs=kwargs)
+
+
+def _weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _metrics(predictor, test):
+    res = evaluate_model(predictor, test_data=test,
+                         metrics=[MSE(), MAE(), MeanWeightedSumQuantileLoss(quantile_levels=[0.1, 0.5, 0.9])])
+    return res.iloc[0].to_dict()
+
+
+@pytest.mark.parametrize("kind", ["student_t", "quantile", "point", "normal"])
+@pytest.mark.parametrize("target_dim", [1, 3])
+def test_module_describes_its_inputs(kind, target_dim):
+    mode = "mixing" if kind == "normal" else "independent"
+    cfg = ForecasterConfig.build(H, target_dim, armt=ARMT.replace(segment_length=6),
+                                 patch=PatchConfig(patch_len=8, stride=8, mode=mode), head=HeadConfig(kind=kind))
+    model = ARMTModel(cfg, context_length=40)
+    out = model(**model.describe_inputs(batch_size=2).zeros())
+    lead = (2, H) if target_dim == 1 else (2, H, target_dim)
+    stat = (2, 1) if target_dim == 1 else (2, 1, target_dim)
+    if kind == "point":
+        assert out.shape == lead
+    elif kind == "quantile":
+        (q,), loc, scale = out
+        assert q.shape == lead + (3,) and loc.shape == scale.shape == stat
+    else:
+        args, loc, scale = out
+        assert all(a.shape == lead for a in args) and loc.shape == scale.shape == stat
+
+
+def test_estimator_defaults():
+    est = ARMTEstimator(prediction_length=H, armt=ARMT)
+    assert est.context_length == 4 * H
+    assert est.trainer_kwargs == {"max_epochs": 100, "gradient_clip_val": 10.0}
+    assert est.config.head.kind == "student_t" and est.config.head.horizon == H and est.config.patch.d_model == 16
+    est = ARMTEstimator(prediction_length=H, armt=ARMT, trainer_kwargs={"max_epochs": 3, "precision": "bf16-mixed"})
+    assert est.trainer_kwargs == {"max_epochs": 3, "gradient_clip_val": 10.0, "precision": "bf16-mixed"}
+
+
+@pytest.mark.parametrize("kind", ["student_t", "quantile", "point"])
+def test_train_evaluate_and_round_trip(kind, tmp_path):
+    """Trains in well under a second, evaluates with gluonts.ev metrics, and serialises to JSON + safetensors."""
+    train, test = _split(_sines())
+    predictor = _estimator(tmp_path, kind).train(train, validation_data=train if kind == "point" else None)
+    assert isinstance(predictor, ARMTPredictor)
+    forecasts = list(predictor.predict(test.input))
+    assert len(forecasts) == 8 and all(isinstance(f, FORECAST_TYPE[kind]) for f in forecasts)
+    assert forecasts[0].mean.shape == (H,)
+    metrics = _metrics(predictor, test)
+    assert set(metrics) == {"MSE[mean]", "MAE[0.5]", "mean_weighted_sum_quantile_loss"}
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+
+    path = tmp_path / "predictor"
+    path.mkdir()
+    predictor.serialize(path)
+    assert sorted(p.name for p in path.iterdir()) == ["gluonts-config.json", "prediction-net.safetensors",
+                                                      "predictor.json"]  # no pickle
+    loaded = Predictor.deserialize(path)
+    assert isinstance(loaded, ARMTPredictor)
+    for a, b in zip(forecasts, loaded.predict(test.input)):
+        for level in (0.1, 0.5, 0.9):
+            np.testing.assert_array_equal(a.quantile(level), b.quantile(level))
+        np.testing.assert_array_equal(a.mean, b.mean)
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    ds = _sines(missing=False)
+
+    def train(seed):
+        pl.seed_everything(seed, verbose=False)
+        return _weights(_estimator(tmp_path / str(seed), batches=3).train(ds).prediction_net)
+
+    first, again, other = train(0), train(0), train(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("kind", ["point", "student_t"])
+def test_nan_loss_raises_with_the_step(kind, tmp_path, monkeypatch):
+    """A NaN loss raises FloatingPointError naming the step; a distribution head's NaN parameters are rejected by
+    torch.distributions (ValueError) before a loss exists, and that error gets a note naming the step."""
+    est = _estimator(tmp_path, kind)
+    module = est.create_lightning_module()
+    with torch.no_grad():
+        next(module.model.forecaster.head.parameters()).fill_(float("nan"))
+    monkeypatch.setattr(est, "create_lightning_module", lambda: module)
+    where = "global step 0 (epoch 0, batch index 0)"
+    if kind == "point":
+        with pytest.raises(FloatingPointError, match=re.escape(f"train loss is nan at {where}")):
+            est.train(_sines())
+    else:
+        with pytest.raises(ValueError) as info:
+            est.train(_sines())
+        assert f"raised by the train loss at {where}" in info.value.__notes__
+
+
+def test_bf16_mixed_precision(tmp_path):
+    """precision="bf16-mixed" passes through to Lightning; the predictor then runs in fp32."""
+    out = _estimator(tmp_path, batches=2, precision="bf16-mixed").train_model(_sines())
+    assert out.trainer.precision == "bf16-mixed"
+    assert math.isfinite(out.trainer.callback_metrics["train_loss"].item())
+    forecast = next(iter(out.predictor.predict(_sines(n=1))))
+    assert forecast.mean.dtype == np.float32 and np.isfinite(forecast.mean).all()
+
+
+@pytest.mark.parametrize("kind, mode", [("student_t", "independent"), ("quantile", "mixing")])
+def test_multivariate_target(kind, mode, tmp_path):
+    """target [C, T] (gluonts' multivariate layout): forecasts are [H, C] and the metrics are finite."""
+    train, test = _split(_sines(n=2, target_dim=2))
+    predictor = _estimator(tmp_path, kind, target_dim=2, mode=mode, batches=2).train(train)
+    forecast = next(iter(predictor.predict(test.input)))
+    assert forecast.mean.shape == (H, 2)
+    assert all(math.isfinite(v) for v in _metrics(predictor, test).values())
+
+
+def test_lightning_module_is_rebuilt_from_its_arguments():
+    """gluonts serialises the predictor's network as its constructor arguments (JSON); they must rebuild it."""
+    cfg = ForecasterConfig.build(H, armt=ARMT, patch=PatchConfig(patch_len=8, stride=8),
+                                 head=HeadConfig(kind="quantile"))
+    module = ARMTLightningModule(config=cfg.to_dict(), context_length=CONTEXT, lr=3e-3)
+    args, kwargs = module.__getnewargs_ex__()
+    rebuilt = ARMTLightningModule(*args, **kwargs)
+    assert rebuilt.model.config == cfg and rebuilt.lr == 3e-3
+    assert rebuilt.state_dict().keys() == module.state_dict().keys()

@@ -1,0 +1,183 @@
+"""The ``armt-ts`` command (armt_ts/cli.py): help, wide / long / embedded inputs end to end, the forecast table and
+picture, saved models (JSON + safetensors, identical forecasts after loading), and one-line errors with exit 2.
+
+Every run trains for two tiny batches: these tests check the plumbing, not accuracy."""
+
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from armt_ts.cli import future_timestamps, main
+from armt_ts.data import read_wide
+
+TINY = ["--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "8", "--horizon", "6", "--context", "24"]
+H = 6
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ODD = "temp °C (ü)"
+REPLACEMENT = "load \ufffd"
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _read_forecast(path):
+    # Timestamps as text: the test checks the exact spelling the command writes.
+    return pl.read_csv(path, schema_overrides={"timestamp": pl.String})
+
+
+def _check_forecast(df, series, quantiles=("q0.1", "q0.5", "q0.9"), channel=False):
+    expected = ["series"] + (["channel"] if channel else []) + ["timestamp", "mean", *quantiles]
+    assert df.columns == expected
+    assert df.height == len(series) * H
+    assert sorted(set(df["series"])) == sorted(set(series))
+    values = df.select(["mean", *quantiles]).to_numpy()
+    assert np.isfinite(values).all()
+    q = df.select(list(quantiles)).to_numpy()
+    assert (np.diff(q, axis=1) >= 0).all(), "quantile columns must be ordered"
+
+
+def _wide_csv(path, start="2024-03-01 00:30:00", steps=160):
+    """Hourly wide CSV with a grid anchored at :30, rows missing (gaps in time), empty and NaN cells, and column
+    names with odd characters."""
+    t = np.datetime64(start) + np.arange(steps) * np.timedelta64(1, "h")
+    k = np.arange(steps)
+    df = pl.DataFrame({
+        "timestamp": [str(x).replace("T", " ") for x in t],
+        ODD: [f"{20 + 3 * np.sin(2 * np.pi * i / 24):.3f}" for i in k],
+        REPLACEMENT: [f"{100 + 10 * np.cos(2 * np.pi * i / 24) + 0.1 * i:.3f}" for i in k],
+        "plain": [f"{np.sin(i / 5):.3f}" for i in k],
+    })
+    df = df.with_columns(
+        pl.when(pl.int_range(steps) % 17 == 3).then(pl.lit("")).otherwise(pl.col(ODD)).alias(ODD),
+        pl.when(pl.int_range(steps) % 23 == 5).then(pl.lit("NaN")).otherwise(pl.col("plain")).alias("plain"),
+    )
+    gaps = np.isin(k, [40, 41, 42, 90])  # whole rows missing: steps the reader masks
+    df.filter(pl.Series(~gaps)).write_csv(path)
+    return t[-1]
+
+
+def test_help_is_clear(capsys):
+    for argv in (["--help"], ["forecast", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "forecast" in text
+    assert all(opt in text for opt in ("--horizon", "--model", "--save-model", "--quantiles", "--plot", "--id"))
+    # `python -m armt_ts` is the same command
+    res = subprocess.run([sys.executable, "-m", "armt_ts", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "forecast" in res.stdout
+
+
+def test_wide_csv_end_to_end(tmp_path, capsys):
+    src = tmp_path / "wide.csv"
+    last = _wide_csv(src)
+    out, png = tmp_path / "out" / "forecast.csv", tmp_path / "forecast.png"
+    code, stdout, err = _run(capsys, "forecast", src, *TINY, "--out", out, "--plot", png)
+    assert code == 0, err
+    assert "3 series" in stdout and str(out) in stdout
+    df = _read_forecast(out)
+    _check_forecast(df, [ODD, REPLACEMENT, "plain"])
+    # the future continues the file's grid (anchored at :30), the same steps for every series
+    want = [str(last + (i + 1) * np.timedelta64(1, "h")).replace("T", " ") for i in range(H)]
+    for name in (ODD, REPLACEMENT, "plain"):
+        assert df.filter(pl.col("series") == name)["timestamp"].to_list() == want
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_long_csv_with_channels_and_explicit_columns(tmp_path, capsys):
+    t = np.datetime64("2024-01-01 00:00") + np.arange(120) * np.timedelta64(10, "m")
+    rows = [(str(x).replace("T", " "), sid, ch, f"{j + 5 * np.sin(i / 6 + j):.3f}")
+            for i, x in enumerate(t) for j, sid in enumerate(["pump-a", "pump-b"]) for ch in ("flow", "temp")
+            if not (sid == "pump-b" and 30 <= i < 40)]  # pump-b is silent for a while
+    long = pl.DataFrame(rows, schema=["timestamp", "series_id", "channel", "value"], orient="row")
+    src = tmp_path / "long.csv"
+    long.write_csv(src)
+    out = tmp_path / "f.csv"
+    code, stdout, err = _run(capsys, "forecast", src, *TINY, "--out", out, "--no-plot",
+                             "--quantiles", "0.95", "0.05", "0.5")
+    assert code == 0, err
+    df = _read_forecast(out)
+    _check_forecast(df, ["pump-a", "pump-a", "pump-b", "pump-b"], ("q0.05", "q0.5", "q0.95"), channel=True)
+    assert df.select("series", "channel").unique().height == 4
+    assert df["timestamp"][0] == "2024-01-01 20:00:00"  # 120 steps of 10 minutes, then the future
+
+    # Non-standard names: --id selects the long layout, --target names the value column.
+    renamed = long.filter(pl.col("channel") == "flow").drop("channel").rename({"series_id": "machine",
+                                                                               "value": "reading"})
+    src2 = tmp_path / "long2.parquet"
+    renamed.write_parquet(src2)
+    code, _, err = _run(capsys, "forecast", src2, *TINY, "--id", "machine", "--target", "reading", "--out", out,
+                        "--no-plot")
+    assert code == 0, err
+    _check_forecast(_read_forecast(out), ["pump-a", "pump-b"])
+
+
+def test_embedded_default_writes_csv_and_png(tmp_path, capsys):
+    out, png = tmp_path / "forecast.csv", tmp_path / "forecast.png"
+    code, stdout, err = _run(capsys, "forecast", *TINY, "--out", out, "--plot", png, "--plot-series", "2")
+    assert code == 0, err
+    assert "32 series" in stdout and "synthetic" in stdout
+    df = _read_forecast(out)
+    _check_forecast(df, [f"entity_{i:03d}" for i in range(8) for _ in range(4)], channel=True)
+    assert df["timestamp"][0] == "2024-02-26 00:00:00"  # eight weeks of hourly steps from 2024-01-01
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_saved_model_is_safetensors_and_json_and_forecasts_identically(tmp_path, capsys):
+    src = tmp_path / "wide.csv"
+    _wide_csv(src)
+    model = tmp_path / "model"
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--save-model", model, "--out", first, "--no-plot")
+    assert code == 0, err
+    files = sorted(p.name for p in model.iterdir())
+    assert files and all(name.endswith((".json", ".safetensors")) for name in files), files
+    assert not any(name.endswith((".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".bin")) for name in files)
+    code, stdout, err = _run(capsys, "forecast", src, "--model", model, "--out", second, "--no-plot")
+    assert code == 0, err
+    assert "loaded" in stdout
+    assert first.read_bytes() == second.read_bytes()
+    # the model fixes the horizon: asking for another one is an error, not a silent change
+    code, _, err = _run(capsys, "forecast", src, "--model", model, "--horizon", "7", "--out", second)
+    assert code == 2 and "--horizon" in err
+
+
+@pytest.mark.parametrize("case", ["non_numeric", "bad_timestamp", "missing_file"])
+def test_bad_file_is_one_line_and_exit_2(tmp_path, capsys, case):
+    src = tmp_path / "bad.csv"
+    if case == "non_numeric":
+        src.write_text("timestamp,temp\n2024-01-01 00:00,1.0\n2024-01-01 01:00,2.0\n2024-01-01 02:00,abc\n")
+        where = ["row 3", "'temp'", "'abc'"]
+    elif case == "bad_timestamp":
+        src.write_text("timestamp,temp\n2024-01-01 00:00,1.0\nyesterday,2.0\n")
+        where = ["row 2", "'timestamp'"]
+    else:
+        src = tmp_path / "absent.csv"
+        where = []
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert line.startswith("armt-ts: error:") and str(src) in line
+    assert all(w in line for w in where), line
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_missing_model_dir_is_exit_2(tmp_path, capsys):
+    code, _, err = _run(capsys, "forecast", "--model", tmp_path / "nowhere", "--out", tmp_path / "f.csv")
+    assert code == 2
+    assert "--model" in err and "nowhere" in err and "Traceback" not in err
+
+
+def test_future_timestamps_continue_a_calendar_grid():
+    month_ends = ["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30"]
+    frame = read_wide(pl.DataFrame({"date": month_ends, "x": [1.0, 2.0, 3.0, 4.0]}), freq="1mo")
+    got = future_timestamps(frame, 3).astype("datetime64[D]").astype(str).tolist()
+    assert got == ["2024-05-31", "2024-06-30", "2024-07-31"]

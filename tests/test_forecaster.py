@@ -1,0 +1,171 @@
+"""ARMTForecaster (armt_ts/forecaster.py) and ForecasterConfig: shapes for every patch mode and head kind, short and
+long contexts, the memory as the path from early history to the forecast, masks, and units."""
+
+import pytest
+import torch
+
+from armt_ts.config import ARMTConfig, ConfigError, ForecasterConfig, HeadConfig, PatchConfig
+from armt_ts.forecaster import ARMTForecaster
+from armt_ts.testing import assert_close
+
+KINDS = ["point", "quantile", "student_t", "normal", "laplace"]
+MODES = ["independent", "mixing"]
+B, H, C, P = 3, 6, 2, 4  # batch, horizon, channels, patch length
+LEVELS = [0.1, 0.5, 0.9]
+# Tiny: a segment is 4 tokens, i.e. 2 time patches of 2 channels ("independent") or 4 patches ("mixing").
+ARMT = ARMTConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, segment_length=4, num_mem_tokens=2, d_mem=4)
+
+
+def _forecaster(kind="point", mode="independent", scaling="std", seed=0) -> ARMTForecaster:
+    torch.manual_seed(seed)
+    cfg = ForecasterConfig.build(H, C, armt=ARMT, patch=PatchConfig(patch_len=P, stride=P, mode=mode),
+                                 head=HeadConfig(kind=kind), scaling=scaling)
+    return ARMTForecaster(cfg).eval()
+
+
+def _series(T, seed=0, level=5.0, spread=3.0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(T, dtype=torch.float).view(1, T, 1)
+    x = level + spread * torch.sin(2 * torch.pi * t / 12 + torch.rand(B, 1, C, generator=g) * 6)
+    return x + 0.1 * torch.randn(B, T, C, generator=g), torch.ones(B, T, C)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_loss(kind, mode):
+    f = _forecaster(kind, mode).train()
+    x, m = _series(40)
+    params, loc, scale, state = f(x, m)
+    assert all(p.shape[:3] == (B, H, C) for p in params)
+    assert loc.shape == scale.shape == (B, 1, C)
+    assert state.batch_size == B and state.num_layers == ARMT.n_layers
+    assert f.point(x, m).shape == (B, H, C)
+    assert f.quantiles(x, m, LEVELS).shape == (B, H, C, len(LEVELS))
+    y, ym = _series(H, seed=1)
+    loss = f.loss(x, m, y, ym)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in f.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("T, segments", [(3, 1), (24, None), (300, None)])
+def test_short_and_long_context(mode, T, segments):
+    """A context shorter than one patch, a few segments, and many segments all give finite forecasts."""
+    f = _forecaster("student_t", mode)
+    n = f.num_segments(T)
+    assert n == segments if segments else n > 1
+    x, m = _series(T)
+    q = f.quantiles(x, m, LEVELS)
+    assert torch.isfinite(q).all()
+    assert (q[..., 0] <= q[..., 1]).all() and (q[..., 1] <= q[..., 2]).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_early_history_reaches_the_forecast_through_the_memory(mode):
+    """Changing only the first segment's steps changes the forecast exactly when the memory can carry it: with
+    W_v = 0 (ARMT's initialisation: reads add 0) it cannot, with W_v != 0 it does. Scaling "none", so the scaler's
+    statistics are no second path."""
+    f = _forecaster("point", mode, scaling="none")
+    T = 64
+    assert f.num_segments(T) >= 4
+    x, m = _series(T)
+    x2 = x.clone()
+    x2[:, :P] += 10.0  # the first time patch only: the first segment
+    assert_close("W_v = 0: forecast ignores the first segment", f.point(x, m), f.point(x2, m), tol=1e-6)
+    with torch.no_grad():
+        for mem in f.backbone.memories:
+            mem.W_v.weight.normal_(0, 0.5)
+    assert (f.point(x, m) - f.point(x2, m)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_masked_inputs_give_finite_forecasts(mode):
+    f = _forecaster("student_t", mode).train()
+    x, m = _series(50)
+    g = torch.Generator().manual_seed(3)
+    m = (torch.rand(m.shape, generator=g) > 0.3).float()
+    m[0, :, 1] = 0  # a channel never observed
+    m[1] = 0  # a series with nothing observed
+    x_nan = torch.where(m > 0, x, torch.tensor(float("nan")))
+    x_junk = torch.where(m > 0, x, torch.tensor(1e6))
+    params, loc, scale, _ = f(x_nan, m)
+    assert all(torch.isfinite(p).all() for p in params) and torch.isfinite(loc).all() and torch.isfinite(scale).all()
+    assert_close("NaN and junk under the mask give one forecast", f.point(x_junk, m), f.point(x_nan, m), tol=0)
+    y, ym = _series(H, seed=1)
+    y_nan = y.clone()
+    y_nan[0, :2] = float("nan")
+    ym[0, :2] = 0
+    loss = f.loss(x_nan, m, y_nan, ym)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+
+def test_non_finite_observed_value_raises():
+    f = _forecaster()
+    x, m = _series(20)
+    x[1, 5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) at observed positions, first at \(1, 5, 0\)"):
+        f(x, m)
+
+
+@pytest.mark.parametrize("kind", ["point", "quantile", "normal"])
+def test_forecasts_come_back_in_data_units(kind):
+    """z-scoring makes the forecast equivariant: a * x + b in, a * forecast + b out."""
+    f = _forecaster(kind)
+    x, m = _series(40, level=0.0, spread=1.0)
+    a, b = 50.0, -300.0
+    assert_close("point", a * f.point(x, m) + b, f.point(a * x + b, m), tol=1e-3)
+    assert_close("quantiles", a * f.quantiles(x, m, LEVELS) + b, f.quantiles(a * x + b, m, LEVELS), tol=1e-3)
+
+
+def test_given_scaler_statistics():
+    """Passing the context's own loc / scale reproduces the default; other units change the input the model sees."""
+    f = _forecaster("normal")
+    x, m = _series(30)
+    ref = f(x, m)
+    same = f(x, m, loc=ref.loc, scale=ref.scale)
+    for i, (p, q) in enumerate(zip(ref.params, same.params)):
+        assert_close(f"params[{i}]", p, q, tol=1e-5)
+    other = f(x, m, loc=ref.loc + 1.0, scale=ref.scale)
+    assert not torch.allclose(other.params[0], ref.params[0])
+    with pytest.raises(ValueError, match="both or neither"):
+        f(x, m, loc=ref.loc)
+
+
+def test_state_continues_a_context():
+    """The returned state is the memory after the context: feeding it back continues the same recurrence
+    (ARMT's own contract; here through the forecaster, with fixed scaler statistics)."""
+    f = _forecaster("point", scaling="none")
+    with torch.no_grad():
+        for mem in f.backbone.memories:
+            mem.W_v.weight.normal_(0, 0.5)
+    x, m = _series(32)  # 8 patches x 2 channels = 16 tokens = 4 whole segments
+    cut = 16  # 4 patches = 2 whole segments
+    _, _, _, state = f(x[:, :cut], m[:, :cut])
+    full = f(x, m)
+    cont = f(x[:, cut:], m[:, cut:], state)
+    assert_close("state carried between calls", full.params[0], cont.params[0], tol=1e-5)
+
+
+def test_config_validation_and_round_trip():
+    cfg = ForecasterConfig.build(H, 3, armt=ARMT.replace(segment_length=6), patch=PatchConfig(mode="mixing"),
+                                 head=HeadConfig(kind="quantile", quantiles=(0.2, 0.5, 0.8)), scaling="mean")
+    assert (cfg.patch.d_model, cfg.head.d_model, cfg.head.n_channels, cfg.head.horizon) == (16, 16, 3, H)
+    assert cfg.head.per_channel is False
+    assert ForecasterConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"ForecasterConfig.patch.d_model: must equal armt.d_model=16, got 64"):
+        ForecasterConfig(armt=ARMT, patch=PatchConfig(), head=HeadConfig(d_model=16))
+    with pytest.raises(ConfigError, match=r"ForecasterConfig.head.per_channel: must be False"):
+        ForecasterConfig(armt=ARMT, patch=PatchConfig(d_model=16, mode="mixing"), head=HeadConfig(d_model=16))
+    with pytest.raises(ConfigError, match=r"ForecasterConfig.armt.segment_length: must be a multiple of "
+                                          r"patch.n_channels=3"):
+        ForecasterConfig.build(H, 3, armt=ARMT)  # segment_length 4, 3 channels per time patch
+    with pytest.raises(ConfigError, match=r"ForecasterConfig.head.n_channels"):
+        ForecasterConfig(armt=ARMT, patch=PatchConfig(d_model=16, n_channels=2), head=HeadConfig(d_model=16))
+    with pytest.raises(ConfigError, match=r"ForecasterConfig.scaling"):
+        ForecasterConfig.build(H, armt=ARMT, scaling="minmax")
+    with pytest.raises(ConfigError, match=r"ForecasterConfig: unknown fields \['bogus'\]"):
+        ForecasterConfig.from_dict({"bogus": 1})
