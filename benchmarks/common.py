@@ -47,7 +47,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
