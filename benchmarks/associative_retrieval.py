@@ -265,12 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.name is None:
         args.name = "associative_retrieval_quick" if args.quick else "associative_retrieval"
 
+    commit = git_commit()  # the code that runs, before anything else can change the tree
     result = run(args)
     payload = {
         "benchmark": "associative_retrieval",
         "protocol": "DESIGN.md section 7: 16 symbols, one pair per segment, curriculum up to train_pairs; "
         "same stages, steps, batch and data for every model",
-        "args": vars(args), "seed": args.seed, "git_commit": git_commit(), "machine": machine_info(args.device),
+        "args": vars(args), "seed": args.seed, "git_commit": commit, "machine": machine_info(args.device),
         **result,
     }
     columns = ["model", "task", "pairs", "exact_match", "capacity_estimate", "train_pairs", "final_stage_pairs",

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    commit = git_commit()
     dev = args.device
     B, M, N, D, r, H = 64, 4, 20, 128, 32, 1
     K = 6 * r
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "benchmark": "ops", "shapes": {"batch": B, "M": M, "read_rows": N, "D": D, "d_mem": r, "K": K, "memory_heads": H},
         "rows": rows, "speedup_fused_over_naive": speedups, "target": "fused write+read >= 10x faster than naive",
-        "seed": args.seed, "git_commit": git_commit(), "machine": machine_info(dev), "args": vars(args),
+        "seed": args.seed, "git_commit": commit, "machine": machine_info(dev), "args": vars(args),
     }
     md = [
         "# Memory ops: naive reference vs fused",
