@@ -257,11 +257,11 @@ def main(argv: list[str] | None = None) -> None:
                    "(default associative_retrieval, or associative_retrieval_quick with --quick)")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = 500 if args.quick else 2000
+        args.steps = 300 if args.quick else 2000
     if args.eval_samples is None:
         args.eval_samples = 200 if args.quick else 1000
     if args.quick:
-        args.eval_pairs = [p for p in args.eval_pairs if p <= 500]
+        args.eval_pairs = [p for p in args.eval_pairs if p <= 150]
     if args.name is None:
         args.name = "associative_retrieval_quick" if args.quick else "associative_retrieval"
 
