@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     md = [
         "# Memory ops: naive reference vs fused",
         "",
-        f"Command: `python -m benchmarks.ops {' '.join(argv or [])}`".rstrip(),
+        f"Command: `python -m benchmarks.ops {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip(),
         "",
         f"Shapes: batch {B}, K={K}, D={D}, M={M}, read rows {N}, one memory head. Median of timed calls "
         f"({args.repeats} fused, {args.naive_repeats} naive) after warm-up, no autograd. Device {dev} "
