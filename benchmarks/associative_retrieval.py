@@ -122,6 +122,17 @@ def exact_match(model: Retriever, task: RetrievalTask, pairs: int, samples: int,
     return correct / samples
 
 
+@torch.no_grad()
+def memory_stats(model: Retriever, task: RetrievalTask, pairs: int, seed: int, args: argparse.Namespace) -> dict:
+    """max |A| and max z over layers after ``pairs`` pairs (16 sequences): is the state bounded? ARMT only."""
+    if not isinstance(model.backbone, ARMT):
+        return {"max_abs_A": None, "max_z": None}
+    x, _ = task.sample(16, pairs, torch.Generator().manual_seed(seed))
+    _, state = model.backbone(model.embed(x.to(args.device)))
+    return {"max_abs_A": round(max(a.abs().max().item() for a in state.A), 3),
+            "max_z": round(max(z.max().item() for z in state.z), 3)}
+
+
 def train(model: Retriever, task: RetrievalTask, args: argparse.Namespace, seed: int) -> dict:
     """Adaptive curriculum under a fixed step budget, identical for every model.
 
@@ -198,6 +209,7 @@ def run_task(args: argparse.Namespace, task_name: str) -> tuple[list[dict], dict
                 "params": params, "key_size": task.key_size, "eval_samples": args.eval_samples,
                 "eval_seconds": round(te.seconds, 2),
                 "capacity_estimate": round(capacity_estimate(pairs, acc, task.num_symbols), 1) if task.kind == "remember" else None,
+                **memory_stats(model, task, pairs, args.seed + 11 + pairs, args),
             }
             rows.append(row)
             print(f"    [{task_name}] {name} eval {pairs:>4} pairs: exact match {acc:.4f}", flush=True)
