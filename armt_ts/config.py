@@ -19,8 +19,26 @@ def _check(cond: bool, cls: str, field: str, msg: str) -> None:
         raise ConfigError(f"{cls}.{field}: {msg}")
 
 
+class _ConfigMethods:
+    """replace / to_dict / from_dict for every config below."""
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class ARMTConfig:
+class ARMTConfig(_ConfigMethods):
     """The ARMT backbone (DESIGN.md section 2). Defaults are a small CPU-friendly model."""
 
     d_model: int = 64  # D, width of every token
@@ -69,38 +87,6 @@ class ARMTConfig:
     def d_head(self) -> int:
         """Value width of one memory head."""
         return self.d_model // self.memory_heads
-
-    def replace(self, **changes: Any) -> "ARMTConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ARMTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"ARMTConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
-
-
-class _ConfigMethods:
-    """replace / to_dict / from_dict for the configs below (the same contract as ARMTConfig's)."""
-
-    def replace(self, **changes: Any):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 def _check_positive_ints(obj: Any, cls: str, names: tuple[str, ...]) -> None:
