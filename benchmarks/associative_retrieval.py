@@ -16,8 +16,10 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from armt_ts import ARMT, ARMTConfig, MemoryState
@@ -194,8 +196,17 @@ def run_task(args: argparse.Namespace, task_name: str) -> tuple[list[dict], dict
         model = build(name, task, args).to(args.device)
         params = sum(p.numel() for p in model.parameters())
         print(f"[{task_name}] {name}: {params} parameters", flush=True)
+        weights = Path(args.load_models) / f"{task_name}_{name}.safetensors" if args.load_models else None
         with Timer() as t:
-            info = train(model, task, args, args.seed)
+            if weights is not None:  # evaluate a model trained by an earlier run (--save-models)
+                model.load_state_dict(load_file(str(weights), device=str(args.device)))
+                info = {"log": [], "steps": 0, "final_stage": None}
+            else:
+                info = train(model, task, args, args.seed)
+        if args.save_models:
+            Path(args.save_models).mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                      str(Path(args.save_models) / f"{task_name}_{name}.safetensors"))
         curves[f"{task_name}/{name}"] = info["log"]
         for pairs in args.eval_pairs:
             if task.kind == "remember" and pairs > task.num_keys:
@@ -232,7 +243,8 @@ def run(args: argparse.Namespace) -> dict:
     return {"rows": rows, "curves": curves, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the budget defaults (--quick or full) filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small budget: finishes in a few minutes")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -265,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (memory state stays fp32)")
+    p.add_argument("--save-models", default=None, metavar="DIR",
+                   help="save each trained model as DIR/<task>_<model>.safetensors")
+    p.add_argument("--load-models", default=None, metavar="DIR",
+                   help="skip training: evaluate the models saved by --save-models in DIR (same model flags)")
     p.add_argument("--name", default=None, help="result file stem under benchmarks/results "
                    "(default associative_retrieval, or associative_retrieval_quick with --quick)")
     args = p.parse_args(argv)
@@ -276,7 +292,11 @@ def main(argv: list[str] | None = None) -> None:
         args.eval_pairs = [p for p in args.eval_pairs if p <= 150]
     if args.name is None:
         args.name = "associative_retrieval_quick" if args.quick else "associative_retrieval"
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     commit = git_commit()  # the code that runs, before anything else can change the tree
     result = run(args)
     payload = {

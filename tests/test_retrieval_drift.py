@@ -1,0 +1,34 @@
+"""benchmarks.retrieval_drift re-implements the segment loop to look inside it: it must score what the model computes."""
+
+import torch
+
+from benchmarks.associative_retrieval import build, make_tasks, parse_args
+from benchmarks.retrieval_drift import summarise, trace
+
+
+def test_trace_scores_the_models_own_predictions():
+    args = parse_args(["--models", "armt", "--tasks", "rewrite", "--d-model", "32"])
+    task = make_tasks(args)["rewrite"]
+    torch.manual_seed(0)
+    model = build("armt", task, args).eval()
+    with torch.no_grad():
+        for memory in model.backbone.memories:  # W_v starts at 0: make the memory matter
+            memory.W_v.weight.normal_(0, 0.5)
+    pairs, batch = 23, 5
+    result = trace(model, task, pairs, batch, seed=3)
+    body, targets, _, _ = task.sample_queries(batch, pairs, 1, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pred = model(body, all_positions=True).argmax(-1)
+    sep = torch.arange(pairs) * task.segment_length + task.key_size
+    expected = (pred[:, sep] == targets[:, sep]).float()
+    assert torch.equal(result["scored"], targets[:, sep] != -100)
+    assert torch.equal(result["correct"], expected)
+    assert result["scored"].any()
+    # state statistics are recorded for every layer and segment, and are finite
+    for values in result["stats"].values():
+        assert values.shape == (args.layers, pairs) and torch.isfinite(values).all()
+    rows = summarise("m", result, pairs)
+    assert [r["pairs_to"] for r in rows] == [23]
+    n = result["scored"].sum().item()
+    assert rows[0]["scored"] == n
+    assert abs(rows[0]["accuracy"] - (expected * result["scored"]).sum().item() / n) < 1e-4
