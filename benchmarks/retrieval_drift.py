@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.batch} sequences of {args.pairs} rewrite pairs (seed {args.seed}); accuracy = the prediction at "
           "each pair's sep equals the value that key held before (pairs whose key is new are not scored); "
           "state columns are means over the bin's segments and the batch (L0, L1 = layer). Commit "
-          f"{payload['git_commit']}, {payload['wall_seconds']} s.", "", markdown_table(rows, columns)]
+          f"{payload['git_commit']}, {payload['wall_seconds']} s. Each model was trained and saved by "
+          "`python -m benchmarks.associative_retrieval --models armt --tasks rewrite --save-models DIR FLAGS` "
+          "(FLAGS as in the model column; its exact-match rows are in associative_retrieval_armt_<...>.md).", "", markdown_table(rows, columns)]
     write_results(args.name, payload, "\n".join(md))
 
 
