@@ -3,10 +3,16 @@
 MemoryState holds, for every layer l, ARMT's association matrix A_l and normaliser z_l. It is
 immutable (a frozen dataclass of tensors); ``detach()`` and ``to()`` return new states. Files are
 safetensors with a JSON header, written atomically (temp file, fsync, rename); never pickle.
+
+Every file written by ``atomic_save_safetensors`` also records the armt_ts version that wrote it and a SHA-256
+of its metadata and tensor bytes; ``load_safetensors`` refuses a file whose checksum is missing or wrong
+(truncated, bit-flipped or edited), of another format, or unreadable, with a StateFileError naming the path.
+A SIGKILL during a save leaves the previous file intact (at worst a stale ``.<name>.*.tmp`` beside it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +34,23 @@ class StateFileError(ValueError):
     """A state file is missing, truncated, tampered with or of another format/version."""
 
 
+def _package_version() -> str:
+    from . import __version__  # at call time: the package is fully imported by then
+
+    return __version__
+
+
+def tensor_digest(tensors: dict[str, Tensor], meta_json: str) -> str:
+    """SHA-256 over the metadata JSON and every tensor's name, dtype, shape and raw bytes (sorted by name)."""
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, meta: dict) -> None:
     """Write ``tensors`` (+ ``meta`` as JSON in the safetensors header) to ``path`` atomically.
 
@@ -40,7 +63,18 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike,
     os.close(fd)
     try:
         contiguous = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
-        save_file(contiguous, tmp, metadata={"meta": json.dumps(meta, sort_keys=True)})
+        meta_json = json.dumps(meta, sort_keys=True)
+        header = {"meta": meta_json, "armt_ts": _package_version(), "sha256": tensor_digest(contiguous, meta_json)}
+        save_file(contiguous, tmp, metadata=header)
+        # mkstemp and safetensors make the file 0600; give it the permissions a plain open() would (or those of the
+        # file it replaces), so that a model saved by one user can be loaded by the service that runs it.
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,7 +90,11 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike,
 
 
 def load_safetensors(path: str | os.PathLike, expect_format: str) -> tuple[dict[str, Tensor], dict]:
-    """Read a file written by ``atomic_save_safetensors``; check its format tag. Raises StateFileError."""
+    """Read a file written by ``atomic_save_safetensors``; check its checksum and format tag.
+
+    Returns the tensors (on the CPU) and the metadata, with ``armt_ts_version`` set to the version that wrote the
+    file. Raises StateFileError.
+    """
     path = Path(path)
     if not path.is_file():
         raise StateFileError(f"{path}: no such file")
@@ -70,10 +108,20 @@ def load_safetensors(path: str | os.PathLike, expect_format: str) -> tuple[dict[
         raise StateFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
     try:
         meta = json.loads(header["meta"])
-    except (KeyError, json.JSONDecodeError):
+        if not isinstance(meta, dict):
+            raise TypeError
+    except (KeyError, TypeError, json.JSONDecodeError):
         raise StateFileError(f"{path}: safetensors header has no valid 'meta' JSON; not an armt_ts file") from None
     if meta.get("format") != expect_format:
         raise StateFileError(f"{path}: format is {meta.get('format')!r}, expected {expect_format!r}")
+    writer = header.get("armt_ts", "unknown")
+    if "sha256" not in header:
+        raise StateFileError(f"{path}: the file has no checksum (written by armt_ts {writer}, before checksums, "
+                             f"or altered); this armt_ts {_package_version()} only loads checksummed files")
+    if tensor_digest(tensors, header["meta"]) != header["sha256"]:
+        raise StateFileError(f"{path}: checksum mismatch: the tensors or metadata were altered or corrupted after "
+                             f"armt_ts {writer} wrote the file")
+    meta.setdefault("armt_ts_version", writer)
     return tensors, meta
 
 
@@ -143,11 +191,20 @@ class MemoryState:
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> "MemoryState":
         tensors, meta = load_safetensors(path, _FORMAT)
         if meta.get("version") != _FORMAT_VERSION:
-            raise StateFileError(f"{path}: state version {meta.get('version')!r}, this armt_ts reads {_FORMAT_VERSION}")
+            raise StateFileError(f"{path}: state version {meta.get('version')!r} (written by armt_ts "
+                                 f"{meta['armt_ts_version']}); this armt_ts {_package_version()} reads version "
+                                 f"{_FORMAT_VERSION}")
         n = meta.get("num_layers")
         want = {f"A.{l}" for l in range(n)} | {f"z.{l}" for l in range(n)} if isinstance(n, int) else None
         if want is None or set(tensors) != want:
             raise StateFileError(f"{path}: tensors {sorted(tensors)} do not match num_layers={n!r}")
+        for name in sorted(tensors):
+            t = tensors[name]
+            if not t.is_floating_point():
+                raise StateFileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a floating-point state")
+            if not torch.isfinite(t).all():
+                raise StateFileError(f"{path}: tensor {name} holds {int((~torch.isfinite(t)).sum())} non-finite "
+                                     f"value(s) (NaN / inf); a state that diverged is not loaded")
         try:
             state = cls(tuple(tensors[f"A.{l}"] for l in range(n)), tuple(tensors[f"z.{l}"] for l in range(n)))
         except ValueError as e:

@@ -62,3 +62,17 @@ class ValueParseError(DataError):
 class NonFiniteValueError(ValueParseError):
     """A value cell is +inf or -inf. Infinities are rejected rather than masked: they are almost
     always a sensor or export fault the user should see, whereas NaN / empty cells mean 'missing'."""
+
+
+class SuspiciousValueWarning(UserWarning):
+    """A finite value so large (magnitude >= 1e20) that it is almost certainly a fill / sentinel value (1e20,
+    1e30, 9.97e36 are common ones) rather than a measurement. It is kept as a number, because it is one; the
+    warning names the first such cell so the user can turn it into a missing value. Values beyond float32's
+    range (about 3.4e38) are not warned about but rejected (NonFiniteValueError): the model's float32 would
+    turn them into inf."""
+
+    def __init__(self, problem: str, *, file: str, row: int, column: str) -> None:
+        self.file = file
+        self.row = row
+        self.column = column
+        super().__init__(f"file {file!r}, row {row}, column {column!r}: {problem}")

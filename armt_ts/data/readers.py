@@ -10,23 +10,44 @@ CSV cells are read as text, so a bad cell is reported with its exact row, column
 
 Cell rules, the same for every reader:
 - empty cells and ``NaN`` / ``nan`` / ``NA`` / ``N/A`` / ``null`` / ``None`` (any case) are missing: mask 0;
-- +-inf is rejected (NonFiniteValueError): a fault to see, not a missing value to hide;
-- any other non-number is rejected (ValueParseError);
-- a CSV row with fewer fields than the header has its trailing cells missing; one with more is rejected.
+- +-inf is rejected (NonFiniteValueError): a fault to see, not a missing value to hide; so is a finite
+  number beyond float32's range (|x| > 3.4e38, e.g. ``1e39``), which the float32 model would see as inf;
+- a finite value of magnitude >= 1e20 (``1e30``, say) is kept as the number it is, with a
+  SuspiciousValueWarning naming its file, row and column: such values are usually fill / sentinel values
+  that the user should turn into empty cells;
+- any other non-number is rejected (ValueParseError): ``1,5`` (decimal comma), ``0x10``, ``1_000``, text;
+- a CSV row with fewer fields than the header has its trailing cells missing; one with more is rejected;
+- a channel with no observed cell at all (all empty / NaN), or one whose first value comes late in the
+  file, is kept: its cells are simply unobserved (mask 0) until it has values.
+
+File-level rules for CSV (repairs, not errors): a UTF-8 byte-order mark is stripped; CRLF line ends are
+accepted like LF; quoted fields may hold the separator, quotes (doubled) and line breaks, in names and in
+cells. Rejected with a FormatError naming the file (and row where there is one): an empty file or blank
+first line, a header line only, bytes that are not UTF-8 (the header, or the first data row holding such
+bytes), bare-CR (classic Mac) line ends, a header of one column that contains ``;``, tab or ``|`` (another
+separator: pass the file through a converter), an unterminated quote, a row with more fields than the header.
+Wide files of many columns (100000 and more) are read column-parallel in one polars pass.
 
 Time rules (wide and long): timestamps must be non-decreasing (per series and channel for long files)
 unless ``sort=True``; a repeated timestamp is rejected unless ``aggregate`` is given; the regular grid
 runs from the first to the last timestamp at ``freq`` (given, or the most common step); timestamps off
 that grid are rejected; grid steps with no row are unobserved (mask 0), never interpolated.
+Time zones (all readers): cells with a UTC offset (``Z``, ``+01:00``) and time-zone-aware Parquet / pandas
+columns are converted to UTC (naive UTC timestamps come out); a column that mixes naive and zoned cells, or
+two different offsets (local time across a DST change, say), is rejected (TimestampError at the first
+differing row): the reader does not guess which zone was meant. See ``timegrid`` for the accepted spellings.
 Every rejection is a :class:`~armt_ts.data.errors.DataError` naming file, row and column.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Union
 
@@ -34,8 +55,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError,
-                                 SchemaError, TimestampError, UnsortedTimeError, ValueParseError)
+from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError, SchemaError,
+                                 SuspiciousValueWarning, TimestampError, UnsortedTimeError, ValueParseError)
 from armt_ts.data.frame import TimeSeriesFrame
 from armt_ts.data.timegrid import (Freq, infer_step, parse_freq, parse_timestamps, place_on_grid, show_time,
                                    step_to_freq)
@@ -53,6 +74,11 @@ _AGGREGATES = ("mean", "last", "first", "sum")
 _CSV_SUFFIXES = (".csv",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _EXPECTED_NUMBER = "a decimal number, or an empty cell / NaN for a missing value"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Magnitudes from here up are treated as likely fill / sentinel values (warned about, kept).
+SUSPICIOUS_MAGNITUDE = 1e20
+# Column lists in messages are cut to this many names (a header may have 100000 columns).
+_SHOW_NAMES = 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +89,11 @@ class _Table:
     file: str
     names: list[str]
     csv_path: Path | None = None
+
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        """Column name -> position (names are distinct: the CSV header check and pandas conversion ensure it)."""
+        return {name: i for i, name in enumerate(self.names)}
 
 
 def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequence[str] | None = None,
@@ -104,7 +135,7 @@ def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequenc
     df = _collect(table, [ts, *chans])
     t = parse_timestamps(df.to_series(0), file=table.file, column=ts, time_unit=time_unit,
                          time_format=time_format)
-    v = np.stack([_numeric(df.to_series(j + 1), file=table.file, column=c) for j, c in enumerate(chans)], axis=1)
+    v = _numeric_columns(df, chans, file=table.file, first=1)
     rows = np.arange(1, df.height + 1, dtype=np.int64)
     t, rows, v, _, merged = _order_and_dedupe(t, rows, v, None, sort=sort, aggregate=aggregate,
                                               file=table.file, column=ts, label=lambda g: "")
@@ -237,8 +268,9 @@ def _open_path(path: Path, file: str) -> _Table:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {file!r}")
     suffix = path.suffix.lower()
+    header: list[str] | None = None
     if suffix in _CSV_SUFFIXES:
-        _check_csv_header(path, file)
+        header = _check_csv_header(path, file)
         # Every cell as text: numbers are parsed here so a bad cell is reported with its content.
         lazy, csv_path, kind = pl.scan_csv(path, infer_schema=False, empty_string_is_null=True), path, "CSV"
     elif suffix in _PARQUET_SUFFIXES:
@@ -251,29 +283,56 @@ def _open_path(path: Path, file: str) -> _Table:
     except (pl.exceptions.PolarsError, OSError) as err:
         raise FormatError(f"cannot read the {kind} file ({_first_line(err)})", file=file,
                           expected=f"a valid {kind} file") from err
+    if header is not None and len(header) == len(names) and header != names:
+        # polars keeps doubled quotes inside quoted header names ('say ""hi""'); use the RFC 4180 names.
+        lazy = pl.scan_csv(path, infer_schema=False, empty_string_is_null=True, new_columns=header)
+        names = header
     return _Table(lazy, file, names, csv_path=csv_path)
 
 
-def _check_csv_header(path: Path, file: str) -> None:
-    """Reject an empty file, a non-UTF-8 header and repeated names, which polars would quietly rename
-    ('a_duplicated_0') or decode lossily."""
+def _check_csv_header(path: Path, file: str) -> list[str]:
+    """The header's column names (RFC 4180: quoted names may hold commas, doubled quotes and line breaks).
+
+    Rejects an empty file, a non-UTF-8 header, bare-CR line ends, a single column that looks like another
+    separator, and repeated names, which polars would quietly rename ('a_duplicated_0') or decode lossily.
+    """
     with open(path, "rb") as f:
         first = f.readline()
+        while first.count(b'"') % 2 and len(first) < 1 << 20:  # a quoted name holding a line break
+            more = f.readline()
+            if not more:
+                break
+            first += more
     if not first.strip():
         raise FormatError("the file is empty or its first line is blank", file=file,
                           expected="a header line with the column names")
+    if b"\r" in first and b"\n" not in first:
+        # Bare CR (classic Mac) line ends: there is no LF at all, and polars would read one endless header line.
+        raise FormatError("the lines end with a bare CR (carriage return without line feed)", file=file,
+                          expected="LF or CRLF line ends")
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise FormatError(f"the header line is not valid UTF-8 (byte {err.start})", file=file,
                           expected="a UTF-8 encoded file") from err
-    names = next(csv.reader([text.rstrip("\r\n")]))
+    try:
+        names = next(csv.reader(io.StringIO(text.rstrip("\r\n"), newline="")), [])
+    except csv.Error as err:
+        raise FormatError(f"the header line cannot be parsed as CSV ({err})", file=file,
+                          expected="a comma-separated header line") from err
+    if len(names) == 1:
+        other = next((sep for sep in (";", "\t", "|") if sep in names[0]), None)
+        if other is not None:
+            raise FormatError(f"the header has a single column that contains {other!r}: the file seems to be "
+                              f"separated by {other!r}", file=file,
+                              expected="comma-separated columns (a timestamp column and value columns)")
     seen: set[str] = set()
     for name in names:
         if name in seen:
             raise SchemaError("the column name appears twice in the header", file=file, column=name,
                               expected="distinct column names")
         seen.add(name)
+    return names
 
 
 def _from_pandas(df: pd.DataFrame) -> pl.DataFrame:
@@ -309,7 +368,7 @@ def _is_na(x: object) -> bool:
 
 def _collect(table: _Table, columns: list[str]) -> pl.DataFrame:
     # pl.nth selects by position: a name like "^a.*$" or "*" would be a pattern for pl.col.
-    idx = [table.names.index(c) for c in columns]
+    idx = [table.positions[c] for c in columns]
     try:
         df = table.lazy.select(pl.nth(idx)).collect()
     except pl.exceptions.PolarsError as err:
@@ -323,7 +382,8 @@ def _collect(table: _Table, columns: list[str]) -> pl.DataFrame:
 
 
 def _diagnose_csv(table: _Table, err: Exception) -> FormatError:
-    """Find the row polars choked on: a line that is not UTF-8, or a row with too many fields."""
+    """Find the row polars choked on: a line that is not UTF-8, a row with too many fields, or a quote that is
+    never closed (Python's strict CSV reader names the row where that record starts)."""
     with open(table.csv_path, "rb") as f:
         for line_no, line in enumerate(f):
             try:
@@ -332,13 +392,28 @@ def _diagnose_csv(table: _Table, err: Exception) -> FormatError:
                 return FormatError("the line is not valid UTF-8", file=table.file, row=line_no,
                                    expected="a UTF-8 encoded file")
     with open(table.csv_path, newline="", encoding="utf-8-sig") as f:
-        for row, record in enumerate(csv.reader(f)):
-            if len(record) > len(table.names):
-                return FormatError(f"the row has {len(record)} fields but the header has {len(table.names)}",
-                                   file=table.file, row=row,
-                                   expected=f"at most {len(table.names)} comma-separated fields per row")
+        reader = csv.reader(f, strict=True)
+        row, start_line = 0, 1  # record 0 is the header; data row r is record r
+        try:
+            for record in reader:
+                if len(record) > len(table.names):
+                    return FormatError(f"the row has {len(record)} fields but the header has {len(table.names)}",
+                                       file=table.file, row=row,
+                                       expected=f"at most {len(table.names)} comma-separated fields per row")
+                row, start_line = row + 1, reader.line_num + 1
+        except csv.Error as csv_err:
+            return FormatError(f"the record starting on line {start_line} cannot be parsed ({csv_err}); an "
+                               f"unterminated quote?", file=table.file, row=row or None,
+                               expected="a well-formed comma-separated file (every opening quote closed)")
     return FormatError(f"polars cannot parse the CSV ({_first_line(err)})", file=table.file,
                        expected="a well-formed comma-separated file")
+
+
+def _show_names(names: Sequence[str]) -> str:
+    """A column list for a message, cut after a few names."""
+    if len(names) <= _SHOW_NAMES:
+        return str(list(names))
+    return f"{list(names[:_SHOW_NAMES])} and {len(names) - _SHOW_NAMES:,} more"
 
 
 def _first_line(err: Exception) -> str:
@@ -354,9 +429,9 @@ def _find(table: _Table, given: str | None, aliases: Sequence[str], role: str, p
           required: bool = True) -> str | None:
     """The column for ``role``: ``given`` (must exist) or the first alias present (any case)."""
     if given is not None:
-        if given not in table.names:
+        if given not in table.positions:
             raise SchemaError(f"there is no {role} column named {given!r}", file=table.file, column=given,
-                              expected=f"one of the columns {table.names}")
+                              expected=f"one of the columns {_show_names(table.names)}")
         return given
     lower = {}
     for name in table.names:
@@ -387,7 +462,7 @@ def _timestamp_column(table: _Table, given: str | None) -> str:
 
 def _collect_head(table: _Table, column: str) -> pl.Series:
     try:
-        head = table.lazy.select(pl.nth(table.names.index(column))).head(100).collect().to_series()
+        head = table.lazy.select(pl.nth(table.positions[column])).head(100).collect().to_series()
         return head.alias("cell")  # a plain name: see _numeric
     except pl.exceptions.PolarsError as err:
         if table.csv_path is not None:
@@ -410,17 +485,20 @@ def _looks_like_time(head: pl.Series, file: str, column: str) -> bool:
 
 
 def _check_distinct(table: _Table, used: list[str]) -> None:
-    for i, name in enumerate(used):
-        if name in used[:i]:
+    seen: set[str] = set()
+    for name in used:
+        if name in seen:
             raise SchemaError("the column is used twice (e.g. as timestamp and as channel)", file=table.file,
                               column=name, expected="each column in one role")
+        seen.add(name)
 
 
 def _check_columns(table: _Table, used: list[str], layout: str) -> None:
     _check_distinct(table, used)
-    extra = [c for c in table.names if c not in used]
+    used_set = set(used)
+    extra = [c for c in table.names if c not in used_set]
     if extra:
-        raise SchemaError(f"unexpected column(s) {extra}", file=table.file, column=extra[0],
+        raise SchemaError(f"unexpected column(s) {_show_names(extra)}", file=table.file, column=extra[0],
                           expected=f"only the columns of the layout ({layout}); select them or name "
                                    f"them with the reader's arguments")
 
@@ -458,6 +536,44 @@ def _numeric(s: pl.Series, *, file: str, column: str) -> np.ndarray:
         i = int(np.flatnonzero(inf)[0])
         raise NonFiniteValueError(f"the value {s[i]!r} is infinite", file=file, row=i + 1, column=column,
                                   expected="a finite number (an empty cell or NaN marks a missing value)")
+    magnitude = np.abs(np.nan_to_num(out, nan=0.0))
+    over = magnitude > _FLOAT32_MAX
+    if over.any():
+        i = int(np.flatnonzero(over)[0])
+        raise NonFiniteValueError(f"the value {s[i]!r} is beyond float32's range (it would reach the model as inf)",
+                                  file=file, row=i + 1, column=column,
+                                  expected=f"a finite number of magnitude at most {_FLOAT32_MAX:.4g}")
+    large = magnitude >= SUSPICIOUS_MAGNITUDE
+    if large.any():
+        i = int(np.flatnonzero(large)[0])
+        warnings.warn(SuspiciousValueWarning(
+            f"the value {s[i]!r} (magnitude >= {SUSPICIOUS_MAGNITUDE:g}) looks like a fill / sentinel value; it is "
+            f"kept as a number ({int(large.sum())} such cell(s) in the column): make these cells empty to mark them "
+            f"missing", file=file, row=i + 1, column=column), stacklevel=3)
+    return out
+
+
+def _numeric_columns(df: pl.DataFrame, columns: list[str], *, file: str, first: int = 0) -> np.ndarray:
+    """Columns ``first, first + 1, ...`` of ``df`` -> [n, C] float64 with NaN where missing; ``columns`` are their
+    names as in the file.
+
+    When every one of them is text (a CSV), the cells are stacked into one long column (``unpivot``) and parsed in
+    one pass, so a header of 100000 columns costs well under a second here instead of a per-column loop; a
+    column with any problem is then re-read by :func:`_numeric`, which raises (or warns) with the same message
+    as column by column.
+    """
+    n, width = df.height, len(columns)
+    if width == 0 or not all(dtype == pl.String for dtype in df.dtypes):  # unpivot needs one dtype throughout
+        return np.stack([_numeric(df.to_series(first + j), file=file, column=c) for j, c in enumerate(columns)],
+                        axis=1).reshape(n, width)
+    cells = df.unpivot().get_column("value").slice(first * n, width * n).str.strip_chars()  # column-major
+    missing = cells.str.to_lowercase().is_in(_MISSING_TEXT).fill_null(True).to_numpy().reshape(width, n).T
+    out = np.array(cells.cast(pl.Float64, strict=False).to_numpy(), dtype=np.float64).reshape(width, n).T.copy()
+    with np.errstate(invalid="ignore"):
+        problem = (np.isnan(out) & ~missing) | ~(np.abs(np.where(missing, 0.0, out)) < SUSPICIOUS_MAGNITUDE)
+    for j in np.flatnonzero(problem.any(axis=0)):  # raises at the first column with a bad cell; warns for large ones
+        out[:, j] = _numeric(df.to_series(first + int(j)), file=file, column=columns[int(j)])
+    out[missing] = np.nan
     return out
 
 

@@ -19,6 +19,10 @@ The serialised predictor is JSON (``predictor.json``, gluonts' serde) plus the w
 
 # No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
 # cannot resolve them as strings.
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -42,6 +46,7 @@ from gluonts.transform import (AddObservedValuesIndicator, AsNumpyArray, Expecte
                                InstanceSampler, InstanceSplitter, SelectFields, TestSplitSampler, Transformation,
                                ValidationSplitSampler)
 
+from .. import __version__ as armt_ts_version
 from ..config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from ..state import StateFileError, atomic_save_safetensors, load_safetensors
 from .lightning_module import ARMTLightningModule
@@ -51,8 +56,10 @@ PREDICTION_INPUT_NAMES = ["past_target", "past_observed_values"]
 TRAINING_INPUT_NAMES = PREDICTION_INPUT_NAMES + ["future_target", "future_observed_values"]
 
 _WEIGHTS_FILE = "prediction-net.safetensors"
+_PREDICTOR_FILE = "predictor.json"
 _WEIGHTS_FORMAT = "armt_ts.ARMTPredictor"
-_WEIGHTS_VERSION = 1
+# 2: the header records armt_ts_version, config, context_length, prediction_length and predictor.json's SHA-256
+_WEIGHTS_VERSION = 2
 
 
 class PointForecastGenerator(ForecastGenerator):
@@ -92,28 +99,103 @@ def forecast_generator(head: HeadConfig, module: ARMTLightningModule) -> Forecas
 
 
 class ARMTPredictor(PyTorchPredictor):
-    """gluonts' ``PyTorchPredictor`` whose weights are stored as safetensors instead of ``torch.save`` (pickle)."""
+    """gluonts' ``PyTorchPredictor`` whose weights are stored as safetensors instead of ``torch.save`` (pickle).
+
+    A saved folder holds ``gluonts-config.json`` and ``predictor.json`` (gluonts' JSON serde) and
+    ``prediction-net.safetensors``, whose header records the file format version, the armt_ts version that wrote
+    it, the forecaster config, the context length, a SHA-256 of ``predictor.json`` and one of the weights
+    (``armt_ts.state``). ``deserialize`` checks all of that before it builds anything and raises
+    ``StateFileError`` with a message naming the file and both armt_ts versions for: a missing, truncated or
+    altered file; a ``predictor.json`` from another save; another format version; a config this armt_ts
+    cannot build; a class outside armt_ts / gluonts / numpy named in ``predictor.json``; non-finite weights;
+    weights that do not fit the network.
+    """
+
+    # predictor.json may only name classes from these packages (gluonts' serde instantiates what it names)
+    _ALLOWED_CLASS_PREFIXES = ("armt_ts.", "gluonts.", "numpy.")
+    _ALLOWED_BUILTINS = ("builtins.tuple", "builtins.list", "builtins.dict", "builtins.set", "builtins.frozenset")
 
     def serialize(self, path: Path) -> None:
         path = Path(path)
-        RepresentablePredictor.serialize(self, path)  # gluonts-config.json + predictor.json (JSON, gluonts serde)
-        meta = {"format": _WEIGHTS_FORMAT, "version": _WEIGHTS_VERSION}
+        path.mkdir(parents=True, exist_ok=True)
+        # The JSON files are written next to the target and renamed into place (never half-written); the weights,
+        # which record predictor.json's checksum, go last, so a crash in between is detected at load.
+        with tempfile.TemporaryDirectory(prefix=".armt-ts-serialize-", dir=path) as tmp:
+            RepresentablePredictor.serialize(self, Path(tmp))  # gluonts-config.json + predictor.json
+            for name in sorted(p.name for p in Path(tmp).iterdir()):
+                os.replace(Path(tmp) / name, path / name)
+        model = self.prediction_net.model
+        meta = {"format": _WEIGHTS_FORMAT, "version": _WEIGHTS_VERSION, "armt_ts_version": armt_ts_version,
+                "config": model.config.to_dict(), "context_length": model.context_length,
+                "prediction_length": self.prediction_length,
+                "predictor_json_sha256": hashlib.sha256((path / _PREDICTOR_FILE).read_bytes()).hexdigest()}
         atomic_save_safetensors(self.prediction_net.state_dict(), path / _WEIGHTS_FILE, meta)
 
     @classmethod
     def deserialize(cls, path: Path, device: Optional[Union[str, torch.device]] = None) -> "ARMTPredictor":
         path = Path(path)
-        predictor = RepresentablePredictor.deserialize.__func__(cls, path)  # rebuilds the network from JSON
+        spec, weights = path / _PREDICTOR_FILE, path / _WEIGHTS_FILE
+        for f in (spec, weights):
+            if not f.is_file():
+                raise StateFileError(f"{f}: no such file (expected a folder written by ARMTPredictor.serialize)")
+        tensors, meta = load_safetensors(weights, _WEIGHTS_FORMAT)  # format tag and checksum
+        writer = meta.get("armt_ts_version", "unknown")
+        versions = f"written by armt_ts {writer}, read by armt_ts {armt_ts_version}"
+        if meta.get("version") != _WEIGHTS_VERSION:
+            raise StateFileError(f"{weights}: model file format version {meta.get('version')!r} ({versions}), but "
+                                 f"this armt_ts reads version {_WEIGHTS_VERSION}: retrain the model, or load it with "
+                                 f"armt_ts {writer}")
+        try:
+            config = ForecasterConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError
+            raise StateFileError(f"{weights}: the recorded model config cannot be built ({versions}): "
+                                 f"{type(e).__name__}: {e}") from None
+        text = spec.read_bytes()
+        if hashlib.sha256(text).hexdigest() != meta.get("predictor_json_sha256"):
+            raise StateFileError(f"{spec}: does not belong to the weights in {weights.name} (edited after saving, "
+                                 f"or copied from another save)")
+        try:
+            cls._check_classes(json.loads(text), spec)
+            predictor = RepresentablePredictor.deserialize.__func__(cls, path)  # rebuilds the network from JSON
+        except StateFileError:
+            raise
+        except Exception as e:  # gluonts' serde raises many types; all mean "this armt_ts cannot rebuild it"
+            text_e = str(e).strip().splitlines()
+            raise StateFileError(f"{spec}: cannot rebuild the predictor ({versions}): {type(e).__name__}: "
+                                 f"{text_e[0] if text_e else ''}") from None
         if not isinstance(predictor, cls):
             raise StateFileError(f"{path}: predictor.json holds a {type(predictor).__name__}, not an {cls.__name__}")
-        tensors, meta = load_safetensors(path / _WEIGHTS_FILE, _WEIGHTS_FORMAT)
-        if meta.get("version") != _WEIGHTS_VERSION:
-            raise StateFileError(f"{path / _WEIGHTS_FILE}: version {meta.get('version')!r}, "
-                                 f"this armt_ts reads {_WEIGHTS_VERSION}")
-        predictor.prediction_net.load_state_dict(tensors)  # strict: a missing or extra tensor raises
+        model = predictor.prediction_net.model
+        if model.config != config or model.context_length != meta.get("context_length"):
+            raise StateFileError(f"{path}: predictor.json and {weights.name} describe different models (config or "
+                                 f"context length differ)")
+        for name in sorted(tensors):
+            t = tensors[name]
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise StateFileError(f"{weights}: weight {name} holds non-finite values (NaN / inf)")
+        try:
+            predictor.prediction_net.load_state_dict(tensors)  # strict: a missing or extra tensor raises
+        except RuntimeError as e:
+            raise StateFileError(f"{weights}: the weights do not fit the network ({versions}): "
+                                 f"{str(e).strip().splitlines()[0]}") from None
         if device is not None:
             predictor.to(resolve_device(device))
         return predictor
+
+    @classmethod
+    def _check_classes(cls, node: Any, spec: Path) -> None:
+        """Refuse a predictor.json that names a class outside armt_ts / gluonts / numpy (or plain containers)."""
+        if isinstance(node, dict):
+            name = node.get("class")
+            if "__kind__" in node and not (isinstance(name, str) and (
+                    name.startswith(cls._ALLOWED_CLASS_PREFIXES) or name in cls._ALLOWED_BUILTINS)):
+                raise StateFileError(f"{spec}: names the class {name!r}; a predictor file may only name classes "
+                                     f"from {', '.join(p.rstrip('.') for p in cls._ALLOWED_CLASS_PREFIXES)}")
+            for value in node.values():
+                cls._check_classes(value, spec)
+        elif isinstance(node, list):
+            for value in node:
+                cls._check_classes(value, spec)
 
 
 class _RankShard:

@@ -2,7 +2,12 @@
 
 Lightning supplies the rest: progress bar, checkpoints (gluonts' estimator adds a ModelCheckpoint), CPU / CUDA,
 mixed precision (``precision="bf16-mixed"``; the associative memory itself stays fp32, see memory.py) and
-data-parallel training (``strategy="ddp"``). Gradient clipping is a Trainer argument (``gradient_clip_val``).
+data-parallel training (``strategy="ddp"``). Gradient clipping is a Trainer argument (``gradient_clip_val``;
+``ARMTEstimator`` sets 10.0 unless told otherwise).
+
+A non-finite training or validation loss, or a non-finite gradient behind a finite loss, raises
+FloatingPointError naming the global step, epoch and batch index. (gluonts' ``train_model`` then re-raises it
+when no checkpoint exists yet, and otherwise logs it as a warning and returns the best checkpoint's weights.)
 """
 
 # No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
@@ -59,7 +64,22 @@ class ARMTLightningModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int):  # type: ignore[override]
+        self._train_batch_idx = batch_idx
         return self._loss(batch, batch_idx, "train")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # A finite loss can still give a non-finite gradient (an overflow in backward); clipping would then spread
+        # the NaN into every weight. fp16 runs are exempt: their GradScaler skips such steps by design.
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one device sync
+            return
+        bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite gradient in {bad[0]} ({len(bad)} parameter(s)) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch index {getattr(self, '_train_batch_idx', '?')})")
 
     def validation_step(self, batch, batch_idx: int):  # type: ignore[override]
         return self._loss(batch, batch_idx, "val")
