@@ -1,0 +1,243 @@
+"""Missing channels at test time: ARMT reads its observed masks, baselines get last-value imputation.
+
+    python -m benchmarks.missing_channels --data ../shared/data/ett/ETTh1.csv --dataset ETTh1 --horizon 96
+    python -m benchmarks.missing_channels --data ../shared/data/ett/ETTh1.csv --dataset ETTh1 --quick
+
+Protocol: DESIGN section 7 (splits, train-statistics z-scores, ALL stride-1 test windows). At test time:
+
+- "channels": in every window, round(f * C) channels chosen at random (seeded per fraction) are hidden for the
+  whole context, f in {0, 0.1, 0.3, 0.5}. MSE is reported over the future of the visible channels and of the
+  hidden channels separately (and over all).
+- "blocks": in every window and channel, one contiguous block of 5-20% of the context (length and position
+  uniform, seeded) is missing. MSE over all channels (``mse_visible``; there is no hidden channel).
+
+ARMT gets the masks (``past_observed`` 0 where hidden) and nothing else. The baselines get last-value imputation
+(forward fill within the context; a channel with no value before the gap, e.g. a channel hidden for the whole
+context, is filled with 0, the train mean in z units) and an all-ones observed mask. Two ARMT models are
+reported: "ARMT" trained exactly as in ``benchmarks/forecast.py`` (no masks seen in training), and
+"ARMT (mask-aug)", the same model trained with random hidden channels and blocks in half of its training windows
+(training data only; the test masks come from other seeds). All trained models get the same wall-time budget.
+
+Goal (issue 4): ARMT's relative MSE increase at 30% hidden channels is at most half of the best baseline's
+(best = the smallest relative increase among the baselines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, Timer, git_commit, machine_info, markdown_table, write_results
+from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, log, masked_errors, n_params,
+                                 predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows, train_armt,
+                                 train_gluonts)
+from armt_ts.data import Windows
+
+FRACTIONS = (0.0, 0.1, 0.3, 0.5)
+BLOCK_RANGE = (0.05, 0.20)
+# Distinct seed streams: test masks never share a stream with the training augmentation.
+TEST_SEED, TRAIN_SEED = 1000, 2000
+
+
+def hidden_channel_mask(n_windows: int, n_channels: int, fraction: float, seed: int) -> np.ndarray:
+    """[W, C] bool, True = hidden: round(fraction * C) distinct channels per window, reproducible from ``seed``."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction={fraction} must be in [0, 1)")
+    k = int(round(fraction * n_channels))
+    rng = np.random.default_rng([seed, int(round(fraction * 1000))])
+    order = rng.random((n_windows, n_channels)).argsort(axis=1)
+    mask = np.zeros((n_windows, n_channels), dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
+    return mask
+
+
+def block_mask(n_windows: int, length: int, n_channels: int, lo: float, hi: float, seed: int) -> np.ndarray:
+    """[W, L, C] bool, True = missing: per (window, channel) one block of round(u * L) steps, u ~ U[lo, hi],
+    at a uniform position; reproducible from ``seed``."""
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"block fractions lo={lo}, hi={hi} must satisfy 0 < lo <= hi < 1")
+    rng = np.random.default_rng([seed, 7])
+    size = np.maximum(1, np.round(rng.uniform(lo, hi, (n_windows, n_channels)) * length)).astype(np.int64)
+    start = (rng.random((n_windows, n_channels)) * (length - size + 1)).astype(np.int64)
+    t = np.arange(length)[None, :, None]
+    return (t >= start[:, None, :]) & (t < (start + size)[:, None, :])
+
+
+def last_value_impute(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Forward fill along time ([..., L, C]); entries with no earlier observed value become 0."""
+    keep = observed > 0
+    L = values.shape[-2]
+    idx = np.where(keep, np.arange(L)[:, None], -1)
+    idx = np.maximum.accumulate(idx, axis=-2)
+    filled = np.take_along_axis(values, np.maximum(idx, 0), axis=-2)
+    return np.where(idx >= 0, filled, 0.0).astype(values.dtype)
+
+
+def make_augment(n_channels: int, p: float = 0.5):
+    """Training augmentation: in a fraction p of windows hide 1..C-1 random channels, in another p/2 add blocks."""
+    def augment(rng: np.random.Generator, observed: np.ndarray) -> np.ndarray:
+        B, L, C = observed.shape
+        out = observed.copy()
+        for b in range(B):
+            u = rng.random()
+            if u < p:
+                k = int(rng.integers(1, C))
+                out[b, :, rng.permutation(C)[:k]] = 0.0
+            elif u < 1.5 * p:
+                m = block_mask(1, L, C, *BLOCK_RANGE, seed=int(rng.integers(1 << 31)))[0]
+                out[b][m] = 0.0
+        return out
+    return augment
+
+
+def conditions(w: Windows, C: int, seed: int, quick: bool) -> list[dict[str, Any]]:
+    """Every test condition: name, fraction, context observed mask [W, L, C], hidden [W, C] or None."""
+    W, L, _ = w.past_values.shape
+    out = []
+    for f in (FRACTIONS[:3] if quick else FRACTIONS):
+        hidden = hidden_channel_mask(W, C, f, seed)
+        obs = np.where(hidden[:, None, :], 0.0, w.past_observed).astype(np.float32)
+        out.append({"scenario": "channels", "hidden_fraction": f, "observed": obs, "hidden": hidden})
+    blocks = block_mask(W, L, C, *BLOCK_RANGE, seed=seed)
+    out.append({"scenario": "blocks", "hidden_fraction": None, "observed": np.where(blocks, 0.0, w.past_observed)
+                .astype(np.float32), "hidden": None, "block_fraction": list(BLOCK_RANGE)})
+    return out
+
+
+def score(pred: np.ndarray, w: Windows, hidden: np.ndarray | None) -> dict[str, Any]:
+    fo = w.future_observed
+    out = {"mse_all": masked_errors(pred, w.future_values, fo)["mse"]}
+    if hidden is None:
+        out["mse_visible"], out["mse_hidden"] = out["mse_all"], None
+        return out
+    vis = np.where(hidden[:, None, :], 0.0, fo)
+    hid = np.where(hidden[:, None, :], fo, 0.0)
+    out["mse_visible"] = masked_errors(pred, w.future_values, vis)["mse"]
+    out["mse_hidden"] = masked_errors(pred, w.future_values, hid)["mse"] if hid.any() else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--dataset", default="ETTh1", choices=["ETTh1", "ETTm1", "Weather"])
+    p.add_argument("--horizon", type=int, default=96)
+    p.add_argument("--context-length", type=int, default=336)
+    p.add_argument("--models", nargs="+",
+                   default=["SeasonalNaive", "ARMT", "ARMT (mask-aug)", "DLinear", "PatchTST", "iTransformer"])
+    p.add_argument("--train-seconds", type=float, default=45.0, help="wall-clock training budget per model")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--armt-from", default=None, help="result JSON of benchmarks.forecast whose armt_chosen to use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a few minutes: 10 s per model, fractions 0 / 0.1 / 0.3")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_seconds = min(args.train_seconds, 10.0)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    commit = git_commit()
+    t0 = time.perf_counter()
+    log(f"missing channels: {' '.join(map(shlex.quote, sys.argv))}")
+    hyper = ARMTHyper()
+    if args.armt_from:
+        hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
+    prep = prepare(args.data, args.dataset, args.context_length)
+    H, C = args.horizon, prep.n_channels
+    w = eval_windows(prep, H)
+    conds = conditions(w, C, args.seed + TEST_SEED, args.quick)
+    rows: list[dict[str, Any]] = []
+    for name in args.models:
+        log(f"{name}")
+        info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0}
+        params = 0
+        if name.startswith("ARMT"):
+            model = ARMTBench(hyper, C, H, prep.context_length)
+            aug = make_augment(C) if "mask-aug" in name else None
+            info = train_armt(model, prep.train, prep.context_length, H, args.train_seconds,
+                              args.seed + (TRAIN_SEED if aug else 0), args.device, args.bf16, args.max_steps, aug)
+            params = n_params(model)
+            predict = lambda obs: predict_armt(model, w.past_values, obs, args.device, args.bf16)  # noqa: E731
+        elif name == "SeasonalNaive":
+            predict = lambda obs: seasonal_naive(  # noqa: E731
+                Windows(last_value_impute(w.past_values, obs), np.ones_like(obs), w.future_values,
+                        w.future_observed, w.start), H, SEASON[prep.dataset])
+        else:
+            est, predictor, info = train_gluonts(name, prep, H, args.train_seconds, args.seed, args.device,
+                                                 args.bf16, args.max_steps)
+            params = n_params(predictor.prediction_net)
+            predict = lambda obs: predict_gluonts(  # noqa: E731
+                name, est, predictor, prep, Windows(last_value_impute(w.past_values, obs), np.ones_like(obs),
+                                                    w.future_values, w.future_observed, w.start),
+                args.device, args.bf16)[0]
+        base = None
+        for cond in conds:
+            with Timer() as tp:
+                pred = predict(cond["observed"])
+            s = score(pred, w, cond["hidden"])
+            if cond["scenario"] == "channels" and cond["hidden_fraction"] == 0.0:
+                base = s["mse_all"]
+            r = {"dataset": args.dataset, "horizon": H, "model": name, "scenario": cond["scenario"],
+                 "hidden_fraction": cond["hidden_fraction"],
+                 "hidden_channels_per_window": (int(round(cond["hidden_fraction"] * C))
+                                                if cond["hidden_fraction"] is not None else None),
+                 "block_fraction": cond.get("block_fraction"), **s,
+                 "relative_increase": (s["mse_all"] - base) / base if base else None,
+                 "imputation": "masks" if name.startswith("ARMT") else "last value",
+                 "params": params, "train_seconds": info["train_seconds"], "train_steps": info["steps"],
+                 "predict_ms_per_window": 1e3 * tp.seconds / len(w), "n_test_windows": len(w),
+                 "context_length": args.context_length}
+            rows.append(r)
+            log(f"  {cond['scenario']} {cond['hidden_fraction']}: all {s['mse_all']:.4f} vis {s['mse_visible']:.4f} "
+                f"hid {s['mse_hidden']}")
+    goal = goal_check(rows)
+    payload = {"benchmark": "missing_channels", "protocol": "DESIGN.md section 7 (exactly)",
+               "command": " ".join(map(shlex.quote, sys.argv)), "git_commit": commit,
+               "machine": machine_info(args.device), "seed": args.seed, "test_mask_seed": args.seed + TEST_SEED,
+               "quick": args.quick, "wall_seconds": time.perf_counter() - t0,
+               "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
+                          "threads": args.threads, "bf16": args.bf16},
+               "armt_hyperparameters": hyper.__dict__, "baseline_settings": BASELINE_SETTINGS, "goal": goal,
+               "rows": rows}
+    cols = ["model", "scenario", "hidden_fraction", "hidden_channels_per_window", "mse_all", "mse_visible",
+            "mse_hidden", "relative_increase", "imputation", "train_steps"]
+    md = [f"# Missing channels: {args.dataset}, H={H}, L={args.context_length}{' (--quick)' if args.quick else ''}",
+          "", f"Protocol: DESIGN.md section 7; all {len(w)} stride-1 test windows. Budget {args.train_seconds:g} "
+          f"wall seconds of training per model, {args.threads} thread(s), device {args.device}. Test masks from "
+          f"seed {args.seed + TEST_SEED}. ARMT reads masks; baselines get last-value imputation (0 = train mean "
+          f"where nothing precedes the gap).", f"Command: `{payload['command']}`  ",
+          f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s.", "", markdown_table(rows, cols), "",
+          "## Goal: ARMT's relative MSE increase at 30% hidden <= half of the best baseline's", "",
+          "```", json.dumps(goal, indent=1), "```"]
+    name = args.out or f"missing_channels{'_quick' if args.quick else ''}"
+    write_results(name, payload, "\n".join(md))
+    log(f"wrote {RESULTS / name}.json/.md in {payload['wall_seconds']:.0f} s")
+    return payload
+
+
+def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    at30 = {r["model"]: r["relative_increase"] for r in rows
+            if r["scenario"] == "channels" and r["hidden_fraction"] == 0.3}
+    base = {k: v for k, v in at30.items() if not k.startswith("ARMT")}
+    armt = {k: v for k, v in at30.items() if k.startswith("ARMT")}
+    if not base or not armt:
+        return {"relative_increase_at_30pct": at30, "met": None}
+    best = min(base, key=base.get)
+    return {"relative_increase_at_30pct": at30, "best_baseline": best, "best_baseline_increase": base[best],
+            "met": {k: bool(v <= 0.5 * base[best]) for k, v in armt.items()}}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The forecast and missing-channel benchmarks' own machinery on synthetic data: protocol window counts,
+metrics, seasonal naive, last-value imputation, seeded hidden-channel and block masks, and the ARMT wrapper
+with fully hidden channels. No real data and no long training: every test runs in seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from armt_ts.data import TimeSeriesFrame, Windows
+from benchmarks.forecast import (ARMTBench, ARMTHyper, eval_windows, masked_errors, mean_wql, predict_armt,
+                                 prepare_frame, seasonal_naive, train_armt)
+from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_channel_mask,
+                                         last_value_impute, make_augment, score)
+
+
+def synthetic_frame(n_steps: int, n_channels: int = 7, seed: int = 0) -> TimeSeriesFrame:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_steps)[:, None]
+    values = (np.sin(2 * np.pi * t / 24 + np.arange(n_channels)) * (1 + np.arange(n_channels))
+              + 0.1 * rng.standard_normal((n_steps, n_channels)) + 5.0).astype(np.float32)
+    stamps = np.datetime64("2016-07-01T00:00") + np.arange(n_steps).astype("timedelta64[h]")
+    return TimeSeriesFrame(stamps.astype("datetime64[ns]"), values, np.ones_like(values),
+                           [f"c{i}" for i in range(n_channels)], "1h")
+
+
+@pytest.fixture(scope="module")
+def etth1_like():
+    return prepare_frame(synthetic_frame(14400), "ETTh1", 336)
+
+
+def test_every_stride1_test_window_is_counted(etth1_like):
+    # ETTh1-sized split: the test part is rows [11520 - L, 14400), so 2880 - H + 1 windows, none dropped
+    assert etth1_like.borders == ((0, 8640), (8304, 11520), (11184, 14400))
+    assert len(eval_windows(etth1_like, 96)) == 2785
+    assert len(eval_windows(etth1_like, 720)) == 2161
+    assert len(eval_windows(etth1_like, 96, "val")) == 2785
+    # the window count does not depend on the context length: val / test start L rows early
+    assert len(eval_windows(prepare_frame(synthetic_frame(14400), "ETTh1", 4096), 96)) == 2785
+
+
+def test_z_scoring_uses_train_statistics_only(etth1_like):
+    train = etth1_like.train.values.astype(np.float64)
+    np.testing.assert_allclose(train.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(train.std(0), 1.0, atol=1e-4)
+
+
+def test_masked_errors_ignore_unobserved_targets():
+    pred = np.zeros((2, 3, 1))
+    future = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0]).reshape(2, 3, 1)
+    observed = np.ones_like(future)
+    observed[1, 2, 0] = 0  # the 100 is missing and must not count
+    m = masked_errors(pred, future, observed)
+    assert m["mse"] == pytest.approx((1 + 4 + 9 + 16 + 25) / 5)
+    assert m["mae"] == pytest.approx(15 / 5)
+
+
+def test_mean_wql_matches_the_definition_and_is_zero_for_a_perfect_forecast():
+    future = np.array([1.0, -2.0]).reshape(1, 2, 1)
+    observed = np.ones_like(future)
+    q = np.zeros((1, 2, 1, 1))
+    # level 0.5: pinball = 0.5 * |y - q| -> 0.5 + 1.0; 2 * 1.5 / (|1| + |-2|) = 1.0
+    assert mean_wql(q, future, observed, levels=(0.5,)) == pytest.approx(1.0)
+    perfect = np.repeat(future[..., None], 3, axis=-1)
+    assert mean_wql(perfect, future, observed, levels=(0.1, 0.5, 0.9)) == pytest.approx(0.0)
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    past = np.arange(2 * 30 * 2, dtype=np.float32).reshape(2, 30, 2)
+    w = Windows(past, np.ones_like(past), np.zeros((2, 10, 2), np.float32), np.ones((2, 10, 2), np.float32),
+                np.arange(2))
+    out = seasonal_naive(w, horizon=10, season=4)  # also checked against gluonts' predictor inside
+    np.testing.assert_array_equal(out[:, :4], past[:, -4:])
+    np.testing.assert_array_equal(out[:, 4:8], past[:, -4:])
+
+
+def test_last_value_imputation_fills_forward_and_zero_before_the_first_value():
+    values = np.array([[9.0, 1.0], [9.0, 2.0], [3.0, 9.0], [9.0, 9.0], [5.0, 6.0]], dtype=np.float32)[None]
+    observed = np.array([[0, 1], [0, 1], [1, 0], [0, 0], [1, 1]], dtype=np.float32)[None]
+    filled = last_value_impute(values, observed)
+    np.testing.assert_array_equal(filled[0, :, 0], [0.0, 0.0, 3.0, 3.0, 5.0])
+    np.testing.assert_array_equal(filled[0, :, 1], [1.0, 2.0, 2.0, 2.0, 6.0])
+
+
+def test_hidden_channel_masks_are_reproducible_from_seeds():
+    a = hidden_channel_mask(500, 7, 0.3, seed=1000)
+    assert a.dtype == bool and a.shape == (500, 7)
+    assert (a.sum(1) == 2).all()  # round(0.3 * 7) channels in every window
+    np.testing.assert_array_equal(a, hidden_channel_mask(500, 7, 0.3, seed=1000))
+    assert not np.array_equal(a, hidden_channel_mask(500, 7, 0.3, seed=1001))
+    assert len({tuple(r) for r in a}) > 10  # a different subset from window to window
+    assert not hidden_channel_mask(50, 7, 0.0, seed=1000).any()
+    assert (hidden_channel_mask(50, 7, 0.5, seed=1000).sum(1) == 4).all()
+    with pytest.raises(ValueError, match="fraction"):
+        hidden_channel_mask(5, 7, 1.0, seed=0)
+
+
+def test_block_masks_are_one_contiguous_block_of_5_to_20_percent():
+    m = block_mask(200, 336, 7, 0.05, 0.20, seed=3)
+    np.testing.assert_array_equal(m, block_mask(200, 336, 7, 0.05, 0.20, seed=3))
+    length = m.sum(1)
+    assert length.min() >= round(0.05 * 336) and length.max() <= round(0.20 * 336)
+    starts = np.diff(m.astype(np.int8), axis=1, prepend=0) == 1
+    assert (starts.sum(1) == 1).all()  # exactly one block per (window, channel)
+
+
+def test_conditions_and_scores_separate_visible_and_hidden_channels(etth1_like):
+    w = eval_windows(etth1_like, 24)
+    conds = conditions(w, 7, seed=1000, quick=False)
+    assert [c["hidden_fraction"] for c in conds] == [0.0, 0.1, 0.3, 0.5, None]
+    c30 = conds[2]
+    assert (c30["observed"].sum(1) == 0).sum() == c30["hidden"].sum()  # hidden channels: no observed context
+    pred = np.array(w.future_values, dtype=np.float64)
+    pred[np.broadcast_to(c30["hidden"][:, None, :], pred.shape)] += 1.0  # wrong by 1 on hidden channels only
+    s = score(pred, w, c30["hidden"])
+    assert s["mse_visible"] == pytest.approx(0.0) and s["mse_hidden"] == pytest.approx(1.0)
+    assert s["mse_all"] == pytest.approx(2 / 7)
+    rows = [{"model": m, "scenario": "channels", "hidden_fraction": 0.3, "relative_increase": v}
+            for m, v in (("ARMT", 0.1), ("DLinear", 0.5), ("PatchTST", 0.3))]
+    goal = goal_check(rows)
+    assert goal["best_baseline"] == "PatchTST" and goal["met"] == {"ARMT": True}
+
+
+def test_armt_wrapper_reads_fully_hidden_channels_through_masks(etth1_like):
+    torch.manual_seed(0)
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, linear_skip=True, batch_size=4)
+    model = ARMTBench(hyper, 7, 24, 96)
+    w = eval_windows(prepare_frame(synthetic_frame(14400), "ETTh1", 96), 24)
+    obs = np.array(w.past_observed[:8])
+    obs[:, :, 2] = 0.0  # channel 2 hidden for the whole context
+    values = np.array(w.past_values[:8])
+    values[:, :, 2] = np.nan  # never read where unobserved
+    loc, scale = ARMTBench.stats(torch.as_tensor(values), torch.as_tensor(obs))
+    assert float(loc[:, 0, 2].abs().max()) == 0.0 and float((scale[:, 0, 2] - 1).abs().max()) == 0.0
+    pred = predict_armt(model, values, obs, "cpu", bf16=False)
+    assert pred.shape == (8, 24, 7) and np.isfinite(pred).all()
+    # the hidden channel's history does not leak in: changing it changes nothing
+    values2 = values.copy()
+    values2[:, :, 2] = 123.0
+    np.testing.assert_array_equal(pred, predict_armt(model, values2, obs, "cpu", bf16=False))
+
+
+def test_armt_training_runs_a_step_budget_with_mask_augmentation(etth1_like):
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4)
+    model = ARMTBench(hyper, 7, 24, 96)
+    frame = prepare_frame(synthetic_frame(14400), "ETTh1", 96).train
+    info = train_armt(model, frame, 96, 24, budget_s=60.0, seed=0, device="cpu", bf16=False, max_steps=3,
+                      augment=make_augment(7))
+    assert info["steps"] == 3 and np.isfinite(info["final_train_loss"])
+    rng = np.random.default_rng(0)
+    aug = make_augment(7, p=1.0)(rng, np.ones((16, 96, 7), np.float32))
+    hidden = (aug.sum(1) == 0).sum(1)  # channels with no observed context, per window
+    assert ((hidden >= 1) & (hidden <= 6)).all()
+
+
+def test_batched_gluonts_prediction_matches_gluonts_own_predictor():
+    """predict_gluonts calls the trained network on [W * C, L] at once; its means must equal the forecasts of
+    gluonts' predictor, series by series (this checks the [W, H, C] reshapes too)."""
+    import pandas as pd
+    from gluonts.dataset.common import ListDataset
+
+    from benchmarks.forecast import predict_gluonts, train_gluonts
+
+    prep = prepare_frame(synthetic_frame(14400, n_channels=3), "ETTh1", 48)
+    est, predictor, info = train_gluonts("DLinear", prep, 12, budget_s=60.0, seed=0, device="cpu", bf16=False,
+                                         max_steps=2)
+    assert info["steps"] == 2
+    w = eval_windows(prep, 12)
+    sub = Windows(w.past_values[:5], w.past_observed[:5], w.future_values[:5], w.future_observed[:5], w.start[:5])
+    mean, q = predict_gluonts("DLinear", est, predictor, prep, sub, "cpu", bf16=False)
+    assert mean.shape == (5, 12, 3) and q.shape == (5, 12, 3, 9)
+    assert (np.diff(q, axis=-1) >= 0).all()  # quantiles increase with the level
+    start = pd.Period("2020-01-01", freq="h")
+    entries = [{"start": start, "target": sub.past_values[i, :, c]} for i in range(5) for c in range(3)]
+    forecasts = list(predictor.predict(ListDataset(entries, freq="h")))
+    ref = np.stack([f.mean for f in forecasts]).reshape(5, 3, 12).transpose(0, 2, 1)
+    np.testing.assert_allclose(mean, ref, rtol=1e-4, atol=1e-4)
