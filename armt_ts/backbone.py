@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import schedule
 from .config import ARMTConfig
 from .memory import AssociativeMemory
 from .state import MemoryState
@@ -77,8 +78,11 @@ class ARMT(nn.Module):
             mem = mem + self.pos[c.segment_length :]
         return torch.cat([x, mem.unsqueeze(0).expand(B, -1, -1)], dim=1)
 
-    def segment_step(self, x: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState]:
-        """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer."""
+    def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+        """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer.
+
+        key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
+        """
         c = self.config
         B, t, _ = x.shape
         if t > c.segment_length:
@@ -90,13 +94,15 @@ class ARMT(nn.Module):
         A, z = list(state.A), list(state.z)
         for l, (block, memory) in enumerate(zip(self.blocks, self.memories)):
             if not first:
-                h = memory.read(h, A[l], z[l])
+                h = memory.read(h, A[l], z[l], key_ids)
             h = block(h)
-            A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first)
+            A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first, key_ids)
         return self.ln_f(h[:, :t]), MemoryState(tuple(A), tuple(z))
 
-    def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
-        """x [B, S, D] -> (y [B, S, D], state after the last segment). Segments run sequentially.
+    def forward(self, x: Tensor, state: MemoryState | None = None, key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+        """x [B, S, D] -> (y [B, S, D], state after the last segment), segments in the order of config.schedule.
+
+        key_ids [B, n_segments] (keyed memory only): the entity id of each segment of each row.
 
         With config.tbptt_segments = k the carried state is detached every k segments of this call
         (truncated backpropagation through time); the values are unchanged.
@@ -104,13 +110,25 @@ class ARMT(nn.Module):
         c = self.config
         if x.dim() != 3 or x.shape[-1] != c.d_model:
             raise ValueError(f"expected x of shape [B, S, {c.d_model}], got {tuple(x.shape)}")
+        # config.schedule: the diagonal-batched schedule (schedule.py) gives the same results, faster where
+        # supported and the batch is small; "auto" decides per call, "diagonal" raises where it cannot run.
+        if c.schedule == "diagonal" or (c.schedule == "auto" and schedule.prefer_diagonal(self, x, key_ids)):
+            if key_ids is not None:
+                raise ValueError("schedule='diagonal' does not run keyed memory (key_ids); use 'sequential'")
+            return schedule.run_diagonal(self, x, state)
         ys = []
         for s, start in enumerate(range(0, x.shape[1], c.segment_length)):
             if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:
                 state = state.detach()
-            y, state = self.segment_step(x[:, start : start + c.segment_length], state)
+            y, state = self.segment_step(x[:, start : start + c.segment_length], state,
+                                         None if key_ids is None else key_ids[:, s])
             ys.append(y)
         return torch.cat(ys, dim=1), state
+
+    def forget(self, state: MemoryState, key_ids: Tensor) -> MemoryState:
+        """Erase entity key_ids[b] from row b's memory in every layer (config.key_mode "identity")."""
+        A, z = zip(*(m.forget(a, zz, key_ids) for m, a, zz in zip(self.memories, state.A, state.z)))
+        return MemoryState(tuple(A), tuple(z))
 
     def forward_without_memory(self, x: Tensor) -> Tensor:
         """The same transformer run segment by segment with no memory tokens and no reads or writes.

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_forecast(commands)
+    _add_stream(commands)
     return parser
 
 
@@ -220,12 +222,17 @@ def run_forecast(args: argparse.Namespace) -> int:
     """The ``forecast`` subcommand."""
     quantiles = _check_options(args)
     with _quiet_libraries(), _torch_threads(args.threads):
-        from armt_ts.data import DataError
+        from armt_ts.data import DataError, SuspiciousValueWarning
 
         try:
-            panel = load_panel(args)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SuspiciousValueWarning)
+                panel = load_panel(args)
         except (DataError, FileNotFoundError) as err:
             raise CLIError(str(err)) from None
+        for w in caught:  # the reader's warnings about the data (e.g. 1e30 fill values), one line each
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+        _check_observed(panel)
         if args.model is not None:
             predictor = load_model(args.model, args.device)
             horizon, context = _check_loaded(predictor, args)
@@ -343,6 +350,23 @@ def load_panel(args: argparse.Namespace) -> Panel:
         frame = read_wide(args.file, channels=args.target, **common)
         layout = "wide"
     return _panel(frame, f"{args.file} ({layout}, {frame.n_steps} steps of {frame.freq})")
+
+
+def _check_observed(panel: Panel) -> None:
+    """A series without a single observed value (an all-empty / all-NaN column) would get a forecast made from
+    nothing: refuse it, naming the file and the column (wide) or series and channel (long)."""
+    empty = np.flatnonzero(~np.isfinite(panel.target).any(axis=1))
+    if empty.size == 0:
+        return
+    i = int(empty[0])
+    if panel.frame.series_ids is None:
+        where, fix = f"column {panel.series[i]!r}", "drop the column, or choose columns with --target"
+    else:
+        where = f"series {panel.series[i]!r}" + (f", channel {panel.channels[i]!r}" if panel.channels else "")
+        fix = "remove its rows from the file"
+    more = f" ({empty.size} such series)" if empty.size > 1 else ""
+    raise CLIError(f"file {panel.frame.source!r}, {where}: the series has no observed value (every cell is empty "
+                   f"or NaN){more}; expected at least one observed value per series ({fix})")
 
 
 def _is_long(args: argparse.Namespace) -> bool:
@@ -580,3 +604,297 @@ def plot_forecast(panel: Panel, forecasts: Forecasts, path: Path, *, n_series: i
     fig.suptitle(f"ARMT forecast, {horizon} steps ahead: {panel.description}", fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------------
+# stream
+
+DEFAULT_EVERY = 24  # rows between two forecast blocks of `stream`
+
+
+def _add_stream(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "stream",
+        help="update a saved model's streaming state row by row and print forecasts at a cadence",
+        description=(
+            "Read CSV rows as they arrive (from FILE, or from stdin with '-' or no FILE), push each row into the\n"
+            "streaming state of a model saved with 'forecast --save-model' (armt_ts.stream.StreamingForecaster: each\n"
+            "completed segment is written to the associative memory, partial ones wait in a buffer), and write\n"
+            "forecasts every --every rows and at the end of the input.\n\n"
+            "Layouts (the first line is the header):\n"
+            "  wide  a timestamp column and one value column per series (a univariate model: every column is an\n"
+            "        entity; a model with C channels: exactly C value columns, one entity);\n"
+            "  long  with --id COL: timestamp, id, value per row; an id seen for the first time joins the fleet.\n"
+            "Timestamps are ISO dates / datetimes or integers and must increase per entity; empty / NaN cells are\n"
+            "missing values. With --state PATH the state is loaded from PATH when it exists and saved there\n"
+            "(atomically) at every forecast and at the end; after a restart, rows at or before an entity's saved\n"
+            "last timestamp are skipped, so replaying the same file continues where the last run stopped."
+        ),
+        epilog=(
+            "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp), step (1..h), mean and\n"
+            "q<level> per quantile.\n\n"
+            "Examples:\n"
+            "  armt-ts forecast ETTh1.csv --target OT HUFL --save-model ett-model\n"
+            "  tail -f live.csv | armt-ts stream --model ett-model --state live.state --every 1\n"
+            "  armt-ts stream --model ett-model readings.csv --id machine --out forecasts.csv"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE", nargs="?", default="-", help="CSV file, or '-' (default) for stdin")
+    p.add_argument("--model", metavar="DIR", required=True, help="a model saved with 'forecast --save-model'")
+    p.add_argument("--state", metavar="PATH", help="stream state file: loaded if present, saved at each forecast")
+    p.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="N",
+                   help="write forecasts every N input rows (default: %(default)s; 0: only at the end)")
+    p.add_argument("--horizon", type=int, metavar="H", help="steps to forecast (default and maximum: the model's)")
+    p.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
+                   help=f"quantile levels (default: {' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
+    p.add_argument("--timestamp", metavar="COL", help="time column (default: the first column)")
+    p.add_argument("--id", metavar="COL", help="entity-id column: selects the long layout")
+    p.add_argument("--target", metavar="COL", nargs="+",
+                   help="wide: the value columns (default: all but the timestamp); long: the value column "
+                        "(default: 'value')")
+    p.add_argument("--out", metavar="CSV", default="-", help="where forecasts go (default: stdout)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                   help="CPU threads per torch operation (default: %(default)s)")
+    p.set_defaults(run=run_stream)
+
+
+def _parse_time(text: str, where: str) -> np.int64:
+    """An ISO date / datetime (-> int64 nanoseconds) or an integer."""
+    text = text.strip()
+    try:
+        return np.int64(int(text))
+    except ValueError:
+        pass
+    try:
+        return np.datetime64(text.replace(" ", "T"), "ns").astype(np.int64)
+    except ValueError:
+        raise CLIError(f"{where}: timestamp {text!r} is neither an ISO date/time nor an integer") from None
+
+
+def _parse_value(text: str, where: str) -> float:
+    text = text.strip()
+    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+        return float("nan")
+    try:
+        v = float(text)
+    except ValueError:
+        raise CLIError(f"{where}: {text!r} is not a number (empty or NaN means missing)") from None
+    if not np.isfinite(v):
+        raise CLIError(f"{where}: {text!r} is not a finite number (empty or NaN means missing)")
+    return v
+
+
+class _StreamOutput:
+    """Forecast blocks as CSV lines, flushed after each block (for pipes and `tail -f`)."""
+
+    def __init__(self, path: str, levels: Sequence[float]):
+        self.levels = list(levels)
+        self.file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
+        self.owned = path != "-"
+        if not self.owned or self.file.tell() == 0:
+            self.file.write(",".join(["entity", "as_of", "step", "mean", *map(_quantile_column, self.levels)]) + "\n")
+
+    def write(self, fc, as_of: dict) -> int:
+        import csv
+
+        w = csv.writer(self.file, lineterminator="\n")
+        point, q = fc.point.cpu().numpy(), fc.quantiles.cpu().numpy()  # [N, h, C], [N, h, C, Q]
+        rows = 0
+        for i, e in enumerate(fc.entities):
+            for c in range(point.shape[2]):
+                name = e if point.shape[2] == 1 else f"{e}/{c}"
+                for h in range(point.shape[1]):
+                    w.writerow([name, as_of.get(e, ""), h + 1, f"{point[i, h, c]:.6g}",
+                                *(f"{q[i, h, c, k]:.6g}" for k in range(q.shape[3]))])
+                    rows += 1
+        self.file.flush()
+        return rows
+
+    def close(self) -> None:
+        if self.owned:
+            self.file.close()
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """The ``stream`` subcommand."""
+    if args.every < 0:
+        raise CLIError(f"--every must be >= 0, got {args.every}")
+    if args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    levels = sorted(args.quantiles)
+    if any(not 0.0 < q < 1.0 for q in levels) or len(set(levels)) != len(levels):
+        raise CLIError(f"--quantiles must be distinct levels strictly between 0 and 1, got {args.quantiles}")
+    source = "<stdin>" if args.file == "-" else args.file
+    with _quiet_libraries(), _torch_threads(args.threads):
+        from armt_ts.state import StateFileError
+        from armt_ts.stream import StreamingForecaster
+
+        predictor = load_model(args.model, args.device)
+        model = predictor.prediction_net.model.forecaster
+        horizon = args.horizon or model.config.head.horizon
+        if not 1 <= horizon <= model.config.head.horizon:
+            raise CLIError(f"--horizon {horizon}: the model forecasts at most {model.config.head.horizon} steps")
+        resumed = args.state is not None and Path(args.state).exists()
+        try:
+            sf = (StreamingForecaster.load(args.state, model, device=args.device) if resumed
+                  else StreamingForecaster(model, entities=[], device=args.device))
+        except StateFileError as err:
+            raise CLIError(f"--state {args.state!r}: {err}") from None
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")
+        except OSError as err:
+            raise CLIError(f"cannot read {args.file!r}: {err.strerror or err}") from None
+        try:
+            out = _StreamOutput(args.out, levels)
+        except OSError as err:
+            raise CLIError(f"cannot write {args.out!r}: {err.strerror or err}") from None
+        run = _StreamRun(sf, args, source, out, horizon, levels)
+        try:
+            run.rows(iter(stream.readline, ""))  # row by row as they arrive, no read-ahead
+            if not run.forecast_is_current:
+                run.save_and_forecast()
+        except CLIError:
+            if run.counts["rows"]:
+                run.save_state()  # the rows before the bad one are kept: a restart continues from there
+            raise
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): keep the state, stop quietly
+            run.save_state()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        finally:
+            out.close()
+            if stream is not sys.stdin:
+                stream.close()
+    c = run.counts
+    skipped = f", skipped {c['skipped']} row(s) already in the state" if c["skipped"] else ""
+    print(f"{PROG} stream: {c['rows']} row(s) from {source}{skipped}; {len(sf.entities)} entities, "
+          f"{c['segments']} segment(s) written to memory; {c['forecast_rows']} forecast row(s)"
+          f"{f'; state in {args.state}' if args.state else ''}", file=sys.stderr)
+    return 0
+
+
+class _StreamRun:
+    """The row loop of ``stream``: parse, push, and forecast / save every ``args.every`` rows."""
+
+    NO_TIME = int(np.iinfo(np.int64).min)
+
+    def __init__(self, sf, args: argparse.Namespace, source: str, out: _StreamOutput, horizon: int,
+                 levels: Sequence[float]):
+        self.sf, self.args, self.source, self.out = sf, args, source, out
+        self.horizon, self.levels = horizon, list(levels)
+        self.C = sf.C
+        # after a restart, rows at or before an entity's saved last timestamp were pushed already: skip them
+        self.watermark = {e: int(t) for e, t in zip(sf.entities, sf.state.last_time.tolist())}
+        self.as_of = {e: ("" if t == self.NO_TIME else _format_time(t)) for e, t in self.watermark.items()}
+        self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
+        self.forecast_is_current = False
+
+    def save_state(self) -> None:
+        if self.args.state is not None:
+            with _writing(self.args.state):
+                self.sf.save(self.args.state)
+
+    def save_and_forecast(self) -> None:
+        if self.sf.entities:
+            self.counts["forecast_rows"] += self.out.write(self.sf.forecast(self.horizon, self.levels), self.as_of)
+        self.save_state()
+        self.forecast_is_current = True
+
+    def _seen(self, entity, ts: int) -> bool:
+        return ts <= self.watermark.get(entity, self.NO_TIME)
+
+    def rows(self, lines: Iterator[str]) -> None:
+        import csv
+
+        sf, C = self.sf, self.C
+        header_line = next(lines, None)
+        if header_line is None:
+            raise CLIError(f"{self.source}: empty input (expected a CSV header line)")
+        header = next(csv.reader([header_line]))
+        t_col, id_col, cols = _stream_columns(header, self.args, self.source, C)
+        if id_col is None:
+            wanted = [name for _, name in cols] if C == 1 else ["series"]
+            sf.join([e for e in wanted if e not in sf._rows])
+        for row_no, line in enumerate(lines, start=2):
+            if not line.strip():
+                continue
+            cells = next(csv.reader([line]))
+            where = f"{self.source}, row {row_no}"
+            if len(cells) != len(header):
+                raise CLIError(f"{where}: {len(cells)} fields, the header has {len(header)}")
+            ts = _parse_time(cells[t_col], f"{where}, column {header[t_col]!r}")
+            if id_col is None:
+                vals = np.array([_parse_value(cells[i], f"{where}, column {name!r}") for i, name in cols])
+                if C == 1:  # every column is an entity
+                    ents = [name for _, name in cols]
+                    keep = [k for k, e in enumerate(ents) if not self._seen(e, ts)]
+                    ents, vals = [ents[k] for k in keep], vals[keep][:, None]  # [N, C=1]
+                else:  # the columns are the C channels of one entity
+                    ents, vals = ([] if self._seen("series", ts) else ["series"]), vals[None]
+            else:
+                e = cells[id_col].strip()
+                if e == "":
+                    raise CLIError(f"{where}, column {header[id_col]!r}: empty entity id")
+                i, name = cols[0]
+                ents, vals = ([] if self._seen(e, ts) else [e]), np.array([[_parse_value(cells[i], f"{where}, "
+                                                                                         f"column {name!r}")]])
+                if ents and e not in sf._rows:
+                    sf.join([e])  # a new entity joins the fleet
+            if not ents:
+                self.counts["skipped"] += 1
+                continue
+            self.counts["segments"] += _push(sf, vals, np.full(len(ents), ts), ents, where)
+            for e in ents:
+                self.as_of[e] = _format_time(ts)
+            self.counts["rows"] += 1
+            self.forecast_is_current = False
+            if self.args.every and self.counts["rows"] % self.args.every == 0:
+                self.save_and_forecast()
+
+
+def _format_time(t: int) -> str:
+    """int64 nanoseconds (a datetime) or a plain integer (a step count) as written in the output."""
+    t = int(t)
+    if abs(t) >= 10**15:  # nanoseconds since 1970 for any date after 1970-01-12
+        return str(np.datetime64(t, "ns").astype("datetime64[s]")).replace("T", " ")
+    return str(t)
+
+
+def _stream_columns(header: list[str], args: argparse.Namespace, source: str, C: int):
+    """-> (timestamp column index, id column index or None, [(value column index, name)])."""
+    names = [h.strip() for h in header]
+    if len(set(names)) != len(names):
+        raise CLIError(f"{source}: the header repeats a column name: {names}")
+
+    def index(col: str, what: str) -> int:
+        if col not in names:
+            raise CLIError(f"{source}: no {what} column {col!r}; the header has {names}")
+        return names.index(col)
+
+    t_col = index(args.timestamp, "timestamp") if args.timestamp else 0
+    if args.id is not None:
+        id_col = index(args.id, "id")
+        value = args.target[0] if args.target else "value"
+        if args.target and len(args.target) > 1:
+            raise CLIError(f"a long file has one value column, but --target names {len(args.target)}")
+        if C != 1:
+            raise CLIError(f"--id (long layout) needs a univariate model; this one has {C} channels")
+        return t_col, id_col, [(index(value, "value"), value)]
+    targets = args.target or [n for i, n in enumerate(names) if i != t_col]
+    cols = [(index(n, "value"), n) for n in targets]
+    if not cols:
+        raise CLIError(f"{source}: no value column besides the timestamp")
+    if C > 1 and len(cols) != C:
+        raise CLIError(f"{source}: the model has {C} channels, the file {len(cols)} value columns {targets}")
+    return t_col, None, cols
+
+
+def _push(sf, values: np.ndarray, timestamps: np.ndarray, entities: list, where: str) -> int:
+    from armt_ts.stream import StreamError
+
+    try:
+        return sf.push(values, timestamps=timestamps, entities=entities)
+    except StreamError as err:
+        raise CLIError(f"{where}: {err}") from None

@@ -59,6 +59,19 @@ class ARMTConfig(_ConfigMethods):
     tbptt_segments: int | None = None
     ops_backend: Literal["fused", "naive"] = "fused"  # naive is the slow reference (ops/naive.py)
     positional: bool = True  # learned in-segment positions (content 0..T-1, memory T..T+M-1)
+    # Entity/channel-keyed memory (DESIGN.md section 3). "content": the paper's k = phi(W_k m), q = phi(W_q h);
+    # "identity": k = q = phi(code(e)) from the segment's entity id e, so rewriting e REPLACES its value;
+    # "mixed": k = phi(W_k m + code(e)), q = phi(W_q h + code(e)). Keyed modes need key_ids in forward().
+    key_mode: Literal["content", "identity", "mixed"] = "content"
+    key_buckets: int = 0  # entity ids the keyed memory accepts, [0, key_buckets); 0 with key_mode="content"
+    # code(e): "orthogonal" = a fixed code whose phi is one-hot (feature e mod K; exact for up to K entities,
+    # needs d_mem > nu); "learned" = a learned embedding W_e e (nn.Embedding(key_buckets, memory_heads * d_mem)).
+    identity_keys: Literal["orthogonal", "learned"] = "orthogonal"
+    # How ARMT.forward runs the segments x layers grid (armt_ts/schedule.py; equal results to fp32 rounding):
+    # "sequential" = segment after segment; "diagonal" = Sivtsov et al.'s diagonal batching (layer l of segment s
+    # with layer l+1 of segment s-1, ...); "auto" = diagonal for inference (no autograd) where it is supported and
+    # faster (>= 2 segments, small batches: schedule.prefer_diagonal), sequential otherwise (training included).
+    schedule: Literal["auto", "sequential", "diagonal"] = "auto"
 
     def __post_init__(self) -> None:
         c = "ARMTConfig"
@@ -77,6 +90,18 @@ class ARMTConfig(_ConfigMethods):
                c, "tbptt_segments", f"must be None or an int >= 1, got {self.tbptt_segments!r}")
         _check(self.ops_backend in ("fused", "naive"), c, "ops_backend",
                f"must be 'fused' or 'naive', got {self.ops_backend!r}")
+        _check(self.schedule in ("auto", "sequential", "diagonal"), c, "schedule",
+               f"must be 'auto', 'sequential' or 'diagonal', got {self.schedule!r}")
+        _check(self.key_mode in ("content", "identity", "mixed"), c, "key_mode",
+               f"must be 'content', 'identity' or 'mixed', got {self.key_mode!r}")
+        _check(isinstance(self.key_buckets, int) and not isinstance(self.key_buckets, bool) and self.key_buckets >= 0,
+               c, "key_buckets", f"must be an int >= 0, got {self.key_buckets!r}")
+        _check(self.key_mode == "content" or self.key_buckets >= 1, c, "key_buckets",
+               f"key_mode={self.key_mode!r} needs key_buckets >= 1 (the number of entity ids), got {self.key_buckets}")
+        _check(self.identity_keys in ("orthogonal", "learned"), c, "identity_keys",
+               f"must be 'orthogonal' or 'learned', got {self.identity_keys!r}")
+        _check(self.key_mode == "content" or self.identity_keys != "orthogonal" or self.d_mem > self.nu, c, "d_mem",
+               f"identity_keys='orthogonal' needs d_mem > nu={self.nu} (one-hot DPFP features), got {self.d_mem}")
 
     @property
     def d_key(self) -> int:

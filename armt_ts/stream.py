@@ -1,0 +1,828 @@
+"""Streaming runtime (DESIGN.md section 4): ``StreamingForecaster`` keeps one ``StreamState`` for a fleet of
+entities (one batch row each) and updates it as observations arrive.
+
+    sf = StreamingForecaster(model, entities=["pump-1", "pump-2"])
+    sf.push(values, observed, timestamps, entities=["pump-1", "pump-2"])   # one step [N, C] or a block [N, L, C]
+    fc = sf.forecast(24)            # fc.point [N, h, C], fc.quantiles [N, h, C, Q]; reads, never writes
+    sf.save("fleet.safetensors");  sf2 = StreamingForecaster.load("fleet.safetensors", model)
+
+The streaming model is defined by a per-segment recurrence over the ARMTForecaster's parts (patch embedder,
+ARMT backbone, head), so that a full-sequence pass, segment-by-segment pushes and point-by-point pushes give the
+same state (tests/test_stream.py, the streaming contract):
+
+- Patches are aligned to the START of the stream: patch n covers steps [n*S, n*S + P) (P = patch_len,
+  S = stride). A segment is G consecutive patches (G = segment_length / tokens per patch; C tokens per patch in
+  "independent" mode, 1 in "mixing" mode), so segment s covers steps [s*G*S, s*G*S + W) with W = G*S + P - S.
+- Causal scaler: per (entity, channel) the statistics (count, mean, M2, sum |x|) of every observed value up to
+  the end of the segment being processed (merged segment by segment with Chan's parallel formula, in float64).
+  A completed segment is normalised with those statistics ("std": (x - mean) / sqrt(var + 1e-5), "mean":
+  x / mean|x|, "none"), the same formulas as the gluonts scalers the forecaster trains with.
+- Each completed segment runs through the backbone (read and write, ``ARMT.forward``); its steps are then
+  dropped, except the last P steps, which later patches (stride < P) and the forecast's tail patch need.
+- ``forecast`` normalises with the statistics up to the last step, embeds the partial segment's complete patches
+  plus a "tail" patch of the last P steps (the last patch always ends at the last step, as in
+  ``ARMTForecaster``), runs them through one segment step that reads the memory and discards the write, and
+  applies the head to the last patch's outputs. Right after a segment completes, the tail is that segment's last
+  patch: its output, cached in the state at completion, is used.
+
+Memory: the state of an entity is fixed-size (per layer A [H, K, Dv] and z [H, K], a buffer of G*S + P steps,
+the scaler statistics, counters and the last timestamp), whatever the stream length.
+
+What ``push`` accepts (all checks happen before anything changes: a rejected push leaves the state
+bit-identical):
+
+- ``values``: int or float numbers (numpy array, torch tensor, nested lists, a Python number).
+  Single-entity form (``entities`` is None or one id): [C] (one step) or [L, C] (a block); a scalar when C == 1.
+  Fleet form (``entities`` a list of N distinct ids): [N, C] (one step each) or [N, L, C] (a block each);
+  [N] when C == 1. L == 0 and N == 0 are no-ops.
+- ``observed``: None, or the shape of ``values``, bool or 0/1 numbers (nonzero = observed). With None a NaN value
+  means "missing" and every other value is observed. Values must be finite where observed.
+- ``timestamps``: None, or integers / numpy datetime64 (stored as int64; datetime64 as nanoseconds): a scalar
+  (one step) or [L] in the single form, [N] or [N, L] in the fleet form. Per entity they must strictly increase,
+  within the push and against the entity's last timestamp.
+- ``channels``: None (the last axis of ``values`` is the model's channels, in order), or a list of channel names
+  naming the columns of ``values``: a subset, in any order; the channels left out are unobserved for these steps.
+- ``entities``: ids (str or int) that joined the fleet (``join``; the constructor's ``entities``).
+
+Errors (all subclasses of ``StreamError``, itself a ``ValueError``):
+    ShapeError            values / observed / timestamps / entities of the wrong shape, or a wrong type of array
+    UnknownChannelError   a channel name the model does not have, or a channel named twice
+    UnknownEntityError    an entity id that is not in the fleet (push, forecast, leave)
+    DuplicateEntityError  an entity named twice in one call, or joined twice
+    TimeOrderError        a timestamp not strictly after the previous one of the same entity
+    NonFiniteValueError   NaN / inf at an observed position (or inf with observed=None)
+    ArgumentError         forecast(h, quantiles): h not in [1, horizon], levels the head cannot give
+    StreamFileError       (also a ``StateFileError``) a state file that is unreadable, of another format, or made
+                          for another model (``ModelMismatchError``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .forecaster import ARMTForecaster
+from .state import MemoryState, StateFileError, atomic_save_safetensors, load_safetensors
+
+__all__ = [
+    "ArgumentError",
+    "DuplicateEntityError",
+    "ModelMismatchError",
+    "NonFiniteValueError",
+    "ShapeError",
+    "StreamError",
+    "StreamFileError",
+    "StreamForecast",
+    "StreamState",
+    "StreamingForecaster",
+    "TimeOrderError",
+    "UnknownChannelError",
+    "UnknownEntityError",
+]
+
+_FORMAT = "armt_ts.StreamState"
+_FORMAT_VERSION = 1
+_STD_MIN_SCALE = 1e-5  # gluonts StdScaler's minimum_scale
+_MEAN_MIN_SCALE = 1e-10  # gluonts MeanScaler's minimum_scale
+_MEAN_DEFAULT_SCALE = 1.0  # the forecaster's MeanScaler default_scale (a series with no observation)
+_NO_TIME = torch.iinfo(torch.int64).min
+# Entities per backbone call when many complete a segment at once (see StreamingForecaster._advance_group).
+FLEET_CHUNK = 256
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors
+
+
+class StreamError(ValueError):
+    """Base class of every error a StreamingForecaster raises for bad input; the state is left unchanged."""
+
+
+class ShapeError(StreamError):
+    """values / observed / timestamps / entities have the wrong shape or type."""
+
+
+class ArgumentError(StreamError):
+    """A forecast request out of range: h not in [1, horizon], or quantile levels the head cannot give."""
+
+
+class UnknownChannelError(StreamError):
+    """A channel name the model does not know, or one named twice."""
+
+
+class UnknownEntityError(StreamError):
+    """An entity id that is not in the fleet."""
+
+
+class DuplicateEntityError(StreamError):
+    """An entity named twice in one call, or joined while already in the fleet."""
+
+
+class TimeOrderError(StreamError):
+    """A timestamp that is not strictly after the entity's previous one (time going backwards or repeating)."""
+
+
+class NonFiniteValueError(StreamError):
+    """NaN or inf at an observed position."""
+
+
+class StreamFileError(StreamError, StateFileError):
+    """A stream state file that cannot be used (missing, truncated, another format or version)."""
+
+
+class ModelMismatchError(StreamFileError):
+    """A stream state file written for another model (configuration or weights differ)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Everything a stream carries between pushes, one row per entity (N entities).
+
+    memory: MemoryState, per layer A [N, H, K, Dv] and z [N, H, K].
+    buf_values [N, G*S + P, C] float32 and buf_observed [N, G*S + P, C] bool: raw steps from S steps before the
+        current segment's first step; ``fill`` [N] int64 of them are valid (the rest are zero / False).
+    stat_n, stat_mean, stat_m2, stat_abs [N, C] float64: causal scaler statistics of the observed values up to
+        the end of the last completed segment (count, mean, sum of squared deviations, sum of |x|).
+    rep [N, tokens per patch, D] float32: the backbone's output at the last completed segment's last patch.
+    segments [N] int64: completed segments. steps [N] int64: steps pushed.
+    last_write_step [N] int64: the step count at the end of the last segment written to memory (-1: never).
+    last_time [N] int64: last timestamp (int64 min: none seen).
+    entities: the entity ids, row order.
+    """
+
+    memory: MemoryState
+    buf_values: Tensor
+    buf_observed: Tensor
+    fill: Tensor
+    stat_n: Tensor
+    stat_mean: Tensor
+    stat_m2: Tensor
+    stat_abs: Tensor
+    rep: Tensor
+    segments: Tensor
+    steps: Tensor
+    last_write_step: Tensor
+    last_time: Tensor
+    entities: tuple = ()
+
+    TENSOR_FIELDS = ("buf_values", "buf_observed", "fill", "stat_n", "stat_mean", "stat_m2", "stat_abs", "rep",
+                     "segments", "steps", "last_write_step", "last_time")
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entities)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor of the state by name (memory as ``memory.A.l`` / ``memory.z.l``)."""
+        out = {f"memory.A.{l}": a for l, a in enumerate(self.memory.A)}
+        out |= {f"memory.z.{l}": z for l, z in enumerate(self.memory.z)}
+        out |= {name: getattr(self, name) for name in self.TENSOR_FIELDS}
+        return out
+
+    def clone(self) -> "StreamState":
+        return dataclasses.replace(self, memory=self.memory.clone(),
+                                   **{n: getattr(self, n).clone() for n in self.TENSOR_FIELDS})
+
+    def equal(self, other: "StreamState") -> bool:
+        """Bit-exact equality of every tensor and of the entity list."""
+        a, b = self.tensors(), other.tensors()
+        return (self.entities == other.entities and a.keys() == b.keys()
+                and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def select(self, rows: Tensor) -> "StreamState":
+        """The state of the entities at ``rows`` (a LongTensor), in that order."""
+        mem = MemoryState(tuple(a.index_select(0, rows) for a in self.memory.A),
+                          tuple(z.index_select(0, rows) for z in self.memory.z))
+        ents = tuple(self.entities[i] for i in rows.tolist())
+        return dataclasses.replace(self, memory=mem, entities=ents,
+                                   **{n: getattr(self, n).index_select(0, rows) for n in self.TENSOR_FIELDS})
+
+    @staticmethod
+    def concat(a: "StreamState", b: "StreamState") -> "StreamState":
+        mem = MemoryState(tuple(torch.cat([x, y]) for x, y in zip(a.memory.A, b.memory.A)),
+                          tuple(torch.cat([x, y]) for x, y in zip(a.memory.z, b.memory.z)))
+        return dataclasses.replace(a, memory=mem, entities=a.entities + b.entities,
+                                   **{n: torch.cat([getattr(a, n), getattr(b, n)]) for n in a.TENSOR_FIELDS})
+
+
+class StreamForecast(NamedTuple):
+    """What ``StreamingForecaster.forecast`` returns (data units)."""
+
+    entities: tuple  # the N entity ids, row order
+    point: Tensor  # [N, h, C]: mean (distribution heads), median (quantile head) or the point forecast
+    quantiles: Tensor  # [N, h, C, Q] at ``levels``
+    levels: tuple[float, ...]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scaler statistics (float64; Chan et al.'s parallel merge of (count, mean, M2))
+
+
+def _block_stats(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x [n, L, C] float64 (0 where unobserved), m [n, L, C] float64 0/1 -> (count, mean, M2, sum|x|), each [n, C]."""
+    n = m.sum(1)
+    mean = x.sum(1) / n.clamp_min(1.0)
+    m2 = ((x - mean.unsqueeze(1)) * m).square().sum(1)
+    return n, mean, m2, x.abs().sum(1)
+
+
+def _merge_stats(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    na, ma, m2a, abs_a = a
+    nb, mb, m2b, abs_b = b
+    n = na + nb
+    safe = n.clamp_min(1.0)
+    delta = mb - ma
+    mean = ma + delta * (nb / safe)
+    m2 = m2a + m2b + delta.square() * (na * nb / safe)
+    return n, mean, m2, abs_a + abs_b
+
+
+def _loc_scale(kind: str, stats: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """-> loc [n, C], scale [n, C] float32, the gluonts scalers' formulas on the statistics."""
+    n, mean, m2, abs_sum = stats
+    if kind == "std":
+        loc = mean
+        scale = torch.sqrt(m2 / n.clamp_min(1.0) + _STD_MIN_SCALE)
+    elif kind == "mean":
+        loc = torch.zeros_like(mean)
+        scale = torch.where(n > 0, abs_sum / n.clamp_min(1.0), torch.full_like(mean, _MEAN_DEFAULT_SCALE))
+        scale = scale.clamp_min(_MEAN_MIN_SCALE)
+    else:
+        loc, scale = torch.zeros_like(mean), torch.ones_like(mean)
+    return loc.float(), scale.float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The forecaster
+
+
+def model_fingerprint(model: ARMTForecaster) -> str:
+    """sha256 of the model's configuration and weights: a state file records it, ``load`` checks it."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_entity_id(e: Any) -> Hashable:
+    if isinstance(e, (np.integer, np.str_)):
+        e = e.item()
+    if isinstance(e, bool) or not isinstance(e, (int, str)):
+        raise ShapeError(f"entity ids must be str or int, got {e!r} ({type(e).__name__})")
+    return e
+
+
+class StreamingForecaster:
+    """A trained ``ARMTForecaster`` run as a stream over a fleet of entities; see the module docstring.
+
+    Args:
+        model: the trained forecaster (``from_predictor`` / ``from_directory`` take a saved ``ARMTPredictor``).
+        entities: ids of the initial fleet (default: one entity, id 0).
+        channels: names of the model's C channels (default "0", "1", ...).
+        device: where the state lives and the model runs (default: the model's device).
+
+    The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
+    of thousands of entities at every update would cost more than the update); ``state.clone()`` is a snapshot.
+    """
+
+    def __init__(
+        self,
+        model: ARMTForecaster,
+        entities: Sequence[Hashable] | None = None,
+        channels: Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+    ):
+        if not isinstance(model, ARMTForecaster):
+            raise TypeError(f"model: expected an ARMTForecaster, got {type(model).__name__}")
+        self.model = model.eval()
+        c = model.config
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.C = c.patch.n_channels
+        self.P, self.S = c.patch.patch_len, c.patch.stride
+        self.tokens_per_patch = self.C if c.patch.mode == "independent" else 1
+        self.G = c.armt.segment_length // self.tokens_per_patch  # patches per segment
+        if self.G < 1:
+            raise ValueError(f"segment_length={c.armt.segment_length} holds no whole patch of "
+                             f"{self.tokens_per_patch} tokens")
+        self.capacity = self.G * self.S + self.P  # buffer steps
+        self.window = self.capacity - self.S  # steps one segment's patches cover
+        self.horizon = c.head.horizon
+        self.scaling = c.scaling
+        names = [str(i) for i in range(self.C)] if channels is None else [str(ch) for ch in channels]
+        if len(names) != self.C or len(set(names)) != self.C:
+            raise UnknownChannelError(f"channels: need {self.C} distinct names, got {names}")
+        self.channels = tuple(names)
+        self._channel_index = {n: i for i, n in enumerate(names)}
+        self.fingerprint = model_fingerprint(model)
+        self.state = self._empty_state(())
+        self._rows: dict[Hashable, int] = {}
+        self.join([0] if entities is None else entities)
+
+    # --- construction from saved models -------------------------------------------------------------
+
+    @classmethod
+    def from_predictor(cls, predictor: Any, **kwargs: Any) -> "StreamingForecaster":
+        """From an ``ARMTPredictor`` (``armt-ts forecast --save-model``)."""
+        return cls(predictor.prediction_net.model.forecaster, **kwargs)
+
+    @classmethod
+    def from_directory(cls, directory: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> "StreamingForecaster":
+        from .gluonts import ARMTPredictor
+
+        predictor = ARMTPredictor.deserialize(directory, device=device)
+        return cls.from_predictor(predictor, **kwargs)
+
+    # --- fleet ---------------------------------------------------------------------------------------
+
+    @property
+    def entities(self) -> tuple:
+        return self.state.entities
+
+    def _empty_state(self, entities: tuple) -> StreamState:
+        n, C, dev = len(entities), self.C, self.device
+        c = self.model.config
+        f64 = dict(dtype=torch.float64, device=dev)
+        i64 = dict(dtype=torch.int64, device=dev)
+        return StreamState(
+            memory=MemoryState.zeros(c.armt, n, device=dev),
+            buf_values=torch.zeros(n, self.capacity, C, device=dev),
+            buf_observed=torch.zeros(n, self.capacity, C, dtype=torch.bool, device=dev),
+            fill=torch.full((n,), self.S, **i64),  # the first S positions are left padding (unobserved)
+            stat_n=torch.zeros(n, C, **f64), stat_mean=torch.zeros(n, C, **f64),
+            stat_m2=torch.zeros(n, C, **f64), stat_abs=torch.zeros(n, C, **f64),
+            rep=torch.zeros(n, self.tokens_per_patch, c.armt.d_model, device=dev),
+            segments=torch.zeros(n, **i64), steps=torch.zeros(n, **i64),
+            last_write_step=torch.full((n,), -1, **i64), last_time=torch.full((n,), _NO_TIME, **i64),
+            entities=entities,
+        )
+
+    def join(self, entities: Sequence[Hashable]) -> None:
+        """Add entities with an empty memory, buffer and statistics (new rows at the end)."""
+        ids = tuple(_check_entity_id(e) for e in self._as_id_list(entities))
+        if len(set(ids)) != len(ids):
+            raise DuplicateEntityError(f"join: an entity is named twice in {list(ids)}")
+        present = [e for e in ids if e in self._rows]
+        if present:
+            raise DuplicateEntityError(f"join: already in the fleet: {present[:5]}")
+        if not ids:
+            return
+        self.state = StreamState.concat(self.state, self._empty_state(ids))
+        self._rows = {e: i for i, e in enumerate(self.state.entities)}
+
+    def leave(self, entities: Sequence[Hashable]) -> None:
+        """Remove entities and their state; the others keep theirs."""
+        rows = self._rows_of(self._as_id_list(entities), "leave")
+        gone = set(rows.tolist())
+        keep = torch.tensor([i for i in range(self.state.num_entities) if i not in gone], dtype=torch.long,
+                            device=self.device)
+        self.state = self.state.select(keep)
+        self._rows = {e: i for i, e in enumerate(self.state.entities)}
+
+    @staticmethod
+    def _as_id_list(entities: Any) -> list:
+        if isinstance(entities, (str, int, np.integer, np.str_)):
+            return [entities]
+        if isinstance(entities, (torch.Tensor, np.ndarray)):
+            if entities.ndim != 1:
+                raise ShapeError(f"entities: expected a 1-D list of ids, got shape {tuple(entities.shape)}")
+            return entities.tolist()
+        try:
+            return list(entities)
+        except TypeError:
+            raise ShapeError(f"entities: expected a list of ids, got {type(entities).__name__}") from None
+
+    def _rows_of(self, ids: list, what: str) -> Tensor:
+        ids = [_check_entity_id(e) for e in ids]
+        if len(set(ids)) != len(ids):
+            raise DuplicateEntityError(f"{what}: an entity is named twice")
+        missing = [e for e in ids if e not in self._rows]
+        if missing:
+            raise UnknownEntityError(f"{what}: not in the fleet: {missing[:5]}"
+                                     f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}")
+        return torch.tensor([self._rows[e] for e in ids], dtype=torch.long, device=self.device)
+
+    # --- push ----------------------------------------------------------------------------------------
+
+    def push(
+        self,
+        values: Any,
+        observed: Any = None,
+        timestamps: Any = None,
+        entities: Any = None,
+        channels: Sequence[str] | None = None,
+    ) -> int:
+        """Append one step or a block for one entity or a fleet (shapes in the module docstring).
+
+        Returns the number of segments completed (and written to memory) by this push, over all entities.
+        Raises a StreamError subclass, leaving the state unchanged, when the input is rejected.
+        """
+        rows, x, m, t = self._validate(values, observed, timestamps, entities, channels)
+        if rows.numel() == 0 or x.shape[1] == 0:
+            return 0
+        return self._advance(rows, x, m, t)
+
+    def _validate(self, values, observed, timestamps, entities, channels):
+        fleet = entities is not None and not isinstance(entities, (str, int, np.integer, np.str_))
+        if fleet:
+            ids = self._as_id_list(entities)
+            rows = self._rows_of(ids, "push")
+        else:
+            if entities is None:
+                if self.state.num_entities != 1:
+                    raise ShapeError(f"push: the fleet has {self.state.num_entities} entities; name them with "
+                                     "entities=[...]")
+                rows = torch.zeros(1, dtype=torch.long, device=self.device)
+            else:
+                rows = self._rows_of([entities], "push")
+        n = rows.numel()
+        cols = None if channels is None else self._channel_columns(channels)
+        width = self.C if cols is None else len(cols)
+        raw = self._as_array("values", values)
+        o_raw = None if observed is None else self._as_array("observed", observed, allow_bool=True)
+        if o_raw is not None and o_raw.shape != raw.shape:
+            raise ShapeError(f"observed: expected the shape of values {tuple(raw.shape)}, got {tuple(o_raw.shape)}")
+        x = raw
+        # -> [n, L, width]
+        if fleet:
+            if x.ndim == 1 and width == 1:
+                x = x[:, None, None]
+            elif x.ndim == 2:
+                x = x[:, None, :]
+            if x.ndim != 3 or x.shape[0] != n or x.shape[2] != width:
+                raise ShapeError(f"values: expected [N, C] or [N, L, C] with N = {n} entities and C = {width}, "
+                                 f"got shape {tuple(raw.shape)}")
+        else:
+            if x.ndim == 0 and width == 1:
+                x = x.reshape(1, 1)
+            elif x.ndim == 1:
+                x = x[None, :]
+            if x.ndim != 2 or x.shape[1] != width:
+                raise ShapeError(f"values: expected [C] or [L, C] with C = {width} for one entity, "
+                                 f"got shape {tuple(raw.shape)}")
+            x = x[None]
+        L = x.shape[1]
+        if o_raw is None:
+            obs = ~np.isnan(x)
+        else:
+            if o_raw.dtype.kind == "f" and np.isnan(o_raw).any():
+                raise ShapeError("observed: NaN in the mask (expected bool or 0/1)")
+            obs = o_raw.reshape(x.shape) != 0
+        xf = x.astype(np.float32)  # a finite float64 beyond float32's range becomes inf: rejected below
+        bad = obs & ~np.isfinite(xf)
+        if bad.any():
+            i, s, c = (int(v) for v in np.argwhere(bad)[0])
+            where = f"entity {self.state.entities[int(rows[i])]!r}, step {s} of the push, channel " \
+                    f"{(self.channels if channels is None else list(channels))[c]!r}"
+            raise NonFiniteValueError(f"values: {int(bad.sum())} non-finite observed value(s), first at {where}: "
+                                      f"{x[i, s, c]!r}" + ("" if observed is not None else
+                                                           " (NaN means missing; inf is rejected)"))
+        if cols is not None:
+            full = np.zeros((n, L, self.C), np.float32)
+            fobs = np.zeros((n, L, self.C), bool)
+            full[:, :, cols] = xf
+            fobs[:, :, cols] = obs
+            xf, obs = full, fobs
+        xf = np.where(obs, xf, np.float32(0.0))
+        t = None if timestamps is None else self._check_times(timestamps, rows, n, L, fleet)
+        xt = torch.from_numpy(np.ascontiguousarray(xf)).to(self.device)
+        mt = torch.from_numpy(np.ascontiguousarray(obs)).to(self.device)
+        return rows, xt, mt, t
+
+    @staticmethod
+    def _as_array(name: str, a: Any, allow_bool: bool = False) -> np.ndarray:
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().numpy()
+        try:
+            arr = np.asarray(a)
+        except (ValueError, TypeError) as e:
+            raise ShapeError(f"{name}: not an array of numbers ({e})") from None
+        kinds = "iuf" + ("b" if allow_bool else "")
+        if arr.dtype.kind not in kinds:
+            raise ShapeError(f"{name}: expected {'bool or ' if allow_bool else ''}int / float numbers, "
+                             f"got dtype {arr.dtype}")
+        return arr
+
+    def _channel_columns(self, channels: Sequence[str]) -> list[int]:
+        if isinstance(channels, str):
+            raise ShapeError("channels: expected a list of channel names, got one string")
+        names = [str(ch) for ch in channels]
+        unknown = [ch for ch in names if ch not in self._channel_index]
+        if unknown:
+            raise UnknownChannelError(f"channels: unknown {unknown[:5]}; the model's channels are "
+                                      f"{list(self.channels)}")
+        if len(set(names)) != len(names):
+            raise UnknownChannelError(f"channels: a channel is named twice in {names}")
+        return [self._channel_index[ch] for ch in names]
+
+    def _check_times(self, timestamps: Any, rows: Tensor, n: int, L: int, fleet: bool) -> Tensor:
+        if isinstance(timestamps, torch.Tensor):
+            timestamps = timestamps.detach().cpu().numpy()
+        ts = np.asarray(timestamps)
+        if ts.dtype.kind == "M":
+            if np.isnat(ts).any():
+                raise ShapeError("timestamps: NaT (not a time) is not a timestamp")
+            ts = ts.astype("datetime64[ns]").astype(np.int64)
+        elif ts.dtype.kind not in "iu":
+            raise ShapeError(f"timestamps: expected integers or numpy datetime64, got dtype {ts.dtype}")
+        ts = ts.astype(np.int64)
+        if fleet:
+            if ts.ndim == 1 and L == 1:
+                ts = ts[:, None]
+            if ts.shape != (n, L):
+                raise ShapeError(f"timestamps: expected [N] (one step) or [N, L] = [{n}, {L}], got {ts.shape}")
+        else:
+            if ts.ndim == 0 and L == 1:
+                ts = ts.reshape(1)
+            if ts.shape != (L,):
+                raise ShapeError(f"timestamps: expected a scalar (one step) or [L] = [{L}], got {ts.shape}")
+            ts = ts[None]
+        t = torch.from_numpy(np.ascontiguousarray(ts)).to(self.device)
+        prev = self.state.last_time.index_select(0, rows).unsqueeze(1)
+        seq = torch.cat([prev, t], dim=1)
+        back = seq[:, 1:] <= seq[:, :-1]
+        back[:, 0] &= prev[:, 0] != _NO_TIME
+        if back.any():
+            i, s = (int(v) for v in back.nonzero()[0])
+            before = int(seq[i, s])
+            raise TimeOrderError(f"timestamps: entity {self.state.entities[int(rows[i])]!r}, step {s} of the push: "
+                                 f"{int(seq[i, s + 1])} is not after the previous timestamp {before}")
+        return t
+
+    # --- the recurrence ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _advance(self, rows: Tensor, x: Tensor, m: Tensor, t: Tensor | None) -> int:
+        """Append x / m [n, L, C] to the entities at ``rows``; run every segment they complete. Computes all
+        new values first and commits them at the end (an exception in the model leaves the state as it was)."""
+        st = self.state
+        fill = st.fill.index_select(0, rows)
+        first = st.segments.index_select(0, rows) == 0
+        # Rows with the same (fill, first) advance together; a fleet in lockstep is one group.
+        key = fill * 2 + first.long()
+        groups = [rows] if bool((key == key[0]).all()) else [rows[key == k] for k in torch.unique(key)]
+        locs = [None] if len(groups) == 1 else [torch.nonzero(key == k).squeeze(1) for k in torch.unique(key)]
+        updates = [self._advance_group(g, x if li is None else x.index_select(0, li),
+                                       m if li is None else m.index_select(0, li))
+                   for g, li in zip(groups, locs)]
+        completed = 0
+        for g, up in zip(groups, updates):
+            completed += self._commit(g, up)
+        st = self.state
+        st.steps.index_add_(0, rows, torch.full_like(rows, x.shape[1]))
+        if t is not None:
+            st.last_time.index_copy_(0, rows, t[:, -1])
+        return completed
+
+    def _all_rows(self, rows: Tensor) -> bool:
+        n = self.state.num_entities
+        return rows.numel() == n and bool((rows == torch.arange(n, device=self.device)).all())
+
+    def _advance_group(self, rows: Tensor, x: Tensor, m: Tensor) -> dict:
+        st = self.state
+        every = self._all_rows(rows)
+        take = (lambda t: t) if every else (lambda t: t.index_select(0, rows))  # noqa: E731 (no copy for all rows)
+        fill = int(st.fill[rows[0]])
+        first = int(st.segments[rows[0]]) == 0
+        total = fill + x.shape[1]
+        GS = self.G * self.S
+        n_seg = 0 if total < self.capacity else 1 + (total - self.capacity) // GS
+        up: dict[str, Any] = {"n_seg": n_seg, "all_rows": every, "fill": fill}
+        if not n_seg:  # the cheap push: the steps wait in the buffer (written in place at commit)
+            up.update(append=(x, m), new_fill=total)
+            return up
+        vals = torch.cat([take(st.buf_values)[:, :fill], x], dim=1)  # [g, total, C]
+        obs = torch.cat([take(st.buf_observed)[:, :fill], m], dim=1)
+        stats = tuple(take(getattr(st, k)) for k in ("stat_n", "stat_mean", "stat_m2", "stat_abs"))
+        windows, start = [], (self.S if first else self.P)
+        for j in range(n_seg):
+            end = self.capacity + j * GS
+            xs = vals[:, start:end].double().contiguous()
+            ms = obs[:, start:end].double().contiguous()
+            stats = _merge_stats(stats, _block_stats(xs, ms))
+            loc, scale = _loc_scale(self.scaling, stats)
+            w = slice(self.S + j * GS, end)
+            windows.append((vals[:, w] - loc.unsqueeze(1)) / scale.unsqueeze(1))
+            start = end
+        # one embedder call per segment, with the shapes a point-by-point push uses: the same kernels, so
+        # block and point pushes give bit-identical tokens
+        tokens = torch.cat([self.model.embed(w, obs[:, self.S + j * GS:self.capacity + j * GS])[0]
+                            for j, w in enumerate(windows)], dim=1)  # [g, n_seg * G * tpp, D]
+        # The backbone runs on chunks of at most FLEET_CHUNK entities: each chunk's new A is small enough for
+        # the allocator to reuse freed memory (a fleet-sized A is a fresh mmap whose page faults cost more than
+        # the update itself), and the commit copies the chunks into the state in place.
+        chunks, reps = [], []
+        for lo in range(0, rows.numel(), FLEET_CHUNK):
+            hi = min(lo + FLEET_CHUNK, rows.numel())
+            part = rows[lo:hi]
+            pick = (lambda t: t[lo:hi]) if every else (lambda t: t.index_select(0, part))  # noqa: E731
+            memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
+                                                    tuple(pick(z) for z in st.memory.z))
+            y, memory = self.model.backbone(tokens[lo:hi], memory)
+            chunks.append((lo, hi, memory))
+            reps.append(y[:, -self.tokens_per_patch:])
+        up.update(stats=stats, memory=chunks, rep=torch.cat(reps))
+        keep = n_seg * GS
+        new_fill = total - keep
+        buf_v = torch.zeros(rows.numel(), self.capacity, self.C, device=self.device)
+        buf_o = torch.zeros(rows.numel(), self.capacity, self.C, dtype=torch.bool, device=self.device)
+        buf_v[:, :new_fill] = vals[:, keep:]
+        buf_o[:, :new_fill] = obs[:, keep:]
+        up.update(buf_v=buf_v, buf_o=buf_o, new_fill=new_fill)
+        return up
+
+    def _commit(self, rows: Tensor, up: dict) -> int:
+        st = self.state
+        all_rows = up["all_rows"]
+        if not up["n_seg"]:
+            x, m = up["append"]
+            span = slice(up["fill"], up["new_fill"])
+            if all_rows:
+                st.buf_values[:, span] = x
+                st.buf_observed[:, span] = m
+            else:
+                st.buf_values[rows, span] = x
+                st.buf_observed[rows, span] = m
+            st.fill.index_fill_(0, rows, up["new_fill"])
+            return 0
+        if up["n_seg"]:
+            for lo, hi, mem in up["memory"]:
+                for old, new in zip((*st.memory.A, *st.memory.z), (*mem.A, *mem.z)):
+                    if all_rows:
+                        old[lo:hi].copy_(new)
+                    else:
+                        old.index_copy_(0, rows[lo:hi], new)
+            for name, new in zip(("stat_n", "stat_mean", "stat_m2", "stat_abs"), up["stats"]):
+                getattr(st, name).index_copy_(0, rows, new)
+            st.rep.index_copy_(0, rows, up["rep"])
+            st.segments.index_add_(0, rows, torch.full_like(rows, up["n_seg"]))
+            # the step count at which the last completed segment ended (the same however the steps were pushed)
+            last = self.window + (st.segments.index_select(0, rows) - 1) * (self.G * self.S)
+            st.last_write_step.index_copy_(0, rows, last)
+        if all_rows:
+            self.state = st = dataclasses.replace(st, buf_values=up["buf_v"], buf_observed=up["buf_o"])
+        else:
+            st.buf_values.index_copy_(0, rows, up["buf_v"])
+            st.buf_observed.index_copy_(0, rows, up["buf_o"])
+        st.fill.index_fill_(0, rows, up["new_fill"])
+        return up["n_seg"] * rows.numel()
+
+    # --- forecast ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forecast(
+        self,
+        h: int | None = None,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        entities: Any = None,
+    ) -> StreamForecast:
+        """Forecast the next ``h`` steps (default and maximum: the model's horizon) of each entity (default all).
+
+        Reads the memory and the buffered partial segment; writes nothing.
+        """
+        h = self.horizon if h is None else h
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= self.horizon:
+            raise ArgumentError(f"h: expected an int in [1, {self.horizon}] (the model's horizon), got {h!r}")
+        levels = tuple(float(q) for q in quantiles)
+        if not levels or not all(0.0 < q < 1.0 for q in levels):
+            raise ArgumentError(f"quantiles: expected levels in (0, 1), got {list(quantiles)}")
+        if entities is None:
+            rows = torch.arange(self.state.num_entities, device=self.device)
+        else:
+            rows = self._rows_of(self._as_id_list(entities), "forecast")
+        st = self.state
+        ids = tuple(st.entities[i] for i in rows.tolist())
+        n = rows.numel()
+        if n == 0:
+            return StreamForecast(ids, torch.zeros(0, h, self.C), torch.zeros(0, h, self.C, len(levels)), levels)
+        rep, loc, scale = self._representation(rows)
+        head = self.model.head
+        params = head(rep if self.model.config.patch.mode == "independent" else rep[:, 0])
+        loc, scale = loc.unsqueeze(1), scale.unsqueeze(1)  # [n, 1, C]
+        point = head.point(params, loc, scale)[:, :h]
+        try:
+            q = head.quantiles(params, list(levels), loc, scale)[:, :h]
+        except ValueError as e:  # e.g. levels outside a quantile head's learned range
+            raise ArgumentError(f"quantiles: {e}") from None
+        return StreamForecast(ids, point, q, levels)
+
+    def _representation(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> rep [n, tpp, D], loc [n, C], scale [n, C] at the current step of each entity."""
+        st, S, P, tpp = self.state, self.S, self.P, self.tokens_per_patch
+        fill = st.fill.index_select(0, rows)
+        first = st.segments.index_select(0, rows) == 0
+        vals = st.buf_values.index_select(0, rows)
+        obs = st.buf_observed.index_select(0, rows)
+        # statistics up to the last step: stored ones + the buffered steps not yet counted
+        pos = torch.arange(self.capacity, device=self.device)
+        start = torch.where(first, torch.full_like(fill, S), torch.full_like(fill, P))
+        inc = ((pos >= start[:, None]) & (pos < fill[:, None])).unsqueeze(-1) & obs  # [n, cap, C]
+        m = inc.double()
+        stats = _merge_stats(tuple(getattr(st, k).index_select(0, rows) for k in
+                                   ("stat_n", "stat_mean", "stat_m2", "stat_abs")),
+                             _block_stats(vals.double() * m, m))
+        loc, scale = _loc_scale(self.scaling, stats)
+        cached = ~first & (fill == P)
+        rep = st.rep.index_select(0, rows).clone()
+        run = torch.nonzero(~cached).squeeze(1)
+        if run.numel():
+            f = fill.index_select(0, run)
+            k = torch.where(f >= S + P, torch.div(f - S - P, S, rounding_mode="floor") + 1, torch.zeros_like(f))
+            tail = (k == 0) | (f != k * S + P)
+            group = torch.where(tail, k, k - 1)  # the patch whose output is the representation
+            v, o = vals.index_select(0, run), obs.index_select(0, run)
+            lc, sc = loc.index_select(0, run).unsqueeze(1), scale.index_select(0, run).unsqueeze(1)
+            normed = (v - lc) / sc
+            tokens, _ = self.model.embed(normed[:, S:], o[:, S:])  # [r, G * tpp, D]: the segment's patches
+            # tail patch: the last P steps, left-padded with unobserved steps where the stream is shorter
+            padded_v = torch.cat([torch.zeros_like(normed[:, :P]), normed], dim=1)
+            padded_o = torch.cat([torch.zeros_like(o[:, :P]), o], dim=1)
+            idx = (f[:, None] + torch.arange(P, device=self.device)[None]).unsqueeze(-1).expand(-1, -1, self.C)
+            tail_tok, _ = self.model.embed(padded_v.gather(1, idx), padded_o.gather(1, idx))  # [r, tpp, D]
+            tok_group = torch.arange(tokens.shape[1], device=self.device) // tpp  # [G * tpp]
+            put = tail[:, None] & (tok_group[None] == k[:, None])  # [r, G * tpp]
+            tokens = torch.where(put.unsqueeze(-1), tail_tok.repeat(1, self.G, 1), tokens)
+            r_first = first.index_select(0, run)
+            y = torch.empty_like(tokens)
+            for is_first in (True, False):
+                sel_all = torch.nonzero(r_first == is_first).squeeze(1)
+                for lo in range(0, sel_all.numel(), FLEET_CHUNK):  # chunks: see _advance_group
+                    sel = sel_all[lo:lo + FLEET_CHUNK]
+                    state_rows = rows.index_select(0, run.index_select(0, sel))
+                    mem = None if is_first else MemoryState(tuple(a.index_select(0, state_rows) for a in st.memory.A),
+                                                            tuple(z.index_select(0, state_rows) for z in st.memory.z))
+                    y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem)  # write dropped
+                    y.index_copy_(0, sel, y_sel)
+            gather = (group[:, None] * tpp + torch.arange(tpp, device=self.device)[None])
+            rep.index_copy_(0, run, y.gather(1, gather.unsqueeze(-1).expand(-1, -1, y.shape[-1])))
+        return rep, loc, scale
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic safetensors write (temp file, fsync, rename) of the state; JSON metadata in the header."""
+        meta = {
+            "format": _FORMAT, "version": _FORMAT_VERSION, "fingerprint": self.fingerprint,
+            "entities": list(self.state.entities), "channels": list(self.channels),
+            "num_layers": self.state.memory.num_layers, "config": self.model.config.to_dict(),
+        }
+        atomic_save_safetensors(self.state.tensors(), path, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: ARMTForecaster,
+             device: torch.device | str | None = None) -> "StreamingForecaster":
+        """A forecaster saved by ``save``, for the same ``model``; raises StreamFileError / ModelMismatchError."""
+        try:
+            tensors, meta = load_safetensors(path, _FORMAT)
+        except StateFileError as e:
+            raise StreamFileError(str(e)) from None
+        if meta.get("version") != _FORMAT_VERSION:
+            raise StreamFileError(f"{path}: stream state version {meta.get('version')!r}, this armt_ts reads "
+                                  f"{_FORMAT_VERSION}")
+        ents, chans = meta.get("entities"), meta.get("channels")
+        if not isinstance(ents, list) or not isinstance(chans, list):
+            raise StreamFileError(f"{path}: metadata lacks the entity / channel lists")
+        sf = cls(model, entities=[], channels=chans, device=device)
+        if meta.get("fingerprint") != sf.fingerprint:
+            raise ModelMismatchError(f"{path}: the state was written for another model (weights or configuration "
+                                     "differ); load it with the model it was made with")
+        try:
+            ids = tuple(_check_entity_id(e) for e in ents)
+        except ShapeError as e:
+            raise StreamFileError(f"{path}: {e}") from None
+        template = sf._empty_state(ids)
+        want = template.tensors()
+        if set(tensors) != set(want):
+            raise StreamFileError(f"{path}: tensors {sorted(tensors)} differ from the expected {sorted(want)}")
+        for name, t in tensors.items():
+            if t.dtype != want[name].dtype or t.shape != want[name].shape:
+                raise StreamFileError(f"{path}: tensor {name} is {t.dtype} {tuple(t.shape)}, expected "
+                                      f"{want[name].dtype} {tuple(want[name].shape)}")
+        n_layers = template.memory.num_layers
+        dev = sf.device
+        mem = MemoryState(tuple(tensors[f"memory.A.{l}"].to(dev) for l in range(n_layers)),
+                          tuple(tensors[f"memory.z.{l}"].to(dev) for l in range(n_layers)))
+        fill = tensors["fill"]
+        if fill.numel() and (int(fill.min()) < 0 or int(fill.max()) >= sf.capacity):
+            raise StreamFileError(f"{path}: buffer fill out of range [0, {sf.capacity})")
+        sf.state = StreamState(memory=mem, entities=ids,
+                               **{k: tensors[k].to(dev) for k in StreamState.TENSOR_FIELDS})
+        sf._rows = {e: i for i, e in enumerate(ids)}
+        return sf

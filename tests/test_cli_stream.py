@@ -1,0 +1,151 @@
+"""``armt-ts stream`` (armt_ts/cli.py): rows pushed as they arrive (file or stdin), forecasts at a cadence equal to
+the StreamingForecaster API's, restarts with --state that continue exactly, the long layout with entities joining,
+and one-line errors naming file, row and column (exit 2) that keep the state of the rows before."""
+
+import io
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from armt_ts.cli import main
+from armt_ts.stream import StreamingForecaster
+
+H = 6
+TINY = ["--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "8", "--horizon", str(H), "--context", "24"]
+
+
+def _wide_rows(steps=300, start="2024-01-01T00:00"):
+    t = np.datetime64(start) + np.arange(steps) * np.timedelta64(1, "h")
+    lines = ["timestamp,a,b"]
+    for i in range(steps):
+        b = "" if i % 17 == 3 else f"{5 + np.cos(i / 5):.3f}"
+        lines.append(f"{str(t[i]).replace('T', ' ')},{np.sin(i / 4) * 3 + 10:.3f},{b}")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    data = d / "train.csv"
+    data.write_text("\n".join(_wide_rows()) + "\n")
+    code = main(["forecast", str(data), *TINY, "--save-model", str(d / "m"), "--no-plot", "--out", str(d / "f.csv")])
+    assert code == 0
+    return d / "m"
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _blocks(text):
+    df = pl.read_csv(io.StringIO(text), schema_overrides={"as_of": pl.String, "entity": pl.String})
+    return df
+
+
+def test_stream_matches_the_api_and_writes_at_the_cadence(saved_model, tmp_path, capsys):
+    rows = _wide_rows(260)
+    f = tmp_path / "live.csv"
+    f.write_text("\n".join(rows) + "\n")
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 100)
+    assert code == 0, err
+    df = _blocks(out)
+    assert df.columns == ["entity", "as_of", "step", "mean", "q0.1", "q0.5", "q0.9"]
+    # forecasts after rows 100 and 200, and at the end (260): 3 blocks x 2 entities x H steps
+    assert df.height == 3 * 2 * H
+    assert df["as_of"].unique().sort().to_list() == ["2024-01-05 03:00:00", "2024-01-09 07:00:00",
+                                                     "2024-01-11 19:00:00"]
+    # the same rows through the Python API
+    from armt_ts.cli import load_model
+
+    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
+    sf = StreamingForecaster(model, entities=["a", "b"])
+    vals = np.array([[float(x) if x else np.nan for x in r.split(",")[1:]] for r in rows[1:]])
+    sf.push(vals.T[:, :, None], entities=["a", "b"])
+    fc = sf.forecast(H, [0.1, 0.5, 0.9])
+    last = df.filter(pl.col("as_of") == "2024-01-11 19:00:00")
+    for i, e in enumerate(["a", "b"]):
+        got = last.filter(pl.col("entity") == e).sort("step")
+        np.testing.assert_allclose(got["mean"].to_numpy(), fc.point[i, :, 0].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(got["q0.9"].to_numpy(), fc.quantiles[i, :, 0, 2].numpy(), rtol=1e-5)
+    assert "260 row(s)" in err
+
+
+def test_stdin_and_restart_with_state_continue_exactly(saved_model, tmp_path, capsys, monkeypatch):
+    rows = _wide_rows(300)
+    state = tmp_path / "s.state"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(rows[:150]) + "\n"))
+    code, out, err = _run(capsys, "stream", "--model", saved_model, "-", "--state", state, "--every", 0)
+    assert code == 0, err
+    assert state.exists() and "149 row(s) from <stdin>" in err
+    # restart, replaying the whole file: the rows already in the state are skipped
+    f = tmp_path / "all.csv"
+    f.write_text("\n".join(rows) + "\n")
+    code, resumed, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
+    assert code == 0, err
+    assert "skipped 149 row(s)" in err and "151 row(s)" in err
+    code, straight, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0, err
+    assert resumed == straight  # the restarted stream's forecast is the uninterrupted one, digit for digit
+
+
+def test_long_layout_entities_join_as_they_appear(saved_model, tmp_path, capsys):
+    lines = ["time,machine,reading"]
+    for i in range(200):
+        lines.append(f"{1000 + i},m1,{np.sin(i / 3):.4f}")
+        if i >= 50:  # m2 joins later
+            lines.append(f"{1000 + i},m2,{2 + np.cos(i / 7):.4f}")
+    f = tmp_path / "long.csv"
+    f.write_text("\n".join(lines) + "\n")
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "machine", "--target", "reading",
+                          "--every", 0, "--quantiles", 0.25, 0.75)
+    assert code == 0, err
+    df = _blocks(out)
+    assert sorted(df["entity"].unique().to_list()) == ["m1", "m2"]
+    assert df.columns[-2:] == ["q0.25", "q0.75"] and df.height == 2 * H
+    assert df["as_of"].unique().to_list() == ["1199"]
+    assert np.isfinite(df.select(["mean", "q0.25", "q0.75"]).to_numpy()).all()
+
+
+@pytest.mark.parametrize("bad_cell,column,message", [
+    ("abc", "'a'", "not a number"),
+    ("inf", "'a'", "not a finite number"),
+])
+def test_bad_value_exits_2_and_keeps_the_rows_before(saved_model, tmp_path, capsys, bad_cell, column, message):
+    rows = _wide_rows(140)
+    ts, _, b = rows[131].split(",")
+    rows[131] = f"{ts},{bad_cell},{b}"
+    f = tmp_path / "bad.csv"
+    f.write_text("\n".join(rows) + "\n")
+    state = tmp_path / "s.state"
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
+    assert code == 2
+    assert f"row 132, column {column}" in err and message in err and str(f) in err
+    from armt_ts.cli import load_model
+
+    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
+    sf = StreamingForecaster.load(state, model)
+    assert sf.state.steps.tolist() == [130, 130]  # the 130 rows before the bad one
+
+
+def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
+    rows = _wide_rows(20)
+    rows[10], rows[11] = rows[11], rows[10]
+    f = tmp_path / "back.csv"
+    f.write_text("\n".join(rows) + "\n")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f)
+    assert code == 2 and "row 12" in err and "not after the previous timestamp" in err
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--horizon", 99)
+    assert code == 2 and "at most 6 steps" in err
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "nope")
+    assert code == 2 and "no id column 'nope'" in err
+    code, _, err = _run(capsys, "stream", "--model", tmp_path / "missing", f)
+    assert code == 2 and "no such folder" in err
+    bad_state = tmp_path / "junk.state"
+    bad_state.write_bytes(b"not a safetensors file")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", bad_state)
+    assert code == 2 and "--state" in err

@@ -1,0 +1,357 @@
+"""The streaming contract (DESIGN.md section 4) and the StreamingForecaster's API.
+
+- full-sequence forward (an independent reference written here from the model's parts and gluonts' scaler)
+  == one block push == segment-sized pushes == point-by-point pushes, for lengths that do not divide the segment;
+- at patch-aligned lengths the stream's forecast equals ``ARMTForecaster.forward`` on the current segment's
+  steps with the memory of the earlier ones;
+- a fleet with ragged arrival (joins, leaves, uneven blocks) equals one stream per entity;
+- rejected pushes leave the state bit-identical; save / load is bit-exact; memory does not grow with length.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
+from armt_ts.forecaster import ARMTForecaster
+from armt_ts.stream import (ArgumentError, DuplicateEntityError, ModelMismatchError, NonFiniteValueError, ShapeError,
+                            StreamError, StreamFileError, StreamingForecaster, TimeOrderError, UnknownChannelError,
+                            UnknownEntityError)
+from armt_ts.state import StateFileError
+from armt_ts.testing import assert_close
+
+SCHEDULES = ("sequential", "auto")
+
+
+def make_model(mode="independent", C=2, P=4, S=3, kind="quantile", scaling="std", schedule="sequential", seed=0):
+    torch.manual_seed(seed)
+    tpp = C if mode == "independent" else 1
+    armt = ARMTConfig(d_model=32, n_heads=2, d_ff=64, segment_length=3 * tpp, num_mem_tokens=2, d_mem=8)
+    if "schedule" in {f for f in ARMTConfig.__dataclass_fields__}:
+        armt = armt.replace(schedule=schedule)
+    cfg = ForecasterConfig.build(horizon=5, n_channels=C, armt=armt, patch=PatchConfig(patch_len=P, stride=S, mode=mode),
+                                 head=HeadConfig(kind=kind), scaling=scaling)
+    model = ARMTForecaster(cfg).eval()
+    with torch.no_grad():  # W_v = 0 (the init) would make every read add exactly 0; a briefly trained W_v has std ~0.004
+        for mem in model.backbone.memories:
+            mem.W_v.weight.normal_(std=0.05)
+    return model
+
+
+def series(T, C=2, B=1, seed=1, p_missing=0.2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, C, generator=g) * 3 + 10 + torch.linspace(0, 5, T)[None, :, None]
+    m = torch.rand(B, T, C, generator=g) > p_missing
+    return x, m
+
+
+def reference(model, x, m):
+    """The streaming recurrence written directly: segment s covers steps [s*G*S, s*G*S + W); it is normalised with
+    gluonts' scaler over every step up to its end; all segments' tokens go through the backbone at once."""
+    c = model.config
+    P, S = c.patch.patch_len, c.patch.stride
+    tpp = c.patch.n_channels if c.patch.mode == "independent" else 1
+    G = c.armt.segment_length // tpp
+    W = G * S + P - S
+    T = x.shape[1]
+    n_seg = 0 if T < W else 1 + (T - W) // (G * S)
+    keep = m.float()
+    xz = torch.where(m, x, torch.zeros(()))
+    tokens = []
+    for s in range(n_seg):
+        a, end = s * G * S, s * G * S + W
+        # gluonts' scaler on float64 data: the stream keeps its statistics in float64 (a float32 sum over a long
+        # stream would drift), then normalises in float32
+        _, loc, scale = model.scaler(xz[:, :end].double(), keep[:, :end].double())
+        loc, scale = loc.float(), scale.float()
+        tok, _ = model.embed((xz[:, a:end] - loc) / scale, m[:, a:end])
+        tokens.append(tok)
+    memory = None
+    if n_seg:
+        _, memory = model.backbone(torch.cat(tokens, dim=1), None)
+    return memory, n_seg
+
+
+def pushed(model, x, m, chunks):
+    """A single-entity stream fed ``x[0]`` in chunks of the given sizes (cycled)."""
+    sf = StreamingForecaster(model)
+    t, i = 0, 0
+    while t < x.shape[1]:
+        L = chunks[i % len(chunks)]
+        sf.push(x[0, t:t + L].numpy(), m[0, t:t + L].numpy())
+        t, i = t + L, i + 1
+    return sf
+
+
+@pytest.mark.parametrize("mode,P,S", [("independent", 4, 3), ("independent", 4, 4), ("mixing", 5, 2)])
+@pytest.mark.parametrize("T", [1, 7, 23, 50])
+def test_contract_push_granularity_bit_exact(mode, P, S, T):
+    model = make_model(mode, P=P, S=S)
+    x, m = series(T)
+    block = pushed(model, x, m, [T])
+    seg = pushed(model, x, m, [block.G * S])
+    point = pushed(model, x, m, [1])
+    ragged = pushed(model, x, m, [3, 1, 8, 2])
+    for name, other in (("segment", seg), ("point", point), ("ragged", ragged)):
+        assert block.state.equal(other.state), f"{name}-wise push differs from one block push"
+        assert torch.equal(block.forecast().quantiles, other.forecast().quantiles), name
+    assert int(block.state.steps[0]) == T
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("mode,P,S", [("independent", 4, 3), ("mixing", 5, 2)])
+@pytest.mark.parametrize("T", [22, 61, 100])
+def test_contract_full_forward_equals_push(schedule, mode, P, S, T):
+    model = make_model(mode, P=P, S=S, schedule=schedule)
+    x, m = series(T, seed=T)
+    memory, n_seg = reference(model, x, m)
+    assert n_seg >= 1 and T % (model.config.armt.segment_length) != 0
+    for chunks in ([T], [1]):
+        sf = pushed(model, x, m, chunks)
+        assert int(sf.state.segments[0]) == n_seg
+        for l in range(memory.num_layers):
+            assert_close(f"A[{l}] chunks={chunks}", memory.A[l], sf.state.memory.A[l], 1e-5)
+            assert_close(f"z[{l}] chunks={chunks}", memory.z[l], sf.state.memory.z[l], 1e-5)
+
+
+@pytest.mark.parametrize("mode,P,S", [("independent", 4, 3), ("independent", 4, 4), ("mixing", 5, 2)])
+@pytest.mark.parametrize("kind", ["quantile", "student_t"])
+def test_forecast_equals_forecaster_at_patch_boundaries(mode, P, S, kind):
+    """Where the last patch ends on the stream's patch grid, the stream's forecast is the trained forecaster's
+    forward over the current segment's steps, with the memory of the segments before and the stream's statistics."""
+    model = make_model(mode, P=P, S=S, kind=kind)
+    sf = StreamingForecaster(model)
+    G, W = sf.G, sf.window
+    x, m = series(4 * W)
+    checked = 0
+    for T in range(1, x.shape[1] + 1):
+        sf.push(x[0, T - 1].numpy(), m[0, T - 1].numpy())
+        if T < P or (T - P) % S:
+            continue
+        n_done = 0 if T < W else 1 + (T - W) // (G * S)
+        cached = n_done > 0 and T == W + (n_done - 1) * G * S  # a segment just completed: its last patch
+        s = n_done - 1 if cached else n_done
+        a = s * G * S
+        # the memory after segments 0 .. s-1, which end at step (s - 1) * G * S + W
+        memory = reference(model, x[:, :a - G * S + W], m[:, :a - G * S + W])[0] if s else None
+        _, loc, scale = model.scaler(torch.where(m[:, :T], x[:, :T], torch.zeros(())).double(), m[:, :T].double())
+        loc, scale = loc.float(), scale.float()
+        with torch.no_grad():
+            params, _, _, _ = model(x[:, a:T], m[:, a:T], memory, loc, scale)
+            ref_q = model.head.quantiles(params, [0.1, 0.5, 0.9], loc, scale)
+        fc = sf.forecast()
+        assert_close(f"quantiles at T={T}", ref_q, fc.quantiles, 1e-4)
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fleet_ragged_arrival_equals_one_stream_per_entity(schedule):
+    model = make_model(schedule=schedule)
+    rng = np.random.default_rng(0)
+    lengths = {"a": 57, "b": 40, 7: 23, "d": 64}
+    data = {e: series(n, seed=i) for i, (e, n) in enumerate(lengths.items())}
+    fleet = StreamingForecaster(model, entities=["a", "b"])
+    pos = {e: 0 for e in lengths}
+    joined = {"a", "b"}
+    for step in range(200):
+        if step == 3:
+            fleet.join([7])
+            joined.add(7)
+        if step == 6:
+            fleet.join(["d"])
+            joined.add("d")
+        active = [e for e in lengths if e in joined and pos[e] < lengths[e]]
+        if not active:
+            break
+        sub = [e for e in active if rng.random() < 0.7] or active[:1]
+        L = int(rng.integers(1, 6))
+        if all(pos[e] + L <= lengths[e] for e in sub) and len(sub) > 1:
+            xs = np.stack([data[e][0][0, pos[e]:pos[e] + L].numpy() for e in sub])
+            ms = np.stack([data[e][1][0, pos[e]:pos[e] + L].numpy() for e in sub])
+            fleet.push(xs, ms, entities=sub)
+            for e in sub:
+                pos[e] += L
+        else:
+            for e in sub:
+                k = min(L, lengths[e] - pos[e])
+                fleet.push(data[e][0][0, pos[e]:pos[e] + k].numpy(), data[e][1][0, pos[e]:pos[e] + k].numpy(),
+                           entities=e)
+                pos[e] += k
+    assert all(pos[e] == lengths[e] for e in lengths)
+    fleet.leave(["b"])
+    fc = fleet.forecast()
+    assert fc.entities == ("a", 7, "d")
+    for i, e in enumerate(fc.entities):
+        solo = pushed(model, *data[e], [lengths[e]])
+        row = fleet.state.select(torch.tensor([i]))
+        # batch rows of different fleets go through matmuls of different shapes: equal to rounding, not bit-exact
+        for k, v in solo.state.tensors().items():
+            assert_close(f"entity {e!r}: {k}", v.double(), row.tensors()[k].double(), 1e-5)
+        assert_close(f"entity {e!r} forecast", solo.forecast().quantiles[0], fc.quantiles[i], 1e-5)
+
+
+def test_lockstep_fleet_one_call_equals_separate_streams():
+    model = make_model()
+    N, T = 5, 30
+    x, m = series(T, B=N)
+    fleet = StreamingForecaster(model, entities=list(range(N)))
+    for t in range(T):
+        fleet.push(x[:, t].numpy(), m[:, t].numpy(), entities=list(range(N)))
+    for e in range(N):
+        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
+        for k, v in solo.state.tensors().items():
+            assert_close(f"entity {e}: {k}", v.double(), fleet.state.select(torch.tensor([e])).tensors()[k].double(),
+                         1e-5)
+
+
+def test_forecast_writes_nothing_and_has_the_right_shapes():
+    model = make_model()
+    sf = StreamingForecaster(model, entities=["x", "y"])
+    x, m = series(17, B=2)
+    sf.push(x.numpy(), m.numpy(), entities=["x", "y"])
+    before = sf.state.clone()
+    fc = sf.forecast(3, quantiles=[0.1, 0.3, 0.9])
+    assert sf.state.equal(before)
+    assert fc.point.shape == (2, 3, 2) and fc.quantiles.shape == (2, 3, 2, 3)
+    assert torch.isfinite(fc.quantiles).all()
+    assert (fc.quantiles.diff(dim=-1) >= 0).all()
+    one = sf.forecast(3, quantiles=[0.1, 0.3, 0.9], entities=["y"])
+    assert_close("forecast of a subset", fc.quantiles[1:], one.quantiles, 1e-6)
+
+
+def _rejections(sf):
+    """(description, call, error class) for pushes that must be rejected; the stream has entities "a", "b" and the
+    model's channels "0", "1"."""
+    ok = np.ones((2, 2), np.float32)
+    return [
+        ("3 channels", lambda: sf.push(np.ones((2, 3)), entities=["a", "b"]), ShapeError),
+        ("4-D values", lambda: sf.push(np.ones((2, 1, 1, 2)), entities=["a", "b"]), ShapeError),
+        ("rows != entities", lambda: sf.push(np.ones((3, 2)), entities=["a", "b"]), ShapeError),
+        ("string values", lambda: sf.push(np.array([["x", "y"], ["z", "w"]]), entities=["a", "b"]), ShapeError),
+        ("mask shape", lambda: sf.push(ok, np.ones((2, 3)), entities=["a", "b"]), ShapeError),
+        ("mask NaN", lambda: sf.push(ok, np.full((2, 2), np.nan), entities=["a", "b"]), ShapeError),
+        ("no entities for a fleet", lambda: sf.push(np.ones(2)), ShapeError),
+        ("unknown channel", lambda: sf.push(np.ones((2, 1)), entities=["a", "b"], channels=["nope"]),
+         UnknownChannelError),
+        ("repeated channel", lambda: sf.push(np.ones((2, 2)), entities=["a", "b"], channels=["0", "0"]),
+         UnknownChannelError),
+        ("unknown entity", lambda: sf.push(ok, entities=["a", "zzz"]), UnknownEntityError),
+        ("repeated entity", lambda: sf.push(ok, entities=["a", "a"]), DuplicateEntityError),
+        ("time backwards", lambda: sf.push(ok, timestamps=[100, 5], entities=["a", "b"]), TimeOrderError),
+        ("time repeats", lambda: sf.push(ok, timestamps=[100, 50], entities=["a", "b"]), TimeOrderError),
+        ("time backwards in a block", lambda: sf.push(np.ones((2, 2, 2)), timestamps=[[200, 300], [300, 250]],
+                                                      entities=["a", "b"]), TimeOrderError),
+        ("float timestamps", lambda: sf.push(ok, timestamps=[1.5, 2.5], entities=["a", "b"]), ShapeError),
+        ("NaT timestamp", lambda: sf.push(ok, timestamps=np.array(["NaT", "NaT"], dtype="datetime64[s]"),
+                                          entities=["a", "b"]), ShapeError),
+        ("min-int timestamp", lambda: sf.push(ok, timestamps=[np.iinfo(np.int64).min] * 2, entities=["a", "b"]),
+         TimeOrderError),
+        ("NaN where observed", lambda: sf.push(np.array([[1.0, np.nan], [1.0, 1.0]]), np.ones((2, 2)),
+                                               entities=["a", "b"]), NonFiniteValueError),
+        ("inf without a mask", lambda: sf.push(np.array([[1.0, np.inf], [1.0, 1.0]]), entities=["a", "b"]),
+         NonFiniteValueError),
+        ("overflows float32", lambda: sf.push(np.array([[1e300, 1.0], [1.0, 1.0]]), entities=["a", "b"]),
+         NonFiniteValueError),
+        ("h too long", lambda: sf.forecast(99), ArgumentError),
+        ("level outside the quantile head's range", lambda: sf.forecast(quantiles=[0.01]), ArgumentError),
+        ("leave unknown", lambda: sf.leave(["zzz"]), UnknownEntityError),
+        ("join twice", lambda: sf.join(["a"]), DuplicateEntityError),
+    ]
+
+
+def test_rejected_pushes_leave_the_state_bit_identical():
+    model = make_model()
+    sf = StreamingForecaster(model, entities=["a", "b"])
+    x, m = series(20, B=2)
+    sf.push(x.numpy(), m.numpy(), timestamps=np.tile(np.arange(20) * 10, (2, 1)), entities=["a", "b"])
+    sf.push(np.ones((2, 2)), timestamps=[100 * 10, 100 * 10], entities=["a", "b"])
+    before = sf.state.clone()
+    for name, call, err in _rejections(sf):
+        with pytest.raises(err) as info:
+            call()
+        assert isinstance(info.value, StreamError), name
+        assert sf.state.equal(before), f"{name}: the rejected call changed the state"
+    # NaN with no mask is a missing value, not an error; masked-out NaN / inf are fine too
+    sf.push(np.array([[np.nan, 1.0], [2.0, 3.0]]), entities=["a", "b"])
+    sf.push(np.array([[np.inf, 1.0], [2.0, 3.0]]), np.array([[0, 1], [1, 1]]), entities=["a", "b"])
+    assert int(sf.state.steps[0]) == 23
+
+
+def test_channel_subset_and_timestamps():
+    model = make_model()
+    a, b = StreamingForecaster(model, channels=["temp", "load"]), StreamingForecaster(model, channels=["temp", "load"])
+    t0 = np.datetime64("2024-01-01T00:00")
+    for i in range(15):
+        ts = t0 + np.timedelta64(i, "h")
+        a.push(np.array([float(i)]), timestamps=ts, channels=["load"])
+        b.push(np.array([np.nan, float(i)]), timestamps=ts)
+    assert a.state.equal(b.state)
+    assert int(a.state.last_time[0]) == (t0 + np.timedelta64(14, "h")).astype("datetime64[ns]").astype(np.int64)
+    with pytest.raises(TimeOrderError):
+        a.push(np.array([1.0, 2.0]), timestamps=t0)
+
+
+def test_save_load_bit_identical_and_atomic(tmp_path):
+    model = make_model()
+    x, m = series(80, B=3)
+    ids = ["p1", "p2", 3]
+    live = StreamingForecaster(model, entities=ids)
+    live.push(x[:, :41].numpy(), m[:, :41].numpy(), timestamps=np.tile(np.arange(41), (3, 1)), entities=ids)
+    path = tmp_path / "sub" / "fleet.safetensors"
+    live.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["fleet.safetensors"], "temp file left behind"
+    restored = StreamingForecaster.load(path, model)
+    assert restored.entities == tuple(ids) and restored.state.equal(live.state)
+    for sf in (live, restored):
+        sf.push(x[:, 41:].numpy(), m[:, 41:].numpy(), timestamps=np.tile(np.arange(41, 80), (3, 1)), entities=ids)
+    assert restored.state.equal(live.state)
+    assert torch.equal(restored.forecast().quantiles, live.forecast().quantiles)
+    # another model, a truncated file, a foreign file: typed errors
+    with pytest.raises(ModelMismatchError):
+        StreamingForecaster.load(path, make_model(seed=5))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(StreamFileError) as info:
+        StreamingForecaster.load(bad, model)
+    assert isinstance(info.value, StateFileError)
+    live.state.memory.save(tmp_path / "mem.safetensors")
+    with pytest.raises(StreamFileError):
+        StreamingForecaster.load(tmp_path / "mem.safetensors", model)
+    with pytest.raises(StreamFileError):
+        StreamingForecaster.load(tmp_path / "missing.safetensors", model)
+
+
+def test_state_size_does_not_grow_with_stream_length():
+    model = make_model()
+    sf = StreamingForecaster(model)
+    sizes = []
+    for n in (10, 100, 1000):
+        x, m = series(n, seed=n)
+        sf.push(x[0].numpy(), m[0].numpy())
+        sizes.append(sf.state.nbytes())
+    assert len(set(sizes)) == 1
+    assert torch.isfinite(sf.forecast().quantiles).all()
+
+
+@pytest.mark.parametrize("scaling", ["mean", "none"])
+def test_other_scalers_follow_the_contract(scaling):
+    model = make_model(scaling=scaling)
+    x, m = series(45)
+    memory, _ = reference(model, x, m)
+    sf = pushed(model, x, m, [1])
+    assert sf.state.equal(pushed(model, x, m, [45]).state)
+    assert_close("A[1]", memory.A[1], sf.state.memory.A[1], 1e-5)
+
+
+def test_empty_pushes_and_new_entities_forecast():
+    model = make_model()
+    sf = StreamingForecaster(model, entities=["a"])
+    before = sf.state.clone()
+    assert sf.push(np.zeros((0, 2)), entities="a") == 0
+    assert sf.push(np.zeros((0, 2)), entities=[]) == 0
+    assert sf.state.equal(before)
+    fc = sf.forecast()  # nothing pushed yet: a forecast from an all-missing patch, still finite
+    assert torch.isfinite(fc.quantiles).all()
