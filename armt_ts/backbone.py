@@ -116,14 +116,7 @@ class ARMT(nn.Module):
             if key_ids is not None:
                 raise ValueError("schedule='diagonal' does not run keyed memory (key_ids); use 'sequential'")
             return schedule.run_diagonal(self, x, state)
-        ys = []
-        for s, start in enumerate(range(0, x.shape[1], c.segment_length)):
-            if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:
-                state = state.detach()
-            y, state = self.segment_step(x[:, start : start + c.segment_length], state,
-                                         None if key_ids is None else key_ids[:, s])
-            ys.append(y)
-        return torch.cat(ys, dim=1), state
+        return schedule.run_sequential(self, x, state, key_ids)
 
     def forget(self, state: MemoryState, key_ids: Tensor) -> MemoryState:
         """Erase entity key_ids[b] from row b's memory in every layer (config.key_mode "identity")."""

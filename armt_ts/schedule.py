@@ -81,14 +81,19 @@ def prefer_diagonal(model: "ARMT", x: Tensor, key_ids: Tensor | None = None) -> 
     return x.shape[0] * (c.segment_length + c.num_mem_tokens) <= AUTO_MAX_ROWS
 
 
-def run_sequential(model: "ARMT", x: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState]:
-    """The reference schedule: segment after segment, layer after layer (``ARMT.segment_step``)."""
+def run_sequential(model: "ARMT", x: Tensor, state: MemoryState | None,
+                   key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    """The reference schedule: segment after segment, layer after layer (``ARMT.segment_step``).
+
+    key_ids [B, n_segments] (keyed memory only): the entity id of each segment of each row.
+    """
     c = model.config
     ys = []
     for s, start in enumerate(range(0, x.shape[1], c.segment_length)):
         if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:
             state = state.detach()
-        y, state = model.segment_step(x[:, start:start + c.segment_length], state)
+        y, state = model.segment_step(x[:, start:start + c.segment_length], state,
+                                      None if key_ids is None else key_ids[:, s])
         ys.append(y)
     return torch.cat(ys, dim=1), state
 

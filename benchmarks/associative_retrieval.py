@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
-from benchmarks.common import Timer, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import Timer, git_commit, machine_info, markdown_table, optimizer_step, write_results
 from datasets.associative_retrieval import RetrievalTask, capacity_estimate
 
 MODELS = ("armt", "rmt", "gru")
@@ -162,13 +162,7 @@ def train(model: Retriever, task: RetrievalTask, args: argparse.Namespace, seed:
                 logits = torch.cat([logits, pair_logits.flatten(0, 1).float()])
                 targets = torch.cat([targets, body_targets.flatten()])
             loss = nn.functional.cross_entropy(logits, targets, ignore_index=-100)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step} ({pairs} pairs, batch of {args.batch})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched, f"step {step} ({pairs} pairs, batch of {args.batch})")
         if step % args.check_every == 0 or step == args.steps:
             acc = exact_match(model, task, stage, 256, seed + 1000 + step, 256, args)
             log.append({"step": step, "stage_pairs": stage, "loss": round(loss.item(), 4), "exact_match": acc})

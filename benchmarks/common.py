@@ -15,6 +15,18 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, where: str,
+                   clip: float = 1.0) -> None:
+    """One training update: refuse a non-finite loss (naming ``where``: step, batch), backward, clip, step."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite training loss {loss.item()} at {where}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, check=True)
