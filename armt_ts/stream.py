@@ -4,6 +4,7 @@ entities (one batch row each) and updates it as observations arrive.
     sf = StreamingForecaster(model, entities=["pump-1", "pump-2"])
     sf.push(values, observed, timestamps, entities=["pump-1", "pump-2"])   # one step [N, C] or a block [N, L, C]
     fc = sf.forecast(24)            # fc.point [N, h, C], fc.quantiles [N, h, C, Q]; reads, never writes
+    sf.staleness()                  # {id: steps pushed since the entity's last memory write} (-1: none yet)
     sf.save("fleet.safetensors");  sf2 = StreamingForecaster.load("fleet.safetensors", model)
 
 The streaming model is defined by a per-segment recurrence over the ARMTForecaster's parts (patch embedder,
@@ -355,6 +356,19 @@ class StreamingForecaster:
     @property
     def entities(self) -> tuple:
         return self.state.entities
+
+    def staleness(self, entities: Sequence[Hashable] | None = None) -> dict:
+        """How stale each entity's memory is: {id: steps pushed since its last segment was written to memory}.
+
+        -1 for an entity whose first segment is not complete yet (nothing written). The steps in between wait in
+        the buffer: forecasts read them, but the associative memory has not absorbed them. Reads nothing else.
+        """
+        ids = list(self.entities) if entities is None else self._as_id_list(entities)
+        rows = self._rows_of(ids, "staleness")
+        st = self.state
+        last = st.last_write_step.index_select(0, rows)
+        behind = torch.where(last >= 0, st.steps.index_select(0, rows) - last, torch.full_like(last, -1))
+        return dict(zip(ids, behind.tolist()))
 
     def _empty_state(self, entities: tuple) -> StreamState:
         n, C, dev = len(entities), self.C, self.device

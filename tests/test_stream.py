@@ -355,3 +355,27 @@ def test_empty_pushes_and_new_entities_forecast():
     assert sf.state.equal(before)
     fc = sf.forecast()  # nothing pushed yet: a forecast from an all-missing patch, still finite
     assert torch.isfinite(fc.quantiles).all()
+
+
+def test_staleness_counts_steps_since_the_last_memory_write():
+    model = make_model()
+    sf = StreamingForecaster(model, entities=["a", "b"])
+    x, m = series(40, B=1)
+    seen, completions = [], []
+    for t in range(40):
+        done = sf.push(x[0, t].numpy(), m[0, t].numpy(), entities="a")
+        before = sf.state.clone()
+        stale = sf.staleness()
+        assert sf.state.equal(before)  # a pure read
+        assert stale["b"] == -1  # nothing pushed, nothing written
+        seen.append(stale["a"])
+        if done:
+            completions.append(t)
+    assert completions, "40 steps should complete at least one segment"
+    assert all(s == -1 for s in seen[: completions[0]])  # before the first write
+    for t in range(completions[0], 40):
+        last = max(c for c in completions if c <= t)
+        assert seen[t] == t - last  # 0 right after a write, then one more per buffered step
+    assert sf.staleness(["a"]) == {"a": seen[-1]}
+    with pytest.raises(UnknownEntityError):
+        sf.staleness(["nobody"])
