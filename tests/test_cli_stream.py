@@ -149,3 +149,16 @@ def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
     bad_state.write_bytes(b"not a safetensors file")
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", bad_state)
     assert code == 2 and "--state" in err
+
+
+def test_readme_python_snippet_from_directory(saved_model):
+    # README "Streaming": sf = StreamingForecaster.from_directory(dir); sf.push(values, timestamps=t); sf.forecast(h)
+    sf = StreamingForecaster.from_directory(saved_model)
+    C = sf.C
+    g = np.random.default_rng(0)
+    values = g.normal(10, 2, size=(40, C))
+    t = np.datetime64("2024-02-01T00:00") + np.arange(40) * np.timedelta64(1, "h")
+    sf.push(values, timestamps=t)
+    fc = sf.forecast(H)
+    assert fc.point.shape == (1, H, C) and torch.isfinite(fc.point).all()
+    assert sf.state.steps.tolist() == [40]
