@@ -30,10 +30,12 @@ EXPERIMENTS: dict[str, list[str]] = {
     "associative_retrieval": [],
     "ops": ["--repeats", "5", "--threads", "1"],
     "forecast": ["--data", "../shared/data/ett/ETTh1.csv", "--dataset", "ETTh1"],
-    "missing_channels": [],
+    "missing_channels": ["--data", "../shared/data/ett/ETTh1.csv", "--dataset", "ETTh1"],
     "streaming": [],
     "state_tracking": [],
+    "reliability": [],
 }
+# benchmarks/retrieval_drift.py is not run here: it traces models saved by a full associative_retrieval run
 # result stems to look for, best first (agenda_<name> is what this script's own runs write)
 CANDIDATES: dict[str, list[str]] = {
     "associative_retrieval": ["associative_retrieval", "agenda_associative_retrieval", "associative_retrieval_quick"],
@@ -42,6 +44,7 @@ CANDIDATES: dict[str, list[str]] = {
     "missing_channels": ["missing_channels", "agenda_missing_channels", "missing_channels_quick"],
     "streaming": ["streaming", "agenda_streaming", "streaming_quick"],
     "state_tracking": ["state_tracking", "agenda_state_tracking", "state_tracking_quick"],
+    "reliability": ["reliability", "agenda_reliability"],
 }
 
 
@@ -157,7 +160,7 @@ def source_line(stem: str | None, payload: dict | None, name: str, status: dict)
         return f"- **{name}**: no result ({why})."
     quick = "quick" in stem or bool((payload.get("args") or {}).get("quick"))
     return (f"- **{name}**: `benchmarks/results/{stem}.json`{' (quick run)' if quick else ''}, commit "
-            f"{payload.get('git_commit', '?')}; command: `{command_of(stem, payload)}`")
+            f"{payload.get('git_commit', payload.get('commit', '?'))}; command: `{command_of(stem, payload)}`")
 
 
 # ---------------------------------------------------------------- the four questions
