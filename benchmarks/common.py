@@ -27,6 +27,15 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.
     sched.step()
 
 
+def command_line(name: str, argv: list[str] | None = None) -> str:
+    """How to rerun this benchmark: ``python -m benchmarks.<name> <arguments>`` (``argv`` or sys.argv[1:])."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", "-m", f"benchmarks.{name}", *map(shlex.quote, args)])
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, check=True)

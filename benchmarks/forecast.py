@@ -30,8 +30,6 @@ import argparse
 import contextlib
 import logging
 import math
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -46,7 +44,7 @@ from torch import Tensor, nn
 from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from armt_ts.data import Scaler, TimeSeriesFrame, Windows, count_windows, fit_scaler, sliding_windows, to_gluonts
 from armt_ts.forecaster import ARMTForecaster
-from benchmarks.common import RESULTS, Timer, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import RESULTS, Timer, command_line, git_commit, machine_info, markdown_table, write_results
 
 QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -625,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     np.random.seed(args.seed)
     commit = git_commit()
     t_start = time.perf_counter()
-    log(f"forecast benchmark: {' '.join(map(shlex.quote, sys.argv))}")
+    log(f"forecast benchmark: {command_line('forecast', argv)}")
 
     prep = prepare(args.data, args.dataset, args.context_length)
     hyper, grid_scores = ARMTHyper(), []
@@ -666,7 +664,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summ = summary(rows, args.horizons)
     payload = {
         "benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
-        "command": " ".join(map(shlex.quote, sys.argv)), "git_commit": commit, "machine": machine_info(args.device),
+        "command": command_line('forecast', argv), "git_commit": commit, "machine": machine_info(args.device),
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
         "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
                    "max_steps": args.max_steps, "threads": args.threads, "bf16": args.bf16},

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, Timer, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import RESULTS, Timer, command_line, git_commit, machine_info, markdown_table, write_results
 from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, log, masked_errors, n_params,
                                  predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows, train_armt,
                                  train_gluonts)
@@ -150,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     commit = git_commit()
     t0 = time.perf_counter()
-    log(f"missing channels: {' '.join(map(shlex.quote, sys.argv))}")
+    log(f"missing channels: {command_line('missing_channels', argv)}")
     hyper = ARMTHyper()
     if args.armt_from:
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
@@ -204,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"hid {s['mse_hidden']}")
     goal = goal_check(rows)
     payload = {"benchmark": "missing_channels", "protocol": "DESIGN.md section 7 (exactly)",
-               "command": " ".join(map(shlex.quote, sys.argv)), "git_commit": commit,
+               "command": command_line('missing_channels', argv), "git_commit": commit,
                "machine": machine_info(args.device), "seed": args.seed, "test_mask_seed": args.seed + TEST_SEED,
                "quick": args.quick, "wall_seconds": time.perf_counter() - t0,
                "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
