@@ -31,8 +31,12 @@ BINS = ((1, 50), (51, 150), (151, 500), (501, 1000), (1001, 2000), (2001, 5000))
 
 
 @torch.no_grad()
-def trace(model, task, pairs: int, batch: int, seed: int) -> dict:
-    """Stream ``pairs`` pairs for ``batch`` sequences; per-pair correctness and per-segment state stats."""
+def trace(model, task, pairs: int, batch: int, seed: int, read_cap: float | None = None) -> dict:
+    """Stream ``pairs`` pairs for ``batch`` sequences; per-pair correctness and per-segment state stats.
+
+    ``read_cap``: an intervention, not the model: cap the norm of every retrieved vector (every layer, every row)
+    at this value, to test whether the growth of what the read adds is what breaks long streams.
+    """
     backbone: ARMT = model.backbone
     c = backbone.config
     g = torch.Generator().manual_seed(seed)
@@ -58,7 +62,12 @@ def trace(model, task, pairs: int, batch: int, seed: int) -> dict:
                 num = torch.einsum("bnhk,bhkv->bnhv", q, A[l])
                 stats["denominator"][l, i] = den.mean()
                 stats["read_size"][l, i] = (num / den[..., None]).flatten(2).norm(dim=-1).mean()
-                h = memory.read(h, A[l], z[l])
+                if read_cap is None:
+                    h = memory.read(h, A[l], z[l])
+                else:  # the same read, each row's retrieved vector scaled down to norm <= read_cap
+                    out = memory.ops.associative_read(memory._phi(memory.W_q(h).float()), A[l], z[l], c.eps)
+                    norm = out.flatten(2).norm(dim=-1)[..., None, None]
+                    h = h + (out * torch.clamp(read_cap / norm.clamp_min(1e-12), max=1.0)).reshape(h.shape)
             h = block(h)
             A[l], z[l] = memory.write(h[:, seg:], A[l], z[l], first)
             stats["max_abs_A"][l, i] = A[l].abs().max()
@@ -98,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--read-cap", type=float, nargs="+", default=[], metavar="CAP",
+                   help="intervention: also trace each model with every retrieved vector's norm capped at CAP "
+                   "(the models are not retrained)")
     p.add_argument("--name", default="retrieval_drift")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -111,11 +123,14 @@ def main(argv: list[str] | None = None) -> None:
         model = build("armt", task, margs)
         model.load_state_dict(load_file(str(Path(directory) / "rewrite_armt.safetensors")))
         model.eval()
-        label = Path(directory).name + (f" ({flags})" if flags else "")
-        rows += summarise(label, trace(model, task, args.pairs, args.batch, args.seed), args.pairs)
-        print(markdown_table([r for r in rows if r["model"] == label],
-                             ["model", "pairs_from", "pairs_to", "accuracy", "max_z_L0", "norm_z_L0", "denominator_L0",
-                              "read_size_L0", "max_z_L1", "denominator_L1", "read_size_L1", "max_abs_A_L1"]), flush=True)
+        for cap in [None, *args.read_cap]:
+            label = Path(directory).name + (f" ({flags})" if flags else "") + (
+                f" [read norm capped at {cap}]" if cap is not None else "")
+            rows += summarise(label, trace(model, task, args.pairs, args.batch, args.seed, cap), args.pairs)
+            print(markdown_table([r for r in rows if r["model"] == label],
+                                 ["model", "pairs_from", "pairs_to", "accuracy", "max_z_L0", "norm_z_L0",
+                                  "denominator_L0", "read_size_L0", "max_z_L1", "denominator_L1", "read_size_L1",
+                                  "max_abs_A_L1"]), flush=True)
     payload = {"benchmark": "retrieval_drift", "args": vars(args), "seed": args.seed, "git_commit": git_commit(),
                "machine": machine_info("cpu"), "wall_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     columns = ["model", "pairs_from", "pairs_to", "accuracy", "scored"] + [
@@ -127,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
           "state columns are means over the bin's segments and the batch (L0, L1 = layer). Commit "
           f"{payload['git_commit']}, {payload['wall_seconds']} s. Each model was trained and saved by "
           "`python -m benchmarks.associative_retrieval --models armt --tasks rewrite --save-models DIR FLAGS` "
-          "(FLAGS as in the model column; its exact-match rows are in associative_retrieval_armt_<...>.md).", "", markdown_table(rows, columns)]
+          "(FLAGS as in the model column; its exact-match rows are in associative_retrieval_armt_<...>.md). "
+          "Rows marked [read norm capped at CAP] are an intervention on the same weights: every retrieved vector "
+          "(every layer and row) is scaled down to norm <= CAP; read_size there is measured before the cap.", "", markdown_table(rows, columns)]
     write_results(args.name, payload, "\n".join(md))
 
 

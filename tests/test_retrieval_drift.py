@@ -32,3 +32,20 @@ def test_trace_scores_the_models_own_predictions():
     n = result["scored"].sum().item()
     assert rows[0]["scored"] == n
     assert abs(rows[0]["accuracy"] - (expected * result["scored"]).sum().item() / n) < 1e-4
+
+
+def test_read_cap_intervention():
+    args = parse_args(["--models", "armt", "--tasks", "rewrite", "--d-model", "32"])
+    task = make_tasks(args)["rewrite"]
+    torch.manual_seed(0)
+    model = build("armt", task, args).eval()
+    with torch.no_grad():
+        for memory in model.backbone.memories:
+            memory.W_v.weight.normal_(0, 0.5)
+    plain = trace(model, task, 12, 4, seed=5)
+    loose = trace(model, task, 12, 4, seed=5, read_cap=1e9)  # a cap nothing reaches changes nothing
+    assert torch.equal(plain["correct"], loose["correct"])
+    for key in plain["stats"]:
+        assert torch.allclose(plain["stats"][key], loose["stats"][key], rtol=1e-5, atol=1e-6)
+    tight = trace(model, task, 12, 4, seed=5, read_cap=1e-3)  # a tight cap changes the state that gets written
+    assert not torch.allclose(plain["stats"]["max_abs_A"], tight["stats"]["max_abs_A"])
