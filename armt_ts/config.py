@@ -59,6 +59,10 @@ class ARMTConfig(_ConfigMethods):
     tbptt_segments: int | None = None
     ops_backend: Literal["fused", "naive"] = "fused"  # naive is the slow reference (ops/naive.py)
     positional: bool = True  # learned in-segment positions (content 0..T-1, memory T..T+M-1)
+    # Bounded read (not in the paper): scale each row's retrieved vector (all heads) down to norm <= this value.
+    # None = the paper's read. benchmarks/retrieval_drift.py shows why: past the training length the associations,
+    # and so what a read adds, keep growing while z stays flat.
+    read_norm_cap: float | None = None
     # Entity/channel-keyed memory (DESIGN.md section 3). "content": the paper's k = phi(W_k m), q = phi(W_q h);
     # "identity": k = q = phi(code(e)) from the segment's entity id e, so rewriting e REPLACES its value;
     # "mixed": k = phi(W_k m + code(e)), q = phi(W_q h + code(e)). Keyed modes need key_ids in forward().
@@ -90,6 +94,9 @@ class ARMTConfig(_ConfigMethods):
                c, "tbptt_segments", f"must be None or an int >= 1, got {self.tbptt_segments!r}")
         _check(self.ops_backend in ("fused", "naive"), c, "ops_backend",
                f"must be 'fused' or 'naive', got {self.ops_backend!r}")
+        _check(self.read_norm_cap is None or (isinstance(self.read_norm_cap, (int, float))
+                                               and not isinstance(self.read_norm_cap, bool) and self.read_norm_cap > 0),
+               c, "read_norm_cap", f"must be None or a number > 0, got {self.read_norm_cap!r}")
         _check(self.schedule in ("auto", "sequential", "diagonal"), c, "schedule",
                f"must be 'auto', 'sequential' or 'diagonal', got {self.schedule!r}")
         _check(self.key_mode in ("content", "identity", "mixed"), c, "key_mode",

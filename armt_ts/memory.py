@@ -91,6 +91,10 @@ class AssociativeMemory(nn.Module):
         # the memory math runs in fp32 even under bf16 autocast: the state accumulates over many writes
         with torch.autocast(device_type=h.device.type, enabled=False):
             out = self.ops.associative_read(self._phi(q.float()), A, z, self.config.eps)  # [B, N, H, Dv]
+            cap = self.config.read_norm_cap
+            if cap is not None:  # bounded read: each row's retrieved vector scaled down to norm <= cap
+                norm = out.flatten(2).norm(dim=-1)[..., None, None]
+                out = out * torch.clamp(cap / norm.clamp_min(1e-12), max=1.0)
         return h + out.reshape(h.shape).to(h.dtype)
 
     def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool, key_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -75,7 +75,7 @@ def backbone_config(task: RetrievalTask, args: argparse.Namespace) -> ARMTConfig
     return ARMTConfig(
         d_model=args.d_model, n_layers=args.layers, n_heads=4, d_ff=2 * args.d_model,
         segment_length=task.segment_length, num_mem_tokens=args.mem_tokens, d_mem=args.d_mem,
-        memory_heads=args.memory_heads, phi_l2norm=args.phi_l2norm,
+        memory_heads=args.memory_heads, phi_l2norm=args.phi_l2norm, read_norm_cap=args.read_norm_cap,
     )
 
 
@@ -256,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-mem", type=int, default=16)
     p.add_argument("--memory-heads", type=int, default=1)
     p.add_argument("--phi-l2norm", action="store_true")
+    p.add_argument("--read-norm-cap", type=float, default=None,
+                   help="ARMTConfig.read_norm_cap: bound each retrieved vector's norm (not in the paper)")
     p.add_argument("--curriculum-start", type=int, default=4)
     p.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=False,
                    help="keys and values use the same 16 tokens (default: values have their own 16)")
@@ -326,6 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         markdown_table(result["rows"], columns),
     ]
+    if args.load_models:
+        md[6:6] = [f"No training in this run: the weights were loaded from `{args.load_models}` (saved by an earlier run "
+                   "with `--save-models`; a flag that adds no parameters, such as --read-norm-cap, may differ); the training "
+                   "paragraph describes that run.", ""]
+    if args.read_norm_cap is not None:
+        md[6:6] = [f"ARMT read norm capped at {args.read_norm_cap} (`ARMTConfig.read_norm_cap`, not in the paper).", ""]
     write_results(args.name, payload, "\n".join(md))
 
 

@@ -16,6 +16,7 @@ accuracy points at key interference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -64,10 +65,13 @@ def trace(model, task, pairs: int, batch: int, seed: int, read_cap: float | None
                 stats["read_size"][l, i] = (num / den[..., None]).flatten(2).norm(dim=-1).mean()
                 if read_cap is None:
                     h = memory.read(h, A[l], z[l])
-                else:  # the same read, each row's retrieved vector scaled down to norm <= read_cap
-                    out = memory.ops.associative_read(memory._phi(memory.W_q(h).float()), A[l], z[l], c.eps)
-                    norm = out.flatten(2).norm(dim=-1)[..., None, None]
-                    h = h + (out * torch.clamp(read_cap / norm.clamp_min(1e-12), max=1.0)).reshape(h.shape)
+                else:  # the same read with ARMTConfig.read_norm_cap set
+                    capped = dataclasses.replace(memory.config, read_norm_cap=read_cap)
+                    memory.config, kept = capped, memory.config
+                    try:
+                        h = memory.read(h, A[l], z[l])
+                    finally:
+                        memory.config = kept
             h = block(h)
             A[l], z[l] = memory.write(h[:, seg:], A[l], z[l], first)
             stats["max_abs_A"][l, i] = A[l].abs().max()

@@ -95,7 +95,8 @@ def test_shared_prefix_queries_equal_separate_sequences(name):
     import benchmarks.associative_retrieval as ar
 
     task = RetrievalTask("rewrite", shared_vocab=False)
-    args = argparse.Namespace(d_model=16, layers=2, mem_tokens=2, d_mem=4, memory_heads=1, phi_l2norm=False)
+    args = argparse.Namespace(d_model=16, layers=2, mem_tokens=2, d_mem=4, memory_heads=1, phi_l2norm=False,
+                              read_norm_cap=None)
     model = ar.build(name, task, args).eval()
     if name == "armt":  # a live memory
         for memory in model.backbone.memories:

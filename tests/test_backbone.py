@@ -230,3 +230,35 @@ def test_cuda_matches_cpu():
     y_gpu, s_gpu = model.to("cuda")(x.cuda())
     assert_close("cuda outputs", y_cpu, y_gpu.cpu(), 1e-4)
     assert_close("cuda A[-1]", s_cpu.A[-1], s_gpu.A[-1].cpu(), 1e-4)
+
+
+def test_read_norm_cap_bounds_what_a_read_adds():
+    from armt_ts.memory import AssociativeMemory
+
+    torch.manual_seed(0)
+    config = ARMTConfig(d_model=32, n_heads=2, d_ff=64, segment_length=4, num_mem_tokens=2, d_mem=8)
+    memory = AssociativeMemory(config)
+    with torch.no_grad():
+        memory.W_v.weight.normal_(0, 1.0)
+    m, h = torch.randn(3, 2, 32), torch.randn(3, 5, 32)
+    A0, z0 = torch.zeros(3, 1, config.d_key, 32), torch.zeros(3, 1, config.d_key)
+    A, z = memory.write(m, A0, z0, first=True)
+    plain = memory.read(h, A, z) - h
+    assert plain.norm(dim=-1).max() > 0.5  # the cap below binds
+    memory.config = config.replace(read_norm_cap=0.5)
+    capped = memory.read(h, A, z) - h
+    assert capped.norm(dim=-1).max() <= 0.5 + 1e-5
+    # rows under the cap are unchanged; rows over it keep their direction
+    small = plain.norm(dim=-1) <= 0.5
+    assert torch.allclose(capped[small], plain[small])
+    cos = torch.nn.functional.cosine_similarity(capped[~small], plain[~small], dim=-1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    memory.config = config.replace(read_norm_cap=1e9)
+    assert torch.equal(memory.read(h, A, z) - h, plain)
+    with pytest.raises(ValueError, match="read_norm_cap"):
+        ARMTConfig(read_norm_cap=0)
+    # the diagonal schedule does not know the cap: "auto" runs such a model sequentially
+    from armt_ts.schedule import diagonal_supported
+
+    assert "read_norm_cap" in diagonal_supported(ARMT(config.replace(read_norm_cap=0.5)))
+    assert diagonal_supported(ARMT(config)) is None
