@@ -16,7 +16,6 @@ accuracy points at key interference.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,12 +31,8 @@ BINS = ((1, 50), (51, 150), (151, 500), (501, 1000), (1001, 2000), (2001, 5000))
 
 
 @torch.no_grad()
-def trace(model, task, pairs: int, batch: int, seed: int, read_cap: float | None = None) -> dict:
-    """Stream ``pairs`` pairs for ``batch`` sequences; per-pair correctness and per-segment state stats.
-
-    ``read_cap``: an intervention, not the model: cap the norm of every retrieved vector (every layer, every row)
-    at this value, to test whether the growth of what the read adds is what breaks long streams.
-    """
+def trace(model, task, pairs: int, batch: int, seed: int) -> dict:
+    """Stream ``pairs`` pairs for ``batch`` sequences; per-pair correctness and per-segment state stats."""
     backbone: ARMT = model.backbone
     c = backbone.config
     g = torch.Generator().manual_seed(seed)
@@ -63,15 +58,7 @@ def trace(model, task, pairs: int, batch: int, seed: int, read_cap: float | None
                 num = torch.einsum("bnhk,bhkv->bnhv", q, A[l])
                 stats["denominator"][l, i] = den.mean()
                 stats["read_size"][l, i] = (num / den[..., None]).flatten(2).norm(dim=-1).mean()
-                if read_cap is None:
-                    h = memory.read(h, A[l], z[l])
-                else:  # the same read with ARMTConfig.read_norm_cap set
-                    capped = dataclasses.replace(memory.config, read_norm_cap=read_cap)
-                    memory.config, kept = capped, memory.config
-                    try:
-                        h = memory.read(h, A[l], z[l])
-                    finally:
-                        memory.config = kept
+                h = memory.read(h, A[l], z[l])
             h = block(h)
             A[l], z[l] = memory.write(h[:, seg:], A[l], z[l], first)
             stats["max_abs_A"][l, i] = A[l].abs().max()
@@ -121,16 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for spec in args.models:
         directory, _, flags = spec.partition("=")
-        margs = _model_args(flags.split())
-        task = make_tasks(margs)["rewrite"]
-        torch.manual_seed(0)
-        model = build("armt", task, margs)
-        model.load_state_dict(load_file(str(Path(directory) / "rewrite_armt.safetensors")))
-        model.eval()
+        weights = load_file(str(Path(directory) / "rewrite_armt.safetensors"))
         for cap in [None, *args.read_cap]:
+            # the cap is an intervention on the same weights (ARMTConfig.read_norm_cap adds no parameters)
+            margs = _model_args(flags.split() + ([] if cap is None else ["--read-norm-cap", str(cap)]))
+            task = make_tasks(margs)["rewrite"]
+            model = build("armt", task, margs)
+            model.load_state_dict(weights)
+            model.eval()
             label = Path(directory).name + (f" ({flags})" if flags else "") + (
                 f" [read norm capped at {cap}]" if cap is not None else "")
-            rows += summarise(label, trace(model, task, args.pairs, args.batch, args.seed, cap), args.pairs)
+            rows += summarise(label, trace(model, task, args.pairs, args.batch, args.seed), args.pairs)
             print(markdown_table([r for r in rows if r["model"] == label],
                                  ["model", "pairs_from", "pairs_to", "accuracy", "max_z_L0", "norm_z_L0",
                                   "denominator_L0", "read_size_L0", "max_z_L1", "denominator_L1", "read_size_L1",

@@ -6,14 +6,20 @@ from benchmarks.associative_retrieval import build, make_tasks, parse_args
 from benchmarks.retrieval_drift import summarise, trace
 
 
-def test_trace_scores_the_models_own_predictions():
-    args = parse_args(["--models", "armt", "--tasks", "rewrite", "--d-model", "32"])
+def _model(*flags):
+    """A small retriever whose memory matters (W_v starts at 0), the same weights whatever the flags."""
+    args = parse_args(["--models", "armt", "--tasks", "rewrite", "--d-model", "32", *flags])
     task = make_tasks(args)["rewrite"]
     torch.manual_seed(0)
     model = build("armt", task, args).eval()
     with torch.no_grad():
-        for memory in model.backbone.memories:  # W_v starts at 0: make the memory matter
+        for memory in model.backbone.memories:
             memory.W_v.weight.normal_(0, 0.5)
+    return args, task, model
+
+
+def test_trace_scores_the_models_own_predictions():
+    args, task, model = _model()
     pairs, batch = 23, 5
     result = trace(model, task, pairs, batch, seed=3)
     body, targets, _, _ = task.sample_queries(batch, pairs, 1, torch.Generator().manual_seed(3))
@@ -35,17 +41,11 @@ def test_trace_scores_the_models_own_predictions():
 
 
 def test_read_cap_intervention():
-    args = parse_args(["--models", "armt", "--tasks", "rewrite", "--d-model", "32"])
-    task = make_tasks(args)["rewrite"]
-    torch.manual_seed(0)
-    model = build("armt", task, args).eval()
-    with torch.no_grad():
-        for memory in model.backbone.memories:
-            memory.W_v.weight.normal_(0, 0.5)
+    _, task, model = _model()
     plain = trace(model, task, 12, 4, seed=5)
-    loose = trace(model, task, 12, 4, seed=5, read_cap=1e9)  # a cap nothing reaches changes nothing
+    loose = trace(_model("--read-norm-cap", "1e9")[2], task, 12, 4, seed=5)  # a cap nothing reaches changes nothing
     assert torch.equal(plain["correct"], loose["correct"])
     for key in plain["stats"]:
         assert torch.allclose(plain["stats"][key], loose["stats"][key], rtol=1e-5, atol=1e-6)
-    tight = trace(model, task, 12, 4, seed=5, read_cap=1e-3)  # a tight cap changes the state that gets written
+    tight = trace(_model("--read-norm-cap", "1e-3")[2], task, 12, 4, seed=5)  # a tight cap changes the state that gets written
     assert not torch.allclose(plain["stats"]["max_abs_A"], tight["stats"]["max_abs_A"])
