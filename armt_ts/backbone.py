@@ -78,15 +78,25 @@ class ARMT(nn.Module):
             mem = mem + self.pos[c.segment_length :]
         return torch.cat([x, mem.unsqueeze(0).expand(B, -1, -1)], dim=1)
 
-    def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None,
+                     out: MemoryState | None = None, write: bool = True) -> tuple[Tensor, MemoryState]:
         """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer.
 
         key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
+        out (inference only, no autograd): a MemoryState of the same shapes, not overlapping ``state``, whose tensors
+        receive the new state, which is then ``out`` itself; a streaming fleet alternates two such buffers instead
+        of allocating a new A per layer per update. The values are those without ``out``, bit for bit.
+        write=False: read only (a forecast from memory): y is the same, bit for bit (a layer's write only reaches
+        the next segment), and the state comes back unchanged (None stays None) without computing any write.
         """
         c = self.config
         B, t, _ = x.shape
         if t > c.segment_length:
             raise ValueError(f"segment has {t} tokens, more than segment_length={c.segment_length}")
+        if out is not None and (out.num_layers != c.n_layers or out.batch_size != B):
+            raise ValueError(f"segment_step out: expected {c.n_layers} layers of batch {B}, got "
+                             f"{out.num_layers} layers of batch {out.batch_size}")
+        given = state
         first = state is None
         if first:
             state = MemoryState.zeros(c, B, device=x.device)
@@ -96,8 +106,12 @@ class ARMT(nn.Module):
             if not first:
                 h = memory.read(h, A[l], z[l], key_ids)
             h = block(h)
-            A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first, key_ids)
-        return self.ln_f(h[:, :t]), MemoryState(tuple(A), tuple(z))
+            if write:
+                A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first, key_ids,
+                                          None if out is None else (out.A[l], out.z[l]))
+        if not write:
+            return self.ln_f(h[:, :t]), given
+        return self.ln_f(h[:, :t]), (MemoryState(tuple(A), tuple(z)) if out is None else out)
 
     def forward(self, x: Tensor, state: MemoryState | None = None, key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
         """x [B, S, D] -> (y [B, S, D], state after the last segment), segments in the order of config.schedule.

@@ -97,10 +97,12 @@ class AssociativeMemory(nn.Module):
                 out = out * torch.clamp(cap / norm.clamp_min(1e-12), max=1.0)
         return h + out.reshape(h.shape).to(h.dtype)
 
-    def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool, key_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool, key_ids: Tensor | None = None,
+              out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """m [B, M, D]: this layer's outputs at the memory positions -> new (A, z), fp32.
 
         key_ids [B] (keyed modes): all M writes of batch row b go under entity key_ids[b]'s key.
+        out (inference only): buffers shaped like (A, z) that receive the new state (``ops.delta_write``).
         """
         c = self.config
         B, M, D = m.shape
@@ -112,7 +114,7 @@ class AssociativeMemory(nn.Module):
             k = self._phi(k.float())
             v = v.float().view(B, M, c.memory_heads, c.d_head)
             beta = torch.sigmoid(b.float()).view(B, M, c.memory_heads, c.d_head if c.beta_per_channel else 1)
-            return self.ops.delta_write(k, v, beta, A, z, first, c.eps)
+            return self.ops.delta_write(k, v, beta, A, z, first, c.eps, out=out)
 
     def forget(self, A: Tensor, z: Tensor, key_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Erase each row's entity association: -> new (A, z); key_mode="identity" only.

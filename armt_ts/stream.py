@@ -334,6 +334,7 @@ class StreamingForecaster:
         self._channel_index = {n: i for i, n in enumerate(names)}
         self.fingerprint = model_fingerprint(model)
         self.state = self._empty_state(())
+        self._spare: MemoryState | None = None  # scratch of the memory's shape: see _spare_memory
         self._rows: dict[Hashable, int] = {}
         self.join([0] if entities is None else entities)
 
@@ -387,6 +388,17 @@ class StreamingForecaster:
             last_write_step=torch.full((n,), -1, **i64), last_time=torch.full((n,), _NO_TIME, **i64),
             entities=entities,
         )
+
+    def _spare_memory(self) -> MemoryState:
+        """A second memory of the state's shape, never read as state: updates write the new memory into it and swap
+        (the fleet then holds two copies of A; a fresh A per update would cost page faults larger than the update).
+        (Re)allocated when the fleet's size changes."""
+        mem = self.state.memory
+        sp = self._spare
+        if sp is None or sp.batch_size != mem.batch_size or sp.A[0].device != mem.A[0].device:
+            self._spare = sp = MemoryState(tuple(torch.empty_like(a) for a in mem.A),
+                                           tuple(torch.empty_like(z) for z in mem.z))
+        return sp
 
     def join(self, entities: Sequence[Hashable]) -> None:
         """Add entities with an empty memory, buffer and statistics (new rows at the end)."""
@@ -642,6 +654,9 @@ class StreamingForecaster:
         # The backbone runs on chunks of at most FLEET_CHUNK entities: each chunk's new A is small enough for
         # the allocator to reuse freed memory (a fleet-sized A is a fresh mmap whose page faults cost more than
         # the update itself), and the commit copies the chunks into the state in place.
+        # A whole fleet advancing one segment (the lockstep update) writes its new memory straight into the spare
+        # buffers (ARMT.segment_step's ``out``), which the commit then swaps in: no new A per update, no copy back.
+        spare = self._spare_memory() if every and n_seg == 1 else None
         chunks, reps = [], []
         for lo in range(0, rows.numel(), FLEET_CHUNK):
             hi = min(lo + FLEET_CHUNK, rows.numel())
@@ -649,10 +664,14 @@ class StreamingForecaster:
             pick = (lambda t: t[lo:hi]) if every else (lambda t: t.index_select(0, part))  # noqa: E731
             memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
                                                     tuple(pick(z) for z in st.memory.z))
-            y, memory = self.model.backbone(tokens[lo:hi], memory)
+            if spare is not None:
+                out = MemoryState(tuple(a[lo:hi] for a in spare.A), tuple(z[lo:hi] for z in spare.z))
+                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, out=out)
+            else:
+                y, memory = self.model.backbone(tokens[lo:hi], memory)
             chunks.append((lo, hi, memory))
             reps.append(y[:, -self.tokens_per_patch:])
-        up.update(stats=stats, memory=chunks, rep=torch.cat(reps))
+        up.update(stats=stats, memory=chunks, rep=torch.cat(reps), swap=spare)
         keep = n_seg * GS
         new_fill = total - keep
         buf_v = torch.zeros(rows.numel(), self.capacity, self.C, device=self.device)
@@ -677,7 +696,10 @@ class StreamingForecaster:
             st.fill.index_fill_(0, rows, up["new_fill"])
             return 0
         if up["n_seg"]:
-            for lo, hi, mem in up["memory"]:
+            if up["swap"] is not None:  # the new memory is the whole spare; the old one becomes the spare
+                self._spare, new_memory = st.memory, up["swap"]
+                self.state = st = dataclasses.replace(st, memory=new_memory)
+            for lo, hi, mem in ([] if up["swap"] is not None else up["memory"]):
                 for old, new in zip((*st.memory.A, *st.memory.z), (*mem.A, *mem.z)):
                     if all_rows:
                         old[lo:hi].copy_(new)
@@ -782,7 +804,7 @@ class StreamingForecaster:
                     state_rows = rows.index_select(0, run.index_select(0, sel))
                     mem = None if is_first else MemoryState(tuple(a.index_select(0, state_rows) for a in st.memory.A),
                                                             tuple(z.index_select(0, state_rows) for z in st.memory.z))
-                    y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem)  # write dropped
+                    y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem, write=False)
                     y.index_copy_(0, sel, y_sel)
             gather = (group[:, None] * tpp + torch.arange(tpp, device=self.device)[None])
             rep.index_copy_(0, run, y.gather(1, gather.unsqueeze(-1).expand(-1, -1, y.shape[-1])))

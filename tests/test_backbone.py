@@ -262,3 +262,20 @@ def test_read_norm_cap_bounds_what_a_read_adds():
 
     assert "read_norm_cap" in diagonal_supported(ARMT(config.replace(read_norm_cap=0.5)))
     assert diagonal_supported(ARMT(config)) is None
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_segment_step_out_buffers_and_read_only_step_are_exact(first):
+    model = _model().eval()
+    x = torch.randn(3, SMALL.segment_length, SMALL.d_model)
+    with torch.no_grad():
+        state = None if first else model(torch.randn(3, 12, SMALL.d_model))[1]
+        y_ref, s_ref = model.segment_step(x, state)
+        out = MemoryState.zeros(SMALL, 3)
+        y, s = model.segment_step(x, state, out=out)
+        assert s is out
+        assert torch.equal(y, y_ref) and s.equal(s_ref)  # bit for bit
+        y_ro, s_ro = model.segment_step(x, state, write=False)  # a forecast: the same outputs, no write
+        assert torch.equal(y_ro, y_ref) and s_ro is state
+        with pytest.raises(ValueError, match="batch 3"):
+            model.segment_step(x, state, out=MemoryState.zeros(SMALL, 2))

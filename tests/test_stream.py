@@ -379,3 +379,44 @@ def test_staleness_counts_steps_since_the_last_memory_write():
     assert sf.staleness(["a"]) == {"a": seen[-1]}
     with pytest.raises(UnknownEntityError):
         sf.staleness(["nobody"])
+
+
+def test_lockstep_fleet_in_chunks_with_spare_memory_equals_separate_streams(monkeypatch):
+    # the lockstep update writes into the spare memory chunk by chunk and swaps it in; with chunks of 2 rows, a
+    # fleet of 5 runs three chunks, and joins / leaves between updates resize the spare
+    import armt_ts.stream as stream_mod
+
+    monkeypatch.setattr(stream_mod, "FLEET_CHUNK", 2)
+    model = make_model()
+    N, T = 5, 40
+    x, m = series(T, B=N)
+    fleet = StreamingForecaster(model, entities=list(range(N)))
+    for t in range(T):
+        fleet.push(x[:, t].numpy(), m[:, t].numpy(), entities=list(range(N)))
+        if t == 25:
+            live = fleet.state.memory
+            assert fleet._spare is not None and all(
+                a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+                for a in live.A for b in fleet._spare.A)
+    assert int(fleet.state.segments.min()) >= 3
+    for e in range(N):
+        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
+        for k, v in solo.state.tensors().items():
+            assert_close(f"entity {e}: {k}", v.double(), fleet.state.select(torch.tensor([e])).tensors()[k].double(),
+                         1e-5)
+    # leave and join between updates: the spare follows the fleet's size, the survivors keep their state
+    kept = fleet.state.select(torch.tensor([0, 2, 4])).clone()
+    fleet.leave([1, 3])
+    for k, v in kept.tensors().items():
+        assert torch.equal(v, fleet.state.tensors()[k]), k
+    y, mm = series(12, B=4, seed=5)
+    for t in range(12):  # the three survivors are still in lockstep: the spare path, resized to 3 rows
+        fleet.push(y[:3, t].numpy(), mm[:3, t].numpy(), entities=[0, 2, 4])
+    assert fleet._spare.batch_size == 3
+    for e, row in zip([0, 2, 4], range(3)):
+        solo = pushed(model, torch.cat([x[e:e + 1], y[row:row + 1]], 1), torch.cat([m[e:e + 1], mm[row:row + 1]], 1), [1])
+        assert_close(f"entity {e} after leave: A", solo.state.memory.A[1], fleet.state.memory.A[1][row:row + 1], 1e-5)
+    fleet.join(["new"])  # a newcomer is out of step: its groups take the allocating path
+    for t in range(12):
+        fleet.push(y[:, t].numpy(), mm[:, t].numpy(), entities=[0, 2, 4, "new"])
+    assert all(bool(torch.isfinite(a).all()) for a in fleet.state.memory.A)

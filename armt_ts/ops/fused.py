@@ -6,25 +6,24 @@ state) against the naive reference.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-
-@functools.lru_cache(maxsize=32)
-def _dpfp_index(two_r: int, nu: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    # block_j[i] = u[i] * u[(i - j) mod 2r]  (torch.roll by +j), flattened over j = 1..nu
-    left = [i for _ in range(nu) for i in range(two_r)]
-    right = [(i - j) % two_r for j in range(1, nu + 1) for i in range(two_r)]
-    return torch.tensor(left, device=device), torch.tensor(right, device=device)
+from .naive import _check_out
 
 
 def dpfp(x: Tensor, nu: int = 3, l2norm: bool = False) -> Tensor:
-    """DPFP-nu with one gather instead of nu rolls and a concat; equal to ``naive.dpfp``."""
+    """DPFP-nu from shifted slices of one padded copy of u; equal (bit for bit) to ``naive.dpfp``.
+
+    With s = j mod 2r and P = min(nu, 2r): roll(u, j)[i] = u[(i - s) mod 2r] = up[i - s + P] for up = [u[2r - P:], u],
+    so block j is u times the slice up[P - s : P - s + 2r]: nu products of views, no gather (an index_select along
+    the last dimension was 5x slower).
+    """
     u = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
-    li, ri = _dpfp_index(u.shape[-1], nu, u.device)
-    feat = u.index_select(-1, li) * u.index_select(-1, ri)
+    R = u.shape[-1]
+    P = min(nu, R)
+    up = torch.cat([u[..., R - P:], u], dim=-1)
+    feat = torch.cat([u * up[..., P - j % R: P - j % R + R] for j in range(1, nu + 1)], dim=-1)
     if l2norm:
         feat = feat / (feat.norm(dim=-1, keepdim=True) + 1e-6)
     return feat
@@ -46,9 +45,15 @@ def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tens
 
 
 def delta_write(
-    k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5
+    k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+    out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Batched delta-rule write; see ``naive.delta_write`` for the equations."""
+    """Batched delta-rule write; see ``naive.delta_write`` for the equations and ``out``.
+
+    With ``out`` the new state goes straight into the given buffers (one pass over A, no fresh allocation: a
+    streaming fleet reuses the same two buffers at every update instead of faulting in a new A each time).
+    """
+    _check_out(out, A, z)
     B, M, H, K = k.shape
     kh = _heads_first(k)  # [BH, M, K]
     Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
@@ -61,6 +66,10 @@ def delta_write(
         delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
         gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach().transpose(1, 2)
     # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
+    if out is not None:
+        torch.baddbmm(Ah, kh.transpose(1, 2), _heads_first(beta) * delta, out=out[0].view(B * H, K, -1))
+        torch.baddbmm(zh, kh.transpose(1, 2), gamma.transpose(1, 2), out=out[1].view(B * H, K, 1))
+        return out
     new_A = torch.baddbmm(Ah, kh.transpose(1, 2), _heads_first(beta) * delta)
     new_z = torch.baddbmm(zh, kh.transpose(1, 2), gamma.transpose(1, 2))
     return new_A.view(A.shape), new_z.view(z.shape)
