@@ -142,6 +142,12 @@ def test_write_out_buffers_are_checked(ops):
         with pytest.raises(ValueError, match="overlap"):  # a view into the same storage, overlapping A's bytes
             ops.delta_write(k, v, beta, big[: A.numel()].view(A.shape), z, False, EPS,
                             out=(big[A.numel() // 2: A.numel() // 2 + A.numel()].view(A.shape), torch.empty_like(z)))
+        wide = torch.empty(*A.shape[:-1], 2 * A.shape[-1])
+        with pytest.raises(ValueError, match="contiguous"):
+            ops.delta_write(k, v, beta, A, z, False, EPS, out=(wide[..., ::2], torch.empty_like(z)))
+    with pytest.raises(ValueError, match="no_grad"):  # a gradient through any input, not only the state
+        ops.delta_write(k.clone().requires_grad_(), v, beta, A, z, False, EPS,
+                        out=(torch.empty_like(A), torch.empty_like(z)))
     with pytest.raises(ValueError, match="no_grad"):
         ops.delta_write(k, v, beta, A.requires_grad_(), z, False, EPS, out=(torch.empty_like(A), torch.empty_like(z)))
 

@@ -53,7 +53,7 @@ def delta_write(
     With ``out`` the new state goes straight into the given buffers (one pass over A, no fresh allocation: a
     streaming fleet reuses the same two buffers at every update instead of faulting in a new A each time).
     """
-    _check_out(out, A, z)
+    _check_out(out, A, z, k, v, beta)
     B, M, H, K = k.shape
     kh = _heads_first(k)  # [BH, M, K]
     Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]

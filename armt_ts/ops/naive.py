@@ -67,7 +67,7 @@ def delta_write(
     Returns the new (A, z); the inputs are not modified. ``out`` (no autograd): buffers of A's and z's shapes,
     not overlapping A or z, that receive the result and are returned.
     """
-    _check_out(out, A, z)
+    _check_out(out, A, z, k, v, beta)
     B, M, H, _ = k.shape
     new_A, new_z = [], []
     for b in range(B):
@@ -97,15 +97,18 @@ def delta_write(
     return torch.stack(new_A), torch.stack(new_z)
 
 
-def _check_out(out: tuple[Tensor, Tensor] | None, A: Tensor, z: Tensor) -> None:
-    """``delta_write``'s ``out``: two buffers shaped like A and z that overlap neither (both implementations)."""
+def _check_out(out: tuple[Tensor, Tensor] | None, A: Tensor, z: Tensor, *inputs: Tensor) -> None:
+    """``delta_write``'s ``out``: two contiguous buffers shaped like A and z that overlap neither, and no autograd
+    (both implementations; ``inputs`` are the other tensors of the call, checked for requires_grad)."""
     if out is None:
         return
     oA, oz = out
     if oA.shape != A.shape or oz.shape != z.shape or oA.dtype != A.dtype or oz.dtype != z.dtype:
         raise ValueError(f"delta_write out: expected buffers {tuple(A.shape)} / {tuple(z.shape)} ({A.dtype}), got "
                          f"{tuple(oA.shape)} / {tuple(oz.shape)} ({oA.dtype}, {oz.dtype})")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (A, z)):
+    if not (oA.is_contiguous() and oz.is_contiguous()):
+        raise ValueError("delta_write out: the buffers must be contiguous")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (A, z, *inputs)):
         raise ValueError("delta_write out: writes into buffers carry no gradient; call it under torch.no_grad()")
     for o in out:
         for t in (A, z):
