@@ -257,10 +257,10 @@ class DistributionHead(ForecastHead):
         self, params: Params, levels: Sequence[float] | Tensor, loc: Tensor | None = None, scale: Tensor | None = None
     ) -> Tensor:
         lv = _levels(levels)
-        shape = self._shape(params)
-        ref = params[0]
         if self.config.kind == "student_t":
             return self._student_t_quantiles(params, lv, loc, scale)
+        shape = self._shape(params)
+        ref = params[0]
         value = lv.to(device=ref.device, dtype=ref.dtype).view(-1, 1, 1, 1).expand(lv.numel(), *shape)
         return self.distribution(params, loc, scale).icdf(value).movedim(0, -1)  # [Q, B, H, C] -> [B, H, C, Q]
 

@@ -193,6 +193,15 @@ def test_fleet_ragged_arrival_equals_one_stream_per_entity(schedule):
         assert_close(f"entity {e!r} forecast", solo.forecast().quantiles[0], fc.quantiles[i], 1e-5)
 
 
+def _assert_each_entity_equals_its_own_stream(model, fleet, x, m):
+    """Entity e of ``fleet`` (row e) has the state of a one-entity stream fed x[e], m[e] point by point."""
+    for e in range(x.shape[0]):
+        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
+        for k, v in solo.state.tensors().items():
+            assert_close(f"entity {e}: {k}", v.double(), fleet.state.select(torch.tensor([e])).tensors()[k].double(),
+                         1e-5)
+
+
 def test_lockstep_fleet_one_call_equals_separate_streams():
     model = make_model()
     N, T = 5, 30
@@ -200,11 +209,7 @@ def test_lockstep_fleet_one_call_equals_separate_streams():
     fleet = StreamingForecaster(model, entities=list(range(N)))
     for t in range(T):
         fleet.push(x[:, t].numpy(), m[:, t].numpy(), entities=list(range(N)))
-    for e in range(N):
-        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
-        for k, v in solo.state.tensors().items():
-            assert_close(f"entity {e}: {k}", v.double(), fleet.state.select(torch.tensor([e])).tensors()[k].double(),
-                         1e-5)
+    _assert_each_entity_equals_its_own_stream(model, fleet, x, m)
 
 
 def test_forecast_writes_nothing_and_has_the_right_shapes():
@@ -399,11 +404,7 @@ def test_lockstep_fleet_in_chunks_with_spare_memory_equals_separate_streams(monk
                 a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
                 for a in live.A for b in fleet._spare.A)
     assert int(fleet.state.segments.min()) >= 3
-    for e in range(N):
-        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
-        for k, v in solo.state.tensors().items():
-            assert_close(f"entity {e}: {k}", v.double(), fleet.state.select(torch.tensor([e])).tensors()[k].double(),
-                         1e-5)
+    _assert_each_entity_equals_its_own_stream(model, fleet, x, m)
     # leave and join between updates: the spare follows the fleet's size, the survivors keep their state
     kept = fleet.state.select(torch.tensor([0, 2, 4])).clone()
     fleet.leave([1, 3])
