@@ -37,13 +37,15 @@ def command_line(name: str, argv: list[str] | None = None) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (+ "-dirty"); on a copy of the tree without .git (a device machine), $ARMT_TS_COMMIT as given."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                                cwd=RESULTS.parent, check=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        given = os.environ.get("ARMT_TS_COMMIT", "").strip()
+        return f"{given} (from $ARMT_TS_COMMIT: no git here)" if given else "unknown"
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:

@@ -35,6 +35,7 @@ import torch
 from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table, write_results
 
 NAME = "streaming"
+PARTS = ("rss", "latency", "cost", "schedule")
 HORIZON = 24
 WINDOW = 512  # (a): the window the re-run baseline reads at every update
 
@@ -303,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2,
                    help="torch intra-op threads (default %(default)s: the goals are stated for 2 CPU cores)")
     p.add_argument("--out-name", default=None, help="results file stem (default: streaming, or streaming_quick)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="which measurements to run (default: all). A GPU run takes latency and schedule: peak RSS "
+                        "is host memory, and the PatchTST peer is a CPU predictor")
     p.add_argument("--child-model", help=argparse.SUPPRESS)
     p.add_argument("--child-length", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child-entities", type=int, default=1, help=argparse.SUPPRESS)
@@ -326,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"metric": metric, "entities": entities, "stream_length": stream_length, "impl": impl,
                      "value": value, "unit": unit, **extra})
 
+    parts = set(args.parts)
     tmp = Path(tempfile.mkdtemp(prefix="armt-stream-bench-"))
     model_dir = tmp / "model"
     print("training the model ...", flush=True)
@@ -333,35 +338,37 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. peak RSS per stream length (fresh process each) and the long runs
     lengths = [10**3, 10**4, 10**5] if quick else [10**3, 10**4, 10**5, 10**6, 10**7]
-    rss = []
-    for L in lengths:
+    rss, long_runs = [], []
+    for L in lengths if "rss" in parts else []:
         print(f"stream of {L} steps, 1 entity (fresh process) ...", flush=True)
         r = run_child(model_dir, L, 1, args)
         rss.append(r)
         row("peak_rss", 1, L, "ours", r["peak_rss_mb"], "MiB", state_bytes=r["state_bytes"],
             rss_after_load_mb=r["rss_after_load_mb"], wall_s=r["wall_s"], cpu_s=r["cpu_s"])
         print(f"  peak RSS {r['peak_rss_mb']:.1f} MiB, {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s cpu", flush=True)
-    long_runs = [rss[-1]]
     fleet_len = 10**5 if quick else 10**7
-    print(f"fleet long run: {args.fleet_long} entities x {fleet_len} steps each ...", flush=True)
-    fr = run_child(model_dir, fleet_len, args.fleet_long, args)
-    long_runs.append(fr)
-    row("peak_rss", args.fleet_long, fleet_len, "ours", fr["peak_rss_mb"], "MiB", state_bytes=fr["state_bytes"],
-        rss_after_load_mb=fr["rss_after_load_mb"], wall_s=fr["wall_s"], cpu_s=fr["cpu_s"])
+    if "rss" in parts:
+        long_runs = [rss[-1]]
+        print(f"fleet long run: {args.fleet_long} entities x {fleet_len} steps each ...", flush=True)
+        fr = run_child(model_dir, fleet_len, args.fleet_long, args)
+        long_runs.append(fr)
+        row("peak_rss", args.fleet_long, fleet_len, "ours", fr["peak_rss_mb"], "MiB", state_bytes=fr["state_bytes"],
+            rss_after_load_mb=fr["rss_after_load_mb"], wall_s=fr["wall_s"], cpu_s=fr["cpu_s"])
     for r in long_runs:
         row("max_abs_state", r["entities"], r["stream_length"], "ours", r["max_abs_A"], "", quantity="A")
         row("max_abs_state", r["entities"], r["stream_length"], "ours", r["max_z"], "", quantity="z")
         row("nonfinite", r["entities"], r["stream_length"], "ours", r["nonfinite"], "count",
             quantity="NaN/inf in A, z and forecasts at 10 checkpoints")
-    base = next(r for r in rss if r["stream_length"] == (10**4 if not quick else 10**3))
-    growth = rss[-1]["peak_rss_mb"] / base["peak_rss_mb"] - 1
-    row("peak_rss_growth", 1, rss[-1]["stream_length"], "ours", growth * 100, "%",
-        kind=f"from {base['stream_length']} to {rss[-1]['stream_length']} steps")
+    if rss:
+        base = next(r for r in rss if r["stream_length"] == (10**4 if not quick else 10**3))
+        growth = rss[-1]["peak_rss_mb"] / base["peak_rss_mb"] - 1
+        row("peak_rss_growth", 1, rss[-1]["stream_length"], "ours", growth * 100, "%",
+            kind=f"from {base['stream_length']} to {rss[-1]['stream_length']} steps")
 
     # 1. latency / throughput
     fleets = [(1, 20, 2), (100, 10, 2)] if quick else [(1, 200, 3), (100, 60, 2), (1000, 20, 2), (10000, 8, 1)]
     lat = {}
-    for n, updates, warmup in fleets:
+    for n, updates, warmup in fleets if "latency" in parts else []:
         print(f"latency: {n} entities, {updates} updates ...", flush=True)
         r = bench_latency(model_dir, n, updates, warmup, args.device, args.seed)
         lat[n] = r
@@ -387,9 +394,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. cost per update
     cost_entities = [1, 100] if quick else [1, 1000]
-    print("PatchTST: training briefly ...", flush=True)
-    patchtst, patchtst_train_s = train_patchtst(quick, args.device)
-    for n in cost_entities:
+    patchtst_train_s = None
+    if "cost" in parts:
+        print("PatchTST: training briefly ...", flush=True)
+        patchtst, patchtst_train_s = train_patchtst(quick, args.device)
+    for n in cost_entities if "cost" in parts else []:
         reps = 10 if n == 1 else 3
         ours_src = lat.get(n)
         if ours_src is None:
@@ -410,10 +419,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  cost per update, {n} entities: done", flush=True)
 
     # 4. diagonal vs sequential
-    print("diagonal vs sequential ...", flush=True)
     segs = [16, 64] if quick else [16, 32, 64, 128, 256, 512]
-    sched = bench_schedule(model_dir, segs, [1, 4] if quick else [1, 4, 16], 2 if quick else 3, args.device,
-                           args.bf16)
+    sched = []
+    if "schedule" in parts:
+        print("diagonal vs sequential ...", flush=True)
+        sched = bench_schedule(model_dir, segs, [1, 4] if quick else [1, 4, 16], 2 if quick else 3, args.device,
+                               args.bf16)
     for s in sched:
         for clock in ("wall", "cpu"):
             row("diagonal_speedup", s["batch"], s["segments"] * 128, "diagonal_vs_sequential",
@@ -425,15 +436,16 @@ def main(argv: list[str] | None = None) -> None:
         "name": name, "command": command, "commit": commit, "machine": machine_info(args.device),
         "load_average": os.getloadavg(), "seed": args.seed, "threads": args.threads, "wall_seconds": wall,
         "model_train_seconds": train_s,
-        "patchtst_train_seconds": patchtst_train_s, "quick": quick,
+        "patchtst_train_seconds": patchtst_train_s, "quick": quick, "parts": sorted(parts), "bf16": args.bf16,
         "model": "armt-ts forecast's model (ARMT d64 x 2 layers, segment 8 patch tokens + 4 memory tokens, patch 16, "
                  "Student-t head, horizon 24), trained briefly on the embedded synthetic telemetry",
         "rows": rows, "traces": {f"{r['entities']}x{r['stream_length']}": r["trace"] for r in long_runs},
     }
     md = render_markdown(payload, rss, long_runs, sched)
     write_results(name, payload, md)
-    plot(RESULTS / f"{name}.png", lat, rss)
-    print(f"wrote {RESULTS / name}.json / .md / .png in {wall:.0f} s", flush=True)
+    if lat and rss:
+        plot(RESULTS / f"{name}.png", lat, rss)
+    print(f"wrote {RESULTS / name}.json / .md in {wall:.0f} s", flush=True)
 
 
 def render_markdown(payload: dict, rss: list, long_runs: list, sched: list) -> str:
@@ -447,7 +459,21 @@ def render_markdown(payload: dict, rss: list, long_runs: list, sched: list) -> s
              f"Seed {payload['seed']}; wall time {payload['wall_seconds']:.0f} s  ", f"Model: {payload['model']}", "",
              "Wall-clock numbers include waiting for a core on this shared machine; CPU numbers are this process's "
              "own CPU time, summed over its threads (so with 2 threads a CPU number can exceed the wall clock: "
-             "latency is the wall-clock column).", "", "## Per-update latency (a push that completes a segment) and throughput", ""]
+             "latency is the wall-clock column).", ""]
+    if payload["machine"]["device"] != "cpu":
+        lines += [f"On {payload['machine'].get('device_name', payload['machine']['device'])} the wall clock is the "
+                  "measure (every timed call ends with a device synchronise); the CPU clock there is the host "
+                  "thread's time, mostly launching kernels and waiting.", ""]
+    if set(payload["parts"]) != set(PARTS):
+        lines += [f"Parts run: {', '.join(payload['parts'])} (`--parts`); the others are in the full run's file.", ""]
+    lines += render_sections(payload, rss, long_runs, sched)
+    return "\n".join(lines)
+
+
+def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> list[str]:
+    rows = payload["rows"]
+    sel = lambda **kw: [r for r in rows if all(r.get(k) == v for k, v in kw.items())]  # noqa: E731
+    lines = []
     table = []
     for n in sorted({r["entities"] for r in sel(metric="p50_latency", kind="update")}):
         d = {"entities": n}
@@ -461,11 +487,9 @@ def render_markdown(payload: dict, rss: list, long_runs: list, sched: list) -> s
             d[f"entity-steps/s ({clock})"] = f"{g('throughput', 'single-step pushes'):.0f}"
         d["samples"] = next(r["samples"] for r in sel(metric="p50_latency", entities=n, kind="update"))
         table.append(d)
-    lines += [markdown_table(table, list(table[0])), ""]
-    lines += ["## Cost per update: ours vs re-running a 512-step window vs gluonts PatchTST", "",
-              "ours = the segment-completing push + the forecast read after it; (a) = our model re-reading the last "
-              "512 steps (4 segments) at every update; (b) = gluonts PatchTST (context 512, patch 16, stride 8), "
-              "`predictor.predict` at every update. Per entity; milliseconds.", ""]
+    if table:
+        lines += ["## Per-update latency (a push that completes a segment) and throughput", "",
+                  markdown_table(table, list(table[0])), ""]
     table = []
     for n in sorted({r["entities"] for r in sel(metric="cost_per_update")}):
         for clock in ("wall", "cpu"):
@@ -473,32 +497,42 @@ def render_markdown(payload: dict, rss: list, long_runs: list, sched: list) -> s
             table.append({"entities": n, "clock": clock, "ours": g["ours"], "window re-run (a)": g["window_rerun"],
                           "patchtst (b)": g["patchtst"], "(b) / ours": g["patchtst"] / g["ours"],
                           "(a) / ours": g["window_rerun"] / g["ours"]})
-    lines += [markdown_table(table, list(table[0])), ""]
-    lines += ["## Diagonal vs sequential schedule (backbone only, offline long sequence)", "",
-              "128 steps per segment; best of the repeats; max relative difference of the outputs.", ""]
-    lines += [markdown_table([{"batch": s["batch"], "segments": s["segments"],
-                               "sequential ms (cpu)": s["seq_cpu"] * 1e3, "diagonal ms (cpu)": s["diag_cpu"] * 1e3,
-                               "speedup (cpu)": s["seq_cpu"] / s["diag_cpu"],
-                               "speedup (wall)": s["seq_wall"] / s["diag_wall"], "max rel diff": s["rel_err"]}
-                              for s in sched],
-                             ["batch", "segments", "sequential ms (cpu)", "diagonal ms (cpu)", "speedup (cpu)",
-                              "speedup (wall)", "max rel diff"]), ""]
-    lines += ["## Peak RSS against stream length (one entity, a fresh process per length)", "",
-              "Pushed in blocks of 64 segments (8192 steps) per call; every segment goes through the backbone.", ""]
-    lines += [markdown_table([{"steps": r["stream_length"], "peak RSS MiB": r["peak_rss_mb"],
-                               "RSS after loading MiB": r["rss_after_load_mb"], "state bytes": r["state_bytes"],
-                               "segments": r["segments"], "wall s": r["wall_s"], "cpu s": r["cpu_s"]} for r in rss],
-                             ["steps", "peak RSS MiB", "RSS after loading MiB", "state bytes", "segments", "wall s",
-                              "cpu s"]), ""]
-    g = next(r for r in rows if r["metric"] == "peak_rss_growth")
-    lines += [f"Peak RSS growth {g['kind']}: {g['value']:.2f}% (goal: <= 5%).", ""]
-    lines += ["## Long runs: state and output health", ""]
-    lines += [markdown_table([{"entities": r["entities"], "steps per entity": r["stream_length"],
-                               "max abs A": r["max_abs_A"], "max z": r["max_z"], "NaN/inf found": r["nonfinite"],
-                               "peak RSS MiB": r["peak_rss_mb"], "wall s": r["wall_s"]} for r in long_runs],
-                             ["entities", "steps per entity", "max abs A", "max z", "NaN/inf found", "peak RSS MiB",
-                              "wall s"]), ""]
-    return "\n".join(lines)
+    if table:
+        lines += ["## Cost per update: ours vs re-running a 512-step window vs gluonts PatchTST", "",
+                  "ours = the segment-completing push + the forecast read after it; (a) = our model re-reading the "
+                  "last 512 steps (4 segments) at every update; (b) = gluonts PatchTST (context 512, patch 16, "
+                  "stride 8), `predictor.predict` at every update. Per entity; milliseconds.", "",
+                  markdown_table(table, list(table[0])), ""]
+    if sched:
+        lines += ["## Diagonal vs sequential schedule (backbone only, offline long sequence)", "",
+                  "128 steps per segment; best of the repeats; max relative difference of the outputs.", "",
+                  markdown_table([{"batch": s["batch"], "segments": s["segments"],
+                                   "sequential ms (cpu)": s["seq_cpu"] * 1e3, "diagonal ms (cpu)": s["diag_cpu"] * 1e3,
+                                   "speedup (cpu)": s["seq_cpu"] / s["diag_cpu"],
+                                   "sequential ms (wall)": s["seq_wall"] * 1e3,
+                                   "diagonal ms (wall)": s["diag_wall"] * 1e3,
+                                   "speedup (wall)": s["seq_wall"] / s["diag_wall"], "max rel diff": s["rel_err"]}
+                                  for s in sched],
+                                 ["batch", "segments", "sequential ms (cpu)", "diagonal ms (cpu)", "speedup (cpu)",
+                                  "sequential ms (wall)", "diagonal ms (wall)", "speedup (wall)", "max rel diff"]), ""]
+    if rss:
+        lines += ["## Peak RSS against stream length (one entity, a fresh process per length)", "",
+                  "Pushed in blocks of 64 segments (8192 steps) per call; every segment goes through the backbone.", "",
+                  markdown_table([{"steps": r["stream_length"], "peak RSS MiB": r["peak_rss_mb"],
+                                   "RSS after loading MiB": r["rss_after_load_mb"], "state bytes": r["state_bytes"],
+                                   "segments": r["segments"], "wall s": r["wall_s"], "cpu s": r["cpu_s"]} for r in rss],
+                                 ["steps", "peak RSS MiB", "RSS after loading MiB", "state bytes", "segments",
+                                  "wall s", "cpu s"]), ""]
+        g = next(r for r in rows if r["metric"] == "peak_rss_growth")
+        lines += [f"Peak RSS growth {g['kind']}: {g['value']:.2f}% (goal: <= 5%).", ""]
+    if long_runs:
+        lines += ["## Long runs: state and output health", "",
+                  markdown_table([{"entities": r["entities"], "steps per entity": r["stream_length"],
+                                   "max abs A": r["max_abs_A"], "max z": r["max_z"], "NaN/inf found": r["nonfinite"],
+                                   "peak RSS MiB": r["peak_rss_mb"], "wall s": r["wall_s"]} for r in long_runs],
+                                 ["entities", "steps per entity", "max abs A", "max z", "NaN/inf found",
+                                  "peak RSS MiB", "wall s"]), ""]
+    return lines
 
 
 def plot(path: Path, lat: dict, rss: list) -> None:
