@@ -228,6 +228,9 @@ class ForecasterConfig(_ConfigMethods):
     # Statistics of the observed context that normalise the input and map forecasts back to data units
     # (gluonts.torch.scaler): "std" = z-score (StdScaler), "mean" = mean |value| (MeanScaler), "none".
     scaling: Literal["std", "mean", "none"] = "std"
+    # Unobserved channels of a step filled from the observed channels of that step before scaling (armt_ts/impute.py:
+    # the conditional mean of a Gaussian fitted on training data with ``ARMTForecaster.fit_imputer``), or "none".
+    impute: Literal["none", "gaussian"] = "none"
 
     def __post_init__(self) -> None:
         c = "ForecasterConfig"
@@ -248,6 +251,7 @@ class ForecasterConfig(_ConfigMethods):
                f"must be a multiple of patch.n_channels={C} in 'independent' mode, got {self.armt.segment_length}")
         _check(self.scaling in ("std", "mean", "none"), c, "scaling",
                f"must be 'std', 'mean' or 'none', got {self.scaling!r}")
+        _check(self.impute in ("none", "gaussian"), c, "impute", f"must be 'none' or 'gaussian', got {self.impute!r}")
 
     @classmethod
     def build(
@@ -258,6 +262,7 @@ class ForecasterConfig(_ConfigMethods):
         patch: PatchConfig | None = None,
         head: HeadConfig | None = None,
         scaling: Literal["std", "mean", "none"] = "std",
+        impute: Literal["none", "gaussian"] = "none",
     ) -> "ForecasterConfig":
         """A consistent config from its parts: the shared fields are set HERE, once, and overwrite the parts'.
 
@@ -268,7 +273,7 @@ class ForecasterConfig(_ConfigMethods):
         patch = (patch or PatchConfig()).replace(n_channels=n_channels, d_model=armt.d_model)
         head = (head or HeadConfig()).replace(horizon=horizon, n_channels=n_channels, d_model=armt.d_model,
                                               per_channel=patch.mode == "independent")
-        return cls(armt=armt, patch=patch, head=head, scaling=scaling)
+        return cls(armt=armt, patch=patch, head=head, scaling=scaling, impute=impute)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":

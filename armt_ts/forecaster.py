@@ -26,6 +26,7 @@ from .backbone import ARMT
 from .config import ForecasterConfig
 from .embed import PatchEmbedder
 from .heads import Params, build_head
+from .impute import GaussianChannelImputer
 from .state import MemoryState
 
 
@@ -62,10 +63,29 @@ class ARMTForecaster(nn.Module):
         self.embed = PatchEmbedder(config.patch)
         self.backbone = ARMT(config.armt)
         self.head = build_head(config.head)
+        # config.impute == "gaussian": filled from the other channels of the same step before anything else
+        self.imputer = GaussianChannelImputer(config.patch.n_channels) if config.impute == "gaussian" else None
+
+    def fit_imputer(self, values: Tensor, observed: Tensor) -> "ARMTForecaster":
+        """Fit the channel imputer (``config.impute == "gaussian"``) on training data [..., C]; returns self."""
+        if self.imputer is None:
+            raise ValueError("fit_imputer: this model has no imputer (ForecasterConfig.impute is 'none')")
+        self.imputer.fit(values, observed)
+        return self
 
     def num_segments(self, context_length: int) -> int:
         """Segments the backbone runs for a context of ``context_length`` steps."""
         return -(-self.embed.num_tokens(context_length) // self.config.armt.segment_length)
+
+    def impute(self, values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+        """The imputer's fill of [..., C] values / observed (unchanged without one). A step-wise map, so a stream
+        that imputes each pushed block sees the same inputs as a forward over the whole series."""
+        if self.imputer is None:
+            return values, observed
+        if values.shape[-1:] != (self.config.patch.n_channels,) or observed.shape != values.shape:
+            raise ValueError(f"past_values / past_observed: expected [..., C={self.config.patch.n_channels}] of one "
+                             f"shape, got {tuple(values.shape)} and {tuple(observed.shape)}")
+        return self.imputer(values, observed)
 
     def normalise(self, past_values: Tensor, past_observed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """values [B, T, C] -> (normalised [B, T, C], keep [B, T, C] bool, loc [B, 1, C], scale [B, 1, C]).
@@ -112,6 +132,7 @@ class ARMTForecaster(nn.Module):
         """
         if (loc is None) != (scale is None):
             raise ValueError("loc and scale: pass both or neither")
+        past_values, past_observed = self.impute(past_values, past_observed)
         x, keep, own_loc, own_scale = self.normalise(past_values, past_observed)
         if loc is not None:
             # the scalers are affine, x = (v - own_loc) / own_scale: re-express in the given units

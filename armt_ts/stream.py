@@ -314,6 +314,9 @@ class StreamingForecaster:
             raise TypeError(f"model: expected an ARMTForecaster, got {type(model).__name__}")
         self.model = model.eval()
         c = model.config
+        if model.imputer is not None and not bool(model.imputer.fitted):
+            raise ValueError("model: its channel imputer (config.impute='gaussian') is not fitted; call "
+                             "model.fit_imputer(train_values, train_observed) first")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.C = c.patch.n_channels
@@ -463,6 +466,7 @@ class StreamingForecaster:
         rows, x, m, t = self._validate(values, observed, timestamps, entities, channels)
         if rows.numel() == 0 or x.shape[1] == 0:
             return 0
+        x, m = self.model.impute(x, m)  # step-wise (config.impute), as ARMTForecaster.forward does
         return self._advance(rows, x, m, t)
 
     def _validate(self, values, observed, timestamps, entities, channels):

@@ -37,15 +37,17 @@ def command_line(name: str, argv: list[str] | None = None) -> str:
 
 
 def git_commit() -> str:
-    """HEAD (+ "-dirty"); on a copy of the tree without .git (a device machine), $ARMT_TS_COMMIT as given."""
+    """HEAD (+ "-dirty"). $ARMT_TS_COMMIT, when set, names the commit instead: a device machine runs a copy of the
+    tree whose .git can be older than the files (seen on the H100: it said the session's first commit + "-dirty")."""
+    given = os.environ.get("ARMT_TS_COMMIT", "").strip()
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                                cwd=RESULTS.parent, check=True).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        found = out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        given = os.environ.get("ARMT_TS_COMMIT", "").strip()
-        return f"{given} (from $ARMT_TS_COMMIT: no git here)" if given else "unknown"
+        found = "no git"
+    return f"{given} (from $ARMT_TS_COMMIT; git here: {found})" if given else ("unknown" if found == "no git" else found)
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:

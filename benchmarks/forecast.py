@@ -174,10 +174,12 @@ class ARMTHyper:
     linear_skip: bool = False  # add a linear map of the normalised context to the forecast (see ARMTBench)
     lr: float = 1e-3
     batch_size: int = 32
+    impute: bool = False  # ForecasterConfig.impute="gaussian", fitted on the train split (armt_ts/impute.py)
 
     def name(self) -> str:
         return (f"d{self.d_model}-l{self.n_layers}-g{self.segment_patches}-p{self.patch_len}s{self.stride}"
-                f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}")
+                f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
+                f"{'-impute' if self.impute else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -188,6 +190,8 @@ class ARMTBench(nn.Module):
     then comes from the other channels' tokens through attention and memory). With ``linear_skip`` a linear map
     of the last min(L, 512) normalised context steps (zero where unobserved), shared by the channels, is added to
     the head's output: a residual path next to the memory, chosen or rejected on the validation split.
+    With ``impute`` the forecaster's Gaussian channel imputer fills a step's unobserved channels from its observed
+    ones first (fitted on the train split by ``train_armt``), and the statistics above see the filled context.
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int):
@@ -199,7 +203,7 @@ class ARMTBench(nn.Module):
                             segment_length=n_channels * hyper.segment_patches, num_mem_tokens=4, d_mem=32),
             patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode="independent"),
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
-            scaling="none")
+            scaling="none", impute="gaussian" if hyper.impute else "none")
         self.forecaster = ARMTForecaster(cfg)
         self.skip_len = min(context_length, 512)
         self.skip = nn.Linear(self.skip_len, horizon) if hyper.linear_skip else None
@@ -217,6 +221,7 @@ class ARMTBench(nn.Module):
 
     def forward(self, values: Tensor, observed: Tensor) -> Tensor:
         """[B, L, C] -> [B, H, C] point forecast in the input's units."""
+        values, observed = self.forecaster.impute(values, observed)
         loc, scale = self.stats(values, observed)
         params, loc, scale, _ = self.forecaster(values, observed, loc=loc, scale=scale)
         y = params[0]  # [B, H, C], normalised units
@@ -248,6 +253,9 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     """
     gen = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    imputer = model.forecaster.imputer
+    if imputer is not None and not bool(imputer.fitted):  # closed form, outside the timed budget (< 0.1 s)
+        imputer.fit(torch.as_tensor(train.values), torch.as_tensor(train.observed))
     w = sliding_windows(train, context_length, horizon)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=model.hyper.lr, weight_decay=1e-4)

@@ -13,10 +13,18 @@ Protocol: DESIGN section 7 (splits, train-statistics z-scores, ALL stride-1 test
 
 ARMT gets the masks (``past_observed`` 0 where hidden) and nothing else. The baselines get last-value imputation
 (forward fill within the context; a channel with no value before the gap, e.g. a channel hidden for the whole
-context, is filled with 0, the train mean in z units) and an all-ones observed mask. Two ARMT models are
-reported: "ARMT" trained exactly as in ``benchmarks/forecast.py`` (no masks seen in training), and
-"ARMT (mask-aug)", the same model trained with random hidden channels and blocks in half of its training windows
-(training data only; the test masks come from other seeds). All trained models get the same wall-time budget.
+context, is filled with 0, the train mean in z units) and an all-ones observed mask. ARMT rows:
+
+- "ARMT": trained exactly as in ``benchmarks/forecast.py`` (no masks seen in training);
+- "ARMT (mask-aug)": the same model trained with random hidden channels and blocks in half of its training
+  windows (training data only; the test masks come from other seeds);
+- "ARMT (impute)", "ARMT (mask-aug, impute)": the same two with ``ForecasterConfig.impute="gaussian"``: the
+  forecaster fills a step's unobserved channels with their conditional mean given its observed channels, from a
+  Gaussian fitted on the train split (``armt_ts/impute.py``), before its statistics and embedder.
+
+"DLinear + impute" gets that same fitted channel fill (then last-value fill for steps with nothing observed), to
+show how much of a difference is the fill and how much the model; it is reported, not counted as the goal's
+baseline (the protocol's baselines use last-value imputation). All trained models get the same wall-time budget.
 
 Goal (issue 4): ARMT's relative MSE increase at 30% hidden channels is at most half of the best baseline's
 (best = the smallest relative increase among the baselines).
@@ -25,6 +33,7 @@ Goal (issue 4): ARMT's relative MSE increase at 30% hidden channels is at most h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,6 +47,7 @@ from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper
                                  predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows, train_armt,
                                  train_gluonts)
 from armt_ts.data import Windows
+from armt_ts.impute import GaussianChannelImputer
 
 FRACTIONS = (0.0, 0.1, 0.3, 0.5)
 BLOCK_RANGE = (0.05, 0.20)
@@ -77,6 +87,24 @@ def last_value_impute(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
     idx = np.maximum.accumulate(idx, axis=-2)
     filled = np.take_along_axis(values, np.maximum(idx, 0), axis=-2)
     return np.where(idx >= 0, filled, 0.0).astype(values.dtype)
+
+
+def gaussian_then_last_value(prep) -> Any:
+    """The ARMT forecaster's channel imputer (fitted on the train split), then last-value fill for the steps it
+    leaves (no channel observed there): the same cross-channel fill given to a baseline, for comparison."""
+    imp = GaussianChannelImputer(prep.n_channels).fit(torch.as_tensor(prep.train.values),
+                                                      torch.as_tensor(prep.train.observed))
+
+    def fill(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        v, o = imp(torch.as_tensor(values), torch.as_tensor(observed))
+        return last_value_impute(v.numpy(), o.numpy())
+    return fill
+
+
+def imputation_of(name: str) -> str:
+    if name.startswith("ARMT"):
+        return "masks + gaussian channel fill" if "impute" in name else "masks"
+    return "gaussian channel fill + last value" if name.endswith("+ impute") else "last value"
 
 
 def make_augment(n_channels: int, p: float = 0.5):
@@ -130,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--horizon", type=int, default=96)
     p.add_argument("--context-length", type=int, default=336)
     p.add_argument("--models", nargs="+",
-                   default=["SeasonalNaive", "ARMT", "ARMT (mask-aug)", "DLinear", "PatchTST", "iTransformer"])
+                   default=["SeasonalNaive", "ARMT", "ARMT (mask-aug)", "ARMT (impute)", "ARMT (mask-aug, impute)",
+                            "DLinear", "PatchTST", "iTransformer", "DLinear + impute"],
+                   help="'ARMT (impute)': the forecaster's Gaussian channel imputer (armt_ts/impute.py) in front; "
+                        "'<baseline> + impute': the same fitted imputer, then last-value fill for what is left")
     p.add_argument("--train-seconds", type=float, default=45.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--armt-from", default=None, help="result JSON of benchmarks.forecast whose armt_chosen to use")
@@ -162,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0}
         params = 0
         if name.startswith("ARMT"):
-            model = ARMTBench(hyper, C, H, prep.context_length)
+            model = ARMTBench(dataclasses.replace(hyper, impute="impute" in name), C, H, prep.context_length)
             aug = make_augment(C) if "mask-aug" in name else None
             info = train_armt(model, prep.train, prep.context_length, H, args.train_seconds,
                               args.seed + (TRAIN_SEED if aug else 0), args.device, args.bf16, args.max_steps, aug)
@@ -173,12 +204,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 Windows(last_value_impute(w.past_values, obs), np.ones_like(obs), w.future_values,
                         w.future_observed, w.start), H, SEASON[prep.dataset])
         else:
-            est, predictor, info = train_gluonts(name, prep, H, args.train_seconds, args.seed, args.device,
+            base_name, _, extra = name.partition(" + ")
+            if extra not in ("", "impute"):
+                raise SystemExit(f"--models: unknown variant {name!r} (expected '<baseline> + impute')")
+            fill = gaussian_then_last_value(prep) if extra else last_value_impute
+            est, predictor, info = train_gluonts(base_name, prep, H, args.train_seconds, args.seed, args.device,
                                                  args.bf16, args.max_steps)
             params = n_params(predictor.prediction_net)
             predict = lambda obs: predict_gluonts(  # noqa: E731
-                name, est, predictor, prep, Windows(last_value_impute(w.past_values, obs), np.ones_like(obs),
-                                                    w.future_values, w.future_observed, w.start),
+                base_name, est, predictor, prep, Windows(fill(w.past_values, obs), np.ones_like(obs),
+                                                         w.future_values, w.future_observed, w.start),
                 args.device, args.bf16)[0]
         base = None
         for cond in conds:
@@ -193,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 if cond["hidden_fraction"] is not None else None),
                  "block_fraction": cond.get("block_fraction"), **s,
                  "relative_increase": (s["mse_all"] - base) / base if base else None,
-                 "imputation": "masks" if name.startswith("ARMT") else "last value",
+                 "imputation": imputation_of(name),
                  "params": params, "train_seconds": info["train_seconds"], "train_steps": info["steps"],
                  "predict_ms_per_window": 1e3 * tp.seconds / len(w), "n_test_windows": len(w),
                  "context_length": args.context_length}
@@ -214,8 +249,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [f"# Missing channels: {args.dataset}, H={H}, L={args.context_length}{' (--quick)' if args.quick else ''}",
           "", f"Protocol: DESIGN.md section 7; all {len(w)} stride-1 test windows. Budget {args.train_seconds:g} "
           f"wall seconds of training per model, {args.threads} thread(s), device {args.device}. Test masks from "
-          f"seed {args.seed + TEST_SEED}. ARMT reads masks; baselines get last-value imputation (0 = train mean "
-          f"where nothing precedes the gap).", f"Command: `{payload['command']}`  ",
+          f"seed {args.seed + TEST_SEED}. ARMT reads masks (the '(impute)' rows with the Gaussian channel "
+          f"fill first); baselines get last-value imputation (0 = train mean where nothing precedes the gap), "
+          f"'+ impute' rows the same channel fill first.", f"Command: `{payload['command']}`  ",
           f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s.", "", markdown_table(rows, cols), "",
           "## Goal: ARMT's relative MSE increase at 30% hidden <= half of the best baseline's", "",
           "```", json.dumps(goal, indent=1), "```"]
@@ -228,13 +264,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
     at30 = {r["model"]: r["relative_increase"] for r in rows
             if r["scenario"] == "channels" and r["hidden_fraction"] == 0.3}
-    base = {k: v for k, v in at30.items() if not k.startswith("ARMT")}
+    # the goal's baselines are the protocol's: last-value imputation; "+ impute" rows are reported beside it
+    base = {k: v for k, v in at30.items() if not k.startswith("ARMT") and not k.endswith("+ impute")}
     armt = {k: v for k, v in at30.items() if k.startswith("ARMT")}
     if not base or not armt:
         return {"relative_increase_at_30pct": at30, "met": None}
     best = min(base, key=base.get)
-    return {"relative_increase_at_30pct": at30, "best_baseline": best, "best_baseline_increase": base[best],
-            "met": {k: bool(v <= 0.5 * base[best]) for k, v in armt.items()}}
+    out = {"relative_increase_at_30pct": at30, "best_baseline": best, "best_baseline_increase": base[best],
+           "met": {k: bool(v <= 0.5 * base[best]) for k, v in armt.items()}}
+    same_fill = {k: v for k, v in at30.items() if k.endswith("+ impute")}
+    if same_fill:
+        out["baselines_with_the_same_channel_fill"] = same_fill
+    return out
 
 
 if __name__ == "__main__":
