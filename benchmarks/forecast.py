@@ -33,6 +33,7 @@ import math
 import tempfile
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -175,11 +176,16 @@ class ARMTHyper:
     lr: float = 1e-3
     batch_size: int = 32
     impute: bool = False  # ForecasterConfig.impute="gaussian", fitted on the train split (armt_ts/impute.py)
+    lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi * f)) / 2, f = the budget's used fraction
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"ARMTHyper.lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
 
     def name(self) -> str:
         return (f"d{self.d_model}-l{self.n_layers}-g{self.segment_patches}-p{self.patch_len}s{self.stride}"
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
-                f"{'-impute' if self.impute else ''}")
+                f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -262,6 +268,12 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     steps, losses = 0, []
     start = time.perf_counter()
     while time.perf_counter() - start < budget_s and (max_steps is None or steps < max_steps):
+        if model.hyper.lr_schedule == "cosine":  # f: the used fraction of the budget (time, or steps if capped)
+            f = (time.perf_counter() - start) / budget_s
+            if max_steps is not None:
+                f = max(f, steps / max_steps)
+            for group in opt.param_groups:
+                group["lr"] = model.hyper.lr * 0.5 * (1.0 + math.cos(math.pi * min(f, 1.0)))
         idx = np.sort(gen.integers(0, len(w), size=model.hyper.batch_size))
         pv = torch.as_tensor(np.ascontiguousarray(w.past_values[idx]), device=device)
         po_np = np.ascontiguousarray(w.past_observed[idx])
@@ -593,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
-    p.add_argument("--grid", choices=["none", "small"], default="small",
+    p.add_argument("--grid", choices=["none", "small", "schedule"], default="small",
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
@@ -639,7 +651,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import json
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
-    elif "ARMT" in args.models and args.grid == "small":
+    if "ARMT" in args.models and args.grid == "schedule":
+        # the learning-rate schedule on top of the given (or default) choice, chosen on the validation split
+        grid = [hyper, dataclasses.replace(hyper, lr_schedule="cosine"),
+                dataclasses.replace(hyper, lr_schedule="cosine", lr=2 * hyper.lr)]
+        hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
+                                         args.bf16, args.val_stride, args.max_steps)
+        log(f"chosen on val: {hyper.name()}")
+    elif not args.armt_from and "ARMT" in args.models and args.grid == "small":
         grid = [ARMTHyper(), ARMTHyper(linear_skip=True), ARMTHyper(batch_size=8),
                 ARMTHyper(linear_skip=True, batch_size=8)]
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
@@ -676,7 +695,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
         "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
                    "max_steps": args.max_steps, "threads": args.threads, "bf16": args.bf16},
-        "armt_chosen": hyper.__dict__, "armt_hyper_source": args.armt_from or f"grid={args.grid}",
+        "armt_chosen": hyper.__dict__, "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,
     }

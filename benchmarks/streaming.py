@@ -130,7 +130,18 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
             fc_w.append(w)
             fc_c.append(c)
     assert len(upd_w) == updates, f"expected one segment completion per cycle, got {len(upd_w)} in {updates}"
-    return {"update_wall": upd_w, "update_cpu": upd_c, "cheap_wall": cheap_w, "cheap_cpu": cheap_c,
+    # matmul-type FLOPs (torch.utils.flop_counter: mm, bmm, addmm, attention; elementwise ops not counted) of the
+    # next segment-completing push, untimed
+    from torch.utils.flop_counter import FlopCounterMode
+
+    update_flops = None
+    for i in range(steps):
+        with FlopCounterMode(display=False) as counter:
+            done = sf.push(block[:, i], timestamps=ts0 + t, entities=ids)
+        t += 1
+        if done:
+            update_flops = counter.get_total_flops()
+    return {"update_flops": update_flops, "update_wall": upd_w, "update_cpu": upd_c, "cheap_wall": cheap_w, "cheap_cpu": cheap_c,
             "forecast_wall": fc_w, "forecast_cpu": fc_c, "cycle_wall": cycle_w, "cycle_cpu": cycle_c,
             "steps_per_cycle": steps, "state_bytes": sf.state.nbytes()}
 
@@ -385,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
                 samples=len(r[f"cheap_{clock}"]))
             f50, f99 = _quantiles(r[f"forecast_{clock}"])
             row("p50_latency", n, None, "ours", f50 * 1e3, "ms", clock=clock, kind="forecast", samples=updates)
+            if clock == "wall" and r["update_flops"] is not None:
+                row("flops_per_update", n, None, "ours", r["update_flops"] / n / 1e6, "MFLOP",
+                    kind="matmul-type FLOPs of a segment-completing update, per entity (torch FlopCounterMode)")
+                row("achieved_flop_rate", n, None, "ours", r["update_flops"] / p50 / 1e9, "GFLOP/s",
+                    kind="those FLOPs / p50 wall latency of the update")
             tput = n * r["steps_per_cycle"] / statistics.median(r[f"cycle_{clock}"])
             row("throughput", n, None, "ours", tput, "entity-steps/s", clock=clock, kind="single-step pushes")
         print(f"  update p50/p99 {np.percentile(r['update_wall'], 50) * 1e3:.2f}/"
@@ -485,6 +501,11 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
                                                           f"{g('p99_latency', 'buffered'):.3f}")
             d[f"forecast p50 ms ({clock})"] = f"{g('p50_latency', 'forecast'):.2f}"
             d[f"entity-steps/s ({clock})"] = f"{g('throughput', 'single-step pushes'):.0f}"
+        for metric, col, fmt in (("flops_per_update", "MFLOP per entity-update", "{:.2f}"),
+                                 ("achieved_flop_rate", "GFLOP/s at p50", "{:.1f}")):
+            got = sel(metric=metric, entities=n)
+            if got:
+                d[col] = fmt.format(got[0]["value"])
         d["samples"] = next(r["samples"] for r in sel(metric="p50_latency", entities=n, kind="update"))
         table.append(d)
     if table:

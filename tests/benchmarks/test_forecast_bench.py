@@ -176,3 +176,40 @@ def test_batched_gluonts_prediction_matches_gluonts_own_predictor():
     forecasts = list(predictor.predict(ListDataset(entries, freq="h")))
     ref = np.stack([f.mean for f in forecasts]).reshape(5, 3, 12).transpose(0, 2, 1)
     np.testing.assert_allclose(mean, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_step_budget(monkeypatch):
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, lr_schedule="cosine")
+    assert hyper.name().endswith("-cos")
+    frame = prepare_frame(synthetic_frame(14400), "ETTh1", 96).train
+    train_armt(ARMTBench(hyper, 7, 24, 96), frame, 96, 24, budget_s=600.0, seed=0, device="cpu", bf16=False,
+               max_steps=4)
+    # f = steps / max_steps (the time fraction is far smaller): 0, 1/4, 1/2, 3/4
+    np.testing.assert_allclose(seen, [1e-3 * 0.5 * (1 + np.cos(np.pi * f)) for f in (0, 0.25, 0.5, 0.75)],
+                               rtol=1e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ARMTHyper(lr_schedule="linear")
+
+
+def test_armt_wrapper_with_the_channel_imputer_fills_hidden_channels_from_the_others():
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, impute=True)
+    prep = prepare_frame(synthetic_frame(14400), "ETTh1", 96)
+    model = ARMTBench(hyper, 7, 24, 96)
+    train_armt(model, prep.train, 96, 24, budget_s=60.0, seed=0, device="cpu", bf16=False, max_steps=1)
+    assert bool(model.forecaster.imputer.fitted) and hyper.name().endswith("-impute")
+    w = eval_windows(prep, 24)
+    obs = np.array(w.past_observed[:4])
+    obs[:, :, 2] = 0.0
+    values = np.array(w.past_values[:4])
+    values[:, :, 2] = np.nan
+    filled, kept = model.forecaster.impute(torch.as_tensor(values), torch.as_tensor(obs))
+    assert kept.all() and torch.isfinite(filled).all()  # channel 2 is a phase-shifted sine of the others
+    assert np.isfinite(predict_armt(model, values, obs, "cpu", bf16=False)).all()
