@@ -202,3 +202,14 @@ def test_stream_imputes_each_push_like_the_forecaster():
     unfitted.imputer.fitted.zero_()
     with pytest.raises(ValueError, match="not fitted"):
         StreamingForecaster(unfitted)
+
+
+def test_autocast_leaves_the_fill_in_float64():
+    x = _data(C=3)
+    imp = GaussianChannelImputer(3, min_r2=0.0).fit(x, torch.ones_like(x))
+    v = x[:50].float()
+    m = torch.rand(50, 3, generator=torch.Generator().manual_seed(8)) > 0.4
+    ref = imp(v, m)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = imp(v, m)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
