@@ -146,6 +146,20 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
             "steps_per_cycle": steps, "state_bytes": sf.state.nbytes()}
 
 
+def reference_matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. peak RSS against stream length (one fresh process per length) and the long run
 
@@ -408,6 +422,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{np.percentile(r['update_cpu'], 50) * 1e3:.2f}/{np.percentile(r['update_cpu'], 99) * 1e3:.2f} ms cpu",
               flush=True)
 
+    if "latency" in parts:
+        rate = reference_matmul_rate(args.device)
+        row("reference_matmul_rate", None, None, "torch.mm", rate, "GFLOP/s",
+            kind="one 2048 x 2048 x 2048 fp32 product on this device and thread count, best of 5: the ceiling "
+                 "the update's achieved rate compares with")
+        print(f"  reference fp32 matmul: {rate:.0f} GFLOP/s", flush=True)
+
     # 3. cost per update
     cost_entities = [1, 100] if quick else [1, 1000]
     patchtst_train_s = None
@@ -511,6 +532,11 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
     if table:
         lines += ["## Per-update latency (a push that completes a segment) and throughput", "",
                   markdown_table(table, list(table[0])), ""]
+        ref = sel(metric="reference_matmul_rate")
+        if ref:
+            lines += [f"MFLOP: matmul-type FLOPs of one update (torch FlopCounterMode); GFLOP/s at p50 = those / "
+                      f"the p50 wall latency. Reference: one 2048^3 fp32 matmul runs at {ref[0]['value']:.0f} "
+                      f"GFLOP/s here.", ""]
     table = []
     for n in sorted({r["entities"] for r in sel(metric="cost_per_update")}):
         for clock in ("wall", "cpu"):

@@ -1,0 +1,43 @@
+"""benchmarks/streaming.py: the report renders whatever parts ran (``--parts``), and the reference matmul rate."""
+
+from benchmarks.streaming import PARTS, reference_matmul_rate, render_markdown
+
+
+def _payload(rows, parts, device="cpu"):
+    machine = {"cpu_model": "test cpu", "cpu_count": 2, "torch": "x", "device": device}
+    if device != "cpu":
+        machine["device_name"] = "Some GPU"
+    return {"rows": rows, "parts": sorted(parts), "quick": True, "command": "python -m benchmarks.streaming",
+            "commit": "abc", "machine": machine, "load_average": (0.0, 0.0, 0.0), "threads": 1, "seed": 0,
+            "wall_seconds": 1.0, "model": "m"}
+
+
+def test_a_schedule_only_report_has_the_schedule_and_nothing_else():
+    sched = [{"batch": 1, "segments": 64, "seq_wall": 0.2, "seq_cpu": 0.2, "diag_wall": 0.1, "diag_cpu": 0.1,
+              "rel_err": 1e-7}]
+    md = render_markdown(_payload([], {"schedule"}, device="cuda"), [], [], sched)
+    assert "## Diagonal vs sequential" in md and "| 1 | 64 |" in md
+    assert "Peak RSS" not in md and "Per-update latency" not in md and "Cost per update" not in md
+    assert "Parts run: schedule" in md and "On Some GPU the wall clock is the measure" in md
+
+
+def test_a_latency_report_shows_flops_and_the_reference_rate():
+    rows = []
+    for clock in ("wall", "cpu"):
+        for kind in ("update", "buffered", "forecast"):
+            for m in ("p50_latency", "p99_latency"):
+                rows.append({"metric": m, "entities": 10, "clock": clock, "kind": kind, "value": 2.0, "samples": 3})
+        rows.append({"metric": "p99_latency_per_entity", "entities": 10, "clock": clock, "kind": "update",
+                     "value": 200.0})
+        rows.append({"metric": "throughput", "entities": 10, "clock": clock, "kind": "single-step pushes",
+                     "value": 1e5})
+    rows.append({"metric": "flops_per_update", "entities": 10, "value": 3.59})
+    rows.append({"metric": "achieved_flop_rate", "entities": 10, "value": 33.7})
+    rows.append({"metric": "reference_matmul_rate", "entities": None, "value": 150.0})
+    md = render_markdown(_payload(rows, {"latency"}), [], [], [])
+    assert "| 3.59 | 33.7 |" in md and "runs at 150 GFLOP/s here" in md
+    assert "Diagonal" not in md and set(PARTS) == {"rss", "latency", "cost", "schedule"}
+
+
+def test_reference_matmul_rate_is_a_positive_rate():
+    assert reference_matmul_rate("cpu", n=64, repeats=2) > 0
