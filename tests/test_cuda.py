@@ -18,6 +18,7 @@ from armt_ts.ops import fused, naive
 from armt_ts.schedule import run_diagonal, run_sequential
 from armt_ts.stream import StreamingForecaster
 from armt_ts.testing import assert_close
+from test_ops import _write_inputs  # the CPU tests' inputs (float64, one beta per head)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -29,16 +30,6 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def _write_inputs(B=3, M=4, H=2, K=12, Dv=5, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    k = naive.dpfp(torch.randn(B, M, H, K // 6, generator=g, dtype=dtype))
-    v = torch.randn(B, M, H, Dv, generator=g, dtype=dtype)
-    beta = torch.rand(B, M, H, 1, generator=g, dtype=dtype)
-    A = torch.randn(B, H, K, Dv, generator=g, dtype=dtype) * 0.1
-    z = torch.rand(B, H, K, generator=g, dtype=dtype) * 2.0
-    return k, v, beta, A, z
 
 
 @pytest.mark.parametrize("first", [True, False])
