@@ -177,15 +177,19 @@ class ARMTHyper:
     batch_size: int = 32
     impute: bool = False  # ForecasterConfig.impute="gaussian", fitted on the train split (armt_ts/impute.py)
     lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi * f)) / 2, f = the budget's used fraction
+    ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights (decay per step, warmed up)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"ARMTHyper.lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ARMTHyper.ema: expected a decay in [0, 1), got {self.ema!r}")
 
     def name(self) -> str:
         return (f"d{self.d_model}-l{self.n_layers}-g{self.segment_patches}-p{self.patch_len}s{self.stride}"
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
-                f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}")
+                f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
+                f"{f'-ema{self.ema:g}' if self.ema else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -266,6 +270,10 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=model.hyper.lr, weight_decay=1e-4)
     steps, losses = 0, []
+    params = [p for p in model.parameters() if p.requires_grad]
+    # EMA of the weights (hyper.ema > 0), evaluated in place of the last iterate; the decay is warmed up as
+    # min(ema, (1 + t) / (10 + t)) so the first steps' random weights do not linger in the average
+    ema = [p.detach().clone() for p in params] if model.hyper.ema else None
     start = time.perf_counter()
     while time.perf_counter() - start < budget_s and (max_steps is None or steps < max_steps):
         if model.hyper.lr_schedule == "cosine":  # f: the used fraction of the budget (time, or steps if capped)
@@ -292,6 +300,15 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         opt.step()
         steps += 1
         losses.append(loss.item())
+        if ema is not None:
+            decay = min(model.hyper.ema, (1.0 + steps) / (10.0 + steps))
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p, 1.0 - decay)
+    if ema is not None and steps:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.eval()
     return {"steps": steps, "train_seconds": time.perf_counter() - start,
             "final_train_loss": float(np.mean(losses[-20:])) if losses else None}
@@ -605,7 +622,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
-    p.add_argument("--grid", choices=["none", "small", "schedule"], default="small",
+    p.add_argument("--grid", choices=["none", "small", "schedule", "ema"], default="small",
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
@@ -651,7 +668,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import json
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
-    if "ARMT" in args.models and args.grid == "schedule":
+    if "ARMT" in args.models and args.grid == "ema":
+        # a moving average of the weights on top of the given (or default) choice, chosen on the validation split
+        grid = [hyper] + [dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)]
+        hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
+                                         args.bf16, args.val_stride, args.max_steps)
+        log(f"chosen on val: {hyper.name()}")
+    elif "ARMT" in args.models and args.grid == "schedule":
         # the learning-rate schedule on top of the given (or default) choice, chosen on the validation split
         grid = [hyper, dataclasses.replace(hyper, lr_schedule="cosine"),
                 dataclasses.replace(hyper, lr_schedule="cosine", lr=2 * hyper.lr)]
@@ -693,7 +716,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
         "command": command_line('forecast', argv), "git_commit": commit, "machine": machine_info(args.device),
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
-        "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
+        "budget": {"kind": "wall seconds per trained model" + (" or optimiser steps, whichever comes first"
+                                                               if args.max_steps else ""), "train_seconds": args.train_seconds,
                    "max_steps": args.max_steps, "threads": args.threads, "bf16": args.bf16},
         "armt_chosen": hyper.__dict__, "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
@@ -703,7 +727,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx_rows = [r for r in rows if r["table"] == "context"]
     md = [f"# Forecast accuracy: {args.dataset}{' (--quick)' if args.quick else ''}", "",
           f"Protocol: DESIGN.md section 7, exactly (train-statistics z-scores, all {len(main_rows) and 'stride-1'} "
-          f"test windows, none dropped). Budget: {args.train_seconds:g} wall seconds of training per model, "
+          f"test windows, none dropped). Budget: {args.train_seconds:g} wall seconds of training per model"
+          f"{f' or {args.max_steps} optimiser steps, whichever comes first' if args.max_steps else ''}, "
           f"{args.threads} thread(s), device {args.device}{' bf16' if args.bf16 else ''}. Seed {args.seed}.",
           f"Command: `{payload['command']}`  ", f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s; "
           f"machine: {payload['machine'].get('cpu_model', '')} ({payload['machine'].get('device_name', args.device)}).",

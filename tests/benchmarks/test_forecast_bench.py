@@ -199,6 +199,34 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_step_budget(monkeypat
         ARMTHyper(lr_schedule="linear")
 
 
+def test_ema_evaluates_the_warmed_up_moving_average_of_the_iterates(monkeypatch):
+    iterates = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        out = original(self, *a, **kw)
+        iterates.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, ema=0.9)
+    assert hyper.name().endswith("-ema0.9")
+    model = ARMTBench(hyper, 7, 24, 96)
+    start = [p.detach().clone() for p in model.parameters()]
+    frame = prepare_frame(synthetic_frame(14400), "ETTh1", 96).train
+    train_armt(model, frame, 96, 24, budget_s=600.0, seed=0, device="cpu", bf16=False, max_steps=5)
+    assert len(iterates) == 5
+    expected = start
+    for t, it in enumerate(iterates, start=1):  # decay min(0.9, (1 + t) / (10 + t)): 2/11, 3/12, ...
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * x for e, x in zip(expected, it)]
+    for p, e, last in zip(model.parameters(), expected, iterates[-1]):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(p.detach(), last) for p, last in zip(model.parameters(), iterates[-1]))
+    with pytest.raises(ValueError, match="ema"):
+        ARMTHyper(ema=1.0)
+
+
 def test_armt_wrapper_with_the_channel_imputer_fills_hidden_channels_from_the_others():
     hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, impute=True)
     prep = prepare_frame(synthetic_frame(14400), "ETTh1", 96)
