@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -501,9 +503,29 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
     return best, scores
 
 
+class PartialRows:
+    """Every finished row on disk at once, in ``<path>`` (JSON: ``header`` + ``"partial": true`` + ``rows``), written
+    atomically (temp file, rename) so a run stopped by a time limit keeps what it finished; ``close()`` removes the
+    file once the full result is written."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path, self.header, self.rows = Path(path), dict(header), []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({**self.header, "partial": True, "rows": self.rows}, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str], budget_s: float, seed: int,
                 device: str, bf16: bool, max_steps: int | None, label: str = "ARMT",
-                deepar_horizons: tuple[int, ...] = (96, 192, 336, 720)) -> list[dict]:
+                deepar_horizons: tuple[int, ...] = (96, 192, 336, 720),
+                on_row: Callable[[dict], None] | None = None) -> list[dict]:
     w = eval_windows(prep, horizon)
     W = len(w)
     rows = []
@@ -543,6 +565,8 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
         r = rows[-1]
         log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} crps {r['crps']} steps {r['train_steps']} "
             f"train {r['train_seconds']:.0f}s predict {r['predict_ms_per_window']:.2f} ms/window")
+        if on_row is not None:
+            on_row(r)
     return rows
 
 
@@ -688,10 +712,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          args.bf16, args.val_stride, args.max_steps)
         log(f"chosen on val: {hyper.name()}")
 
+    name = args.out or f"forecast_{args.dataset}{'_quick' if args.quick else ''}"
+    partial = PartialRows(RESULTS / f"{name}.partial.json",
+                          {"command": command_line('forecast', argv), "git_commit": commit,
+                           "machine": machine_info(args.device), "armt_chosen": hyper.__dict__})
     rows: list[dict] = []
     for h in args.horizons:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
-                            args.max_steps, deepar_horizons=tuple(args.deepar_horizons))
+                            args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add)
     for r in rows:
         r["table"] = "main"
     if args.context_lengths and args.context_length not in args.context_lengths:
@@ -701,7 +729,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for L in args.context_lengths:
         prep_l = prepare(args.data, args.dataset, L)
         for r in run_horizon(prep_l, args.horizons[0], hyper, ["ARMT"], args.train_seconds, args.seed, args.device,
-                             args.bf16, args.max_steps):
+                             args.bf16, args.max_steps, on_row=lambda r: partial.add(dict(r, table="context"))):
             r["table"] = "context"
             rows.append(r)
     pub = published_rows(args.dataset, args.horizons)
@@ -710,7 +738,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["verified"] = True
     rows += pub
 
-    name = args.out or f"forecast_{args.dataset}{'_quick' if args.quick else ''}"
     summ = summary(rows, args.horizons)
     payload = {
         "benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
@@ -748,6 +775,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            PUBLISHED_NOTE]
     write_results(name, payload, "\n".join(md))
     plot(rows, args.dataset, RESULTS / f"{name}.png")
+    partial.close()
     log(f"wrote {RESULTS / name}.json/.md/.png in {payload['wall_seconds']:.0f} s")
     return payload
 

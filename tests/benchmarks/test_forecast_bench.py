@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from armt_ts.data import TimeSeriesFrame, Windows
-from benchmarks.forecast import (ARMTBench, ARMTHyper, eval_windows, masked_errors, mean_wql, predict_armt,
-                                 prepare_frame, seasonal_naive, train_armt)
+from benchmarks.forecast import (ARMTBench, ARMTHyper, PartialRows, eval_windows, masked_errors, mean_wql,
+                                 predict_armt, prepare_frame, run_horizon, seasonal_naive, train_armt)
 from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_channel_mask,
                                          last_value_impute, make_augment, score)
 
@@ -241,3 +241,22 @@ def test_armt_wrapper_with_the_channel_imputer_fills_hidden_channels_from_the_ot
     filled, kept = model.forecaster.impute(torch.as_tensor(values), torch.as_tensor(obs))
     assert kept.all() and torch.isfinite(filled).all()  # channel 2 is a phase-shifted sine of the others
     assert np.isfinite(predict_armt(model, values, obs, "cpu", bf16=False)).all()
+
+
+def test_finished_rows_reach_disk_before_the_run_ends(tmp_path, etth1_like):
+    # a run stopped by a time limit (a device call's timeout) keeps every row it finished
+    import json
+
+    path = tmp_path / "forecast_x.partial.json"
+    partial = PartialRows(path, {"command": "cmd", "git_commit": "abc"})
+    rows = run_horizon(etth1_like, 96, ARMTHyper(), ["SeasonalNaive"], budget_s=1.0, seed=0, device="cpu",
+                       bf16=False, max_steps=None, on_row=partial.add)
+    saved = json.loads(path.read_text())
+    assert saved["partial"] is True and saved["command"] == "cmd" and saved["git_commit"] == "abc"
+    assert [r["model"] for r in saved["rows"]] == ["SeasonalNaive"]
+    assert saved["rows"][0]["mse"] == pytest.approx(rows[0]["mse"])
+    partial.add({"model": "x", "mse": 1.0})
+    assert [r["model"] for r in json.loads(path.read_text())["rows"]] == ["SeasonalNaive", "x"]
+    assert not list(tmp_path.glob("*.tmp"))
+    partial.close()
+    assert not path.exists()
