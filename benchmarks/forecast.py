@@ -180,6 +180,7 @@ class ARMTHyper:
     impute: bool = False  # ForecasterConfig.impute="gaussian", fitted on the train split (armt_ts/impute.py)
     lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi * f)) / 2, f = the budget's used fraction
     ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights (decay per step, warmed up)
+    dropout: float = 0.0  # ARMTConfig.dropout: attention weights and both residual branches, training only
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -191,7 +192,7 @@ class ARMTHyper:
         return (f"d{self.d_model}-l{self.n_layers}-g{self.segment_patches}-p{self.patch_len}s{self.stride}"
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
                 f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
-                f"{f'-ema{self.ema:g}' if self.ema else ''}")
+                f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -212,7 +213,8 @@ class ARMTBench(nn.Module):
         cfg = ForecasterConfig.build(
             horizon, n_channels,
             armt=ARMTConfig(d_model=hyper.d_model, n_layers=hyper.n_layers, n_heads=4, d_ff=4 * hyper.d_model,
-                            segment_length=n_channels * hyper.segment_patches, num_mem_tokens=4, d_mem=32),
+                            segment_length=n_channels * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
+                            dropout=hyper.dropout),
             patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode="independent"),
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
             scaling="none", impute="gaussian" if hyper.impute else "none")
@@ -646,7 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
-    p.add_argument("--grid", choices=["none", "small", "schedule", "ema"], default="small",
+    p.add_argument("--grid", choices=["none", "small", "schedule", "ema", "dropout"], default="small",
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
@@ -692,9 +694,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import json
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
-    if "ARMT" in args.models and args.grid == "ema":
-        # a moving average of the weights on top of the given (or default) choice, chosen on the validation split
-        grid = [hyper] + [dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)]
+    if "ARMT" in args.models and args.grid in ("ema", "dropout"):
+        # a moving average of the weights, or dropout, on top of the given (or default) choice, chosen on the
+        # validation split
+        grid = [hyper] + ([dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)] if args.grid == "ema" else
+                          [dataclasses.replace(hyper, dropout=d) for d in (0.1, 0.2)])
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
                                          args.bf16, args.val_stride, args.max_steps)
         log(f"chosen on val: {hyper.name()}")

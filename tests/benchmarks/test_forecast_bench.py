@@ -260,3 +260,18 @@ def test_finished_rows_reach_disk_before_the_run_ends(tmp_path, etth1_like):
     assert not list(tmp_path.glob("*.tmp"))
     partial.close()
     assert not path.exists()
+
+
+def test_dropout_reaches_the_backbone_in_training_only():
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, dropout=0.2)
+    assert hyper.name().endswith("-do0.2")
+    model = ARMTBench(hyper, 7, 24, 96)
+    assert model.forecaster.config.armt.dropout == 0.2
+    x = torch.randn(3, 96, 7)
+    obs = torch.ones_like(x)
+    torch.manual_seed(0)
+    model.train()
+    a, b = model(x, obs), model(x, obs)
+    assert not torch.equal(a, b)  # dropout draws differ between the two training-mode calls
+    model.eval()
+    torch.testing.assert_close(model(x, obs), model(x, obs), rtol=0, atol=0)
