@@ -207,8 +207,11 @@ class ARMTBench(nn.Module):
     ones first (fitted on the train split by ``train_armt``), and the statistics above see the filled context.
     """
 
-    def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int):
+    def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
+                 seed: int | None = None):
         super().__init__()
+        if seed is not None:  # the initial weights (torch's own start seed differs between processes)
+            torch.manual_seed(seed)
         self.hyper = hyper
         cfg = ForecasterConfig.build(
             horizon, n_channels,
@@ -494,7 +497,7 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
     idx = np.arange(0, len(wv), val_stride)
     scores = []
     for hyper in grid:
-        model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length)
+        model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
         info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, max_steps)
         pred = predict_armt(model, wv.past_values[idx], wv.past_observed[idx], device, bf16)
         m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
@@ -544,7 +547,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                             predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
                             hyperparameters={"season_length": SEASON[prep.dataset]}))
         elif name == "ARMT":
-            model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length)
+            model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
             info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16,
                               max_steps)
             with Timer() as tp:

@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"steps": 0, "train_seconds": 0.0}
         params = 0
         if name.startswith("ARMT"):
-            model = ARMTBench(dataclasses.replace(hyper, impute="impute" in name), C, H, prep.context_length)
+            model = ARMTBench(dataclasses.replace(hyper, impute="impute" in name), C, H, prep.context_length,
+                              seed=args.seed)
             aug = make_augment(C) if "mask-aug" in name else None
             info = train_armt(model, prep.train, prep.context_length, H, args.train_seconds,
                               args.seed + (TRAIN_SEED if aug else 0), args.device, args.bf16, args.max_steps, aug)

@@ -275,3 +275,15 @@ def test_dropout_reaches_the_backbone_in_training_only():
     assert not torch.equal(a, b)  # dropout draws differ between the two training-mode calls
     model.eval()
     torch.testing.assert_close(model(x, obs), model(x, obs), rtol=0, atol=0)
+
+
+def test_the_seed_fixes_the_initial_weights():
+    # torch's start seed differs between processes, so the wrapper seeds its own construction
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4)
+    torch.manual_seed(123)
+    a = ARMTBench(hyper, 7, 24, 96, seed=5).state_dict()
+    torch.manual_seed(456)
+    b = ARMTBench(hyper, 7, 24, 96, seed=5).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = ARMTBench(hyper, 7, 24, 96, seed=6).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)
