@@ -9,12 +9,15 @@ normalised data, averaged over channels and steps, over ALL stride-1 test window
 
 Peers, all trained in this script on the same z-scored data with the same context length L and the same training
 budget: a fixed number of WALL SECONDS per model (``--train-seconds``; the optimiser steps each model got in that
-time are recorded). SeasonalNaive needs no training. CRPS is gluonts' mean weighted quantile loss over the levels
+time are recorded), or with ``--max-steps N`` and a large ``--train-seconds`` a fixed number of optimiser steps
+(the numbers then do not depend on the machine's load). Every finished row is also written at once to
+``<out>.partial.json``, removed when the run completes. SeasonalNaive needs no training. CRPS is gluonts' mean weighted quantile loss over the levels
 0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST, DeepAR, iTransformer: gluonts' Student-t
 ports); the ARMT point model and SeasonalNaive get null.
 
-ARMT hyperparameters are chosen on the validation split only (a small grid at the first horizon, each candidate
-trained with the same budget and scored by val MSE); the choice is recorded. The baselines use gluonts' defaults
+ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout`` at the first
+horizon, each candidate trained from the same seeded initial weights with the same budget and scored by val MSE);
+the choice is recorded. The baselines use gluonts' defaults
 (PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"`` (instance normalisation, as in the papers'
 RevIN), fixed, not tuned; recorded too.
 
@@ -672,7 +675,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "context-length rows of the others")
     args = p.parse_args(argv)
     if args.plot_from:
-        import json
         # the first file's rows as they are; from the others only their context-length tables
         files = [json.loads(Path(f).read_text())["rows"] for f in args.plot_from]
         rows = files[0] + [r for rs in files[1:] for r in rs if r.get("table") == "context"]
@@ -694,7 +696,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prep = prepare(args.data, args.dataset, args.context_length)
     hyper, grid_scores = ARMTHyper(), []
     if args.armt_from:
-        import json
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
     if "ARMT" in args.models and args.grid in ("ema", "dropout"):
