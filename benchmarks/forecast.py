@@ -511,6 +511,23 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
     return best, scores
 
 
+def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHyper]:
+    """The ARMT candidates of ``--grid kind`` ([] for none); "schedule", "ema" and "dropout" put one kind of change
+    on top of ``hyper`` (the given or default choice, kept as the first candidate); "small" is the default search,
+    skipped when the hyperparameters come from an earlier result file (``from_file``)."""
+    if kind == "small":
+        return [] if from_file else [ARMTHyper(), ARMTHyper(linear_skip=True), ARMTHyper(batch_size=8),
+                                     ARMTHyper(linear_skip=True, batch_size=8)]
+    if kind == "schedule":
+        return [hyper, dataclasses.replace(hyper, lr_schedule="cosine"),
+                dataclasses.replace(hyper, lr_schedule="cosine", lr=2 * hyper.lr)]
+    if kind == "ema":  # a moving average of the weights
+        return [hyper] + [dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)]
+    if kind == "dropout":
+        return [hyper] + [dataclasses.replace(hyper, dropout=d) for d in (0.1, 0.2)]
+    return []
+
+
 class PartialRows:
     """Every finished row on disk at once, in ``<path>`` (JSON: ``header`` + ``"partial": true`` + ``rows``), written
     atomically (temp file, rename) so a run stopped by a time limit keeps what it finished; ``close()`` removes the
@@ -698,24 +715,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.armt_from:
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
-    if "ARMT" in args.models and args.grid in ("ema", "dropout"):
-        # a moving average of the weights, or dropout, on top of the given (or default) choice, chosen on the
-        # validation split
-        grid = [hyper] + ([dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)] if args.grid == "ema" else
-                          [dataclasses.replace(hyper, dropout=d) for d in (0.1, 0.2)])
-        hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
-                                         args.bf16, args.val_stride, args.max_steps)
-        log(f"chosen on val: {hyper.name()}")
-    elif "ARMT" in args.models and args.grid == "schedule":
-        # the learning-rate schedule on top of the given (or default) choice, chosen on the validation split
-        grid = [hyper, dataclasses.replace(hyper, lr_schedule="cosine"),
-                dataclasses.replace(hyper, lr_schedule="cosine", lr=2 * hyper.lr)]
-        hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
-                                         args.bf16, args.val_stride, args.max_steps)
-        log(f"chosen on val: {hyper.name()}")
-    elif not args.armt_from and "ARMT" in args.models and args.grid == "small":
-        grid = [ARMTHyper(), ARMTHyper(linear_skip=True), ARMTHyper(batch_size=8),
-                ARMTHyper(linear_skip=True, batch_size=8)]
+    grid = grid_candidates(args.grid, hyper, from_file=bool(args.armt_from)) if "ARMT" in args.models else []
+    if grid:
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
                                          args.bf16, args.val_stride, args.max_steps)
         log(f"chosen on val: {hyper.name()}")
@@ -751,8 +752,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
         "command": command_line('forecast', argv), "git_commit": commit, "machine": machine_info(args.device),
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
-        "budget": {"kind": "wall seconds per trained model" + (" or optimiser steps, whichever comes first"
-                                                               if args.max_steps else ""), "train_seconds": args.train_seconds,
+        "budget": {"kind": "wall seconds per trained model"
+                           + (" or optimiser steps, whichever comes first" if args.max_steps else ""),
+                   "train_seconds": args.train_seconds,
                    "max_steps": args.max_steps, "threads": args.threads, "bf16": args.bf16},
         "armt_chosen": hyper.__dict__, "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,

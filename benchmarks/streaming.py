@@ -141,7 +141,8 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
         t += 1
         if done:
             update_flops = counter.get_total_flops()
-    return {"update_flops": update_flops, "update_wall": upd_w, "update_cpu": upd_c, "cheap_wall": cheap_w, "cheap_cpu": cheap_c,
+    return {"update_flops": update_flops, "update_wall": upd_w, "update_cpu": upd_c, "cheap_wall": cheap_w,
+            "cheap_cpu": cheap_c,
             "forecast_wall": fc_w, "forecast_cpu": fc_c, "cycle_wall": cycle_w, "cycle_cpu": cycle_c,
             "steps_per_cycle": steps, "state_bytes": sf.state.nbytes()}
 

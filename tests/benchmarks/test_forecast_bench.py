@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from armt_ts.data import TimeSeriesFrame, Windows
-from benchmarks.forecast import (ARMTBench, ARMTHyper, PartialRows, eval_windows, masked_errors, mean_wql,
-                                 predict_armt, prepare_frame, run_horizon, seasonal_naive, train_armt)
+from benchmarks.forecast import (ARMTBench, ARMTHyper, PartialRows, eval_windows, grid_candidates, masked_errors,
+                                 mean_wql, predict_armt, prepare_frame, run_horizon, seasonal_naive, train_armt)
 from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_channel_mask,
                                          last_value_impute, make_augment, score)
 
@@ -287,3 +287,14 @@ def test_the_seed_fixes_the_initial_weights():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     c = ARMTBench(hyper, 7, 24, 96, seed=6).state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_grid_candidates_build_on_the_given_choice():
+    given = ARMTHyper(linear_skip=True, lr_schedule="cosine")
+    assert len(grid_candidates("small", given, from_file=False)) == 4
+    assert grid_candidates("small", given, from_file=True) == [] == grid_candidates("none", given, from_file=False)
+    for kind, field, values in (("ema", "ema", [0.0, 0.98, 0.995]), ("dropout", "dropout", [0.0, 0.1, 0.2]),
+                                ("schedule", "lr_schedule", [given.lr_schedule, "cosine", "cosine"])):
+        grid = grid_candidates(kind, given, from_file=True)
+        assert grid[0] == given and [getattr(h, field) for h in grid] == values
+        assert all(h.linear_skip for h in grid)  # the given choice's other fields are kept
