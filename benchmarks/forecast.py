@@ -184,18 +184,23 @@ class ARMTHyper:
     lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi * f)) / 2, f = the budget's used fraction
     ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights (decay per step, warmed up)
     dropout: float = 0.0  # ARMTConfig.dropout: attention weights and both residual branches, training only
+    channel_independent: bool = False  # every channel its own univariate sequence (batch row), as in PatchTST
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"ARMTHyper.lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ARMTHyper.ema: expected a decay in [0, 1), got {self.ema!r}")
+        if self.channel_independent and self.impute:
+            raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
+                             "channel_independent model never sees together; use one or the other")
 
     def name(self) -> str:
         return (f"d{self.d_model}-l{self.n_layers}-g{self.segment_patches}-p{self.patch_len}s{self.stride}"
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
                 f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
-                f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}")
+                f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}"
+                f"{'-ci' if self.channel_independent else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -208,6 +213,10 @@ class ARMTBench(nn.Module):
     the head's output: a residual path next to the memory, chosen or rejected on the validation split.
     With ``impute`` the forecaster's Gaussian channel imputer fills a step's unobserved channels from its observed
     ones first (fitted on the train split by ``train_armt``), and the statistics above see the filled context.
+    With ``channel_independent`` the forecaster is built for one channel and every (window, channel) pair is its
+    own batch row, with its own memory (PatchTST's channel independence): no attention or memory across channels,
+    one set of weights shared by all of them; a fully hidden channel then has nothing to forecast from but zeros
+    in its train-statistics units.
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
@@ -216,10 +225,11 @@ class ARMTBench(nn.Module):
         if seed is not None:  # the initial weights (torch's own start seed differs between processes)
             torch.manual_seed(seed)
         self.hyper = hyper
+        c_model = 1 if hyper.channel_independent else n_channels
         cfg = ForecasterConfig.build(
-            horizon, n_channels,
+            horizon, c_model,
             armt=ARMTConfig(d_model=hyper.d_model, n_layers=hyper.n_layers, n_heads=4, d_ff=4 * hyper.d_model,
-                            segment_length=n_channels * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
+                            segment_length=c_model * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
                             dropout=hyper.dropout),
             patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode="independent"),
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
@@ -243,8 +253,14 @@ class ARMTBench(nn.Module):
         """[B, L, C] -> [B, H, C] point forecast in the input's units."""
         values, observed = self.forecaster.impute(values, observed)
         loc, scale = self.stats(values, observed)
-        params, loc, scale, _ = self.forecaster(values, observed, loc=loc, scale=scale)
-        y = params[0]  # [B, H, C], normalised units
+        if self.hyper.channel_independent:  # [B, L, C] -> [B * C, L, 1]: one batch row per (window, channel)
+            b, c = values.shape[0], values.shape[2]
+            rows = lambda t: t.transpose(1, 2).reshape(b * c, t.shape[1], 1)  # noqa: E731
+            params, _, _, _ = self.forecaster(rows(values), rows(observed), loc=rows(loc), scale=rows(scale))
+            y = params[0].reshape(b, c, -1).transpose(1, 2)  # [B, H, C]
+        else:
+            params, _, _, _ = self.forecaster(values, observed, loc=loc, scale=scale)
+            y = params[0]  # [B, H, C], normalised units
         if self.skip is not None:
             keep = observed[:, -self.skip_len:] != 0
             x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale, torch.zeros((), dtype=values.dtype,
@@ -525,6 +541,9 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         return [hyper] + [dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)]
     if kind == "dropout":
         return [hyper] + [dataclasses.replace(hyper, dropout=d) for d in (0.1, 0.2)]
+    if kind == "channels":  # channel independence, with 8 and 16 patches per segment
+        return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
+                          for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
     return []
 
 
@@ -671,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
-    p.add_argument("--grid", choices=["none", "small", "schedule", "ema", "dropout"], default="small",
+    p.add_argument("--grid", choices=["none", "small", "schedule", "ema", "dropout", "channels"], default="small",
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],

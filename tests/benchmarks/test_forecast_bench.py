@@ -294,7 +294,33 @@ def test_grid_candidates_build_on_the_given_choice():
     assert len(grid_candidates("small", given, from_file=False)) == 4
     assert grid_candidates("small", given, from_file=True) == [] == grid_candidates("none", given, from_file=False)
     for kind, field, values in (("ema", "ema", [0.0, 0.98, 0.995]), ("dropout", "dropout", [0.0, 0.1, 0.2]),
-                                ("schedule", "lr_schedule", [given.lr_schedule, "cosine", "cosine"])):
+                                ("schedule", "lr_schedule", [given.lr_schedule, "cosine", "cosine"]),
+                                ("channels", "channel_independent", [False, True, True])):
         grid = grid_candidates(kind, given, from_file=True)
         assert grid[0] == given and [getattr(h, field) for h in grid] == values
         assert all(h.linear_skip for h in grid)  # the given choice's other fields are kept
+
+
+def test_a_channel_independent_model_forecasts_each_channel_from_itself_alone():
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, linear_skip=True, channel_independent=True)
+    model = ARMTBench(hyper, 5, 24, 96, seed=0).eval()
+    assert model.forecaster.config.patch.n_channels == 1  # one set of weights for every channel
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 96, 5, generator=gen)
+    obs = torch.ones(3, 96, 5)
+    with torch.no_grad():
+        y = model(x, obs)
+        x2 = x.clone()
+        x2[:, :, 2] = 10 * torch.randn(3, 96, generator=gen)
+        y2 = model(x2, obs)
+        # channel c of a batch is the same forecast as the univariate series alone
+        alone = model.forecaster(x[:, :, 3:4], obs[:, :, 3:4], loc=model.stats(x, obs)[0][:, :, 3:4],
+                                 scale=model.stats(x, obs)[1][:, :, 3:4]).params[0]
+    assert y.shape == (3, 24, 5)
+    changed = (y2 - y).abs().amax(dim=(0, 1))
+    assert changed[2] > 1e-3 and torch.all(changed[[0, 1, 3, 4]] == 0)
+    loc, scale = model.stats(x, obs)
+    skip = model.skip(((x[:, -96:, 3:4] - loc[:, :, 3:4]) / scale[:, :, 3:4]).transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(y[:, :, 3:4], loc[:, :, 3:4] + scale[:, :, 3:4] * (alone + skip), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="impute"):
+        ARMTHyper(channel_independent=True, impute=True)
