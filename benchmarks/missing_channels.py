@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, Timer, command_line, git_commit, machine_info, markdown_table, write_results
-from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, log, masked_errors, n_params,
-                                 predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows, train_armt,
-                                 train_gluonts)
+from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, log, masked_errors,
+                                 n_params, predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows,
+                                 train_armt, train_gluonts)
 from armt_ts.data import Windows
 from armt_ts.impute import GaussianChannelImputer
 
@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     H, C = args.horizon, prep.n_channels
     w = eval_windows(prep, H)
     conds = conditions(w, C, args.seed + TEST_SEED, args.quick)
+    out_name = args.out or f"missing_channels{'_quick' if args.quick else ''}"
+    # every finished row on disk at once, so a run stopped by a time limit keeps them (removed at the end)
+    partial = PartialRows(RESULTS / f"{out_name}.partial.json",
+                          {"command": command_line('missing_channels', argv), "git_commit": commit,
+                           "machine": machine_info(args.device), "armt_hyperparameters": hyper.__dict__})
     rows: list[dict[str, Any]] = []
     for name in args.models:
         log(f"{name}")
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "predict_ms_per_window": 1e3 * tp.seconds / len(w), "n_test_windows": len(w),
                  "context_length": args.context_length}
             rows.append(r)
+            partial.add(r)
             log(f"  {cond['scenario']} {cond['hidden_fraction']}: all {s['mse_all']:.4f} vis {s['mse_visible']:.4f} "
                 f"hid {s['mse_hidden']}")
     goal = goal_check(rows)
@@ -256,9 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s.", "", markdown_table(rows, cols), "",
           "## Goal: ARMT's relative MSE increase at 30% hidden <= half of the best baseline's", "",
           "```", json.dumps(goal, indent=1), "```"]
-    name = args.out or f"missing_channels{'_quick' if args.quick else ''}"
-    write_results(name, payload, "\n".join(md))
-    log(f"wrote {RESULTS / name}.json/.md in {payload['wall_seconds']:.0f} s")
+    write_results(out_name, payload, "\n".join(md))
+    partial.close()
+    log(f"wrote {RESULTS / out_name}.json/.md in {payload['wall_seconds']:.0f} s")
     return payload
 
 

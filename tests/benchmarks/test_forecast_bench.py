@@ -4,6 +4,8 @@ with fully hidden channels. No real data and no long training: every test runs i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -245,7 +247,6 @@ def test_armt_wrapper_with_the_channel_imputer_fills_hidden_channels_from_the_ot
 
 def test_finished_rows_reach_disk_before_the_run_ends(tmp_path, etth1_like):
     # a run stopped by a time limit (a device call's timeout) keeps every row it finished
-    import json
 
     path = tmp_path / "forecast_x.partial.json"
     partial = PartialRows(path, {"command": "cmd", "git_commit": "abc"})
@@ -324,3 +325,25 @@ def test_a_channel_independent_model_forecasts_each_channel_from_itself_alone():
     torch.testing.assert_close(y[:, :, 3:4], loc[:, :, 3:4] + scale[:, :, 3:4] * (alone + skip), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="impute"):
         ARMTHyper(channel_independent=True, impute=True)
+
+
+def test_the_missing_channel_benchmark_keeps_finished_rows_when_a_run_stops(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.missing_channels as mc
+    monkeypatch.setattr(mc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(mc, "prepare", lambda path, dataset, L: prepare_frame(synthetic_frame(2000, 3), dataset, L))
+    argv = ["--data", "unused.csv", "--dataset", "Weather", "--horizon", "12", "--context-length", "192", "--quick",
+            "--out", "mc_x"]
+    # the second model is rejected after SeasonalNaive's rows are done: those rows stay on disk
+    with pytest.raises(SystemExit, match="unknown variant"):
+        mc.main(argv + ["--models", "SeasonalNaive", "DLinear + bogus"])
+    saved = json.loads((tmp_path / "mc_x.partial.json").read_text())
+    assert saved["partial"] is True and "missing_channels" in saved["command"]
+    assert [r["model"] for r in saved["rows"]] == ["SeasonalNaive"] * 4  # 0 / 0.1 / 0.3 hidden and blocks
+    assert not (tmp_path / "mc_x.json").exists()
+    # a complete run writes the result and removes the partial file
+    payload = mc.main(argv + ["--models", "SeasonalNaive"])
+    assert not (tmp_path / "mc_x.partial.json").exists()
+    assert json.loads((tmp_path / "mc_x.json").read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
+    assert [r["mse_all"] for r in payload["rows"]] == [r["mse_all"] for r in saved["rows"]]
