@@ -231,6 +231,9 @@ class ForecasterConfig(_ConfigMethods):
     # Unobserved channels of a step filled from the observed channels of that step before scaling (armt_ts/impute.py:
     # the conditional mean of a Gaussian fitted on training data with ``ARMTForecaster.fit_imputer``), or "none".
     impute: Literal["none", "gaussian"] = "none"
+    # The imputer fills an entry only where the step's observed channels explain at least this fraction of its
+    # variance (R^2); below it the entry stays unobserved for the embedder's mask (GaussianChannelImputer.min_r2).
+    impute_min_r2: float = 0.5
 
     def __post_init__(self) -> None:
         c = "ForecasterConfig"
@@ -252,6 +255,9 @@ class ForecasterConfig(_ConfigMethods):
         _check(self.scaling in ("std", "mean", "none"), c, "scaling",
                f"must be 'std', 'mean' or 'none', got {self.scaling!r}")
         _check(self.impute in ("none", "gaussian"), c, "impute", f"must be 'none' or 'gaussian', got {self.impute!r}")
+        _check(isinstance(self.impute_min_r2, (int, float)) and not isinstance(self.impute_min_r2, bool)
+               and 0.0 <= self.impute_min_r2 <= 1.0, c, "impute_min_r2",
+               f"must be a fraction in [0, 1], got {self.impute_min_r2!r}")
 
     @classmethod
     def build(
@@ -263,6 +269,7 @@ class ForecasterConfig(_ConfigMethods):
         head: HeadConfig | None = None,
         scaling: Literal["std", "mean", "none"] = "std",
         impute: Literal["none", "gaussian"] = "none",
+        impute_min_r2: float = 0.5,
     ) -> "ForecasterConfig":
         """A consistent config from its parts: the shared fields are set HERE, once, and overwrite the parts'.
 
@@ -273,7 +280,7 @@ class ForecasterConfig(_ConfigMethods):
         patch = (patch or PatchConfig()).replace(n_channels=n_channels, d_model=armt.d_model)
         head = (head or HeadConfig()).replace(horizon=horizon, n_channels=n_channels, d_model=armt.d_model,
                                               per_channel=patch.mode == "independent")
-        return cls(armt=armt, patch=patch, head=head, scaling=scaling, impute=impute)
+        return cls(armt=armt, patch=patch, head=head, scaling=scaling, impute=impute, impute_min_r2=impute_min_r2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":

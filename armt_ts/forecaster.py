@@ -64,7 +64,8 @@ class ARMTForecaster(nn.Module):
         self.backbone = ARMT(config.armt)
         self.head = build_head(config.head)
         # config.impute == "gaussian": filled from the other channels of the same step before anything else
-        self.imputer = GaussianChannelImputer(config.patch.n_channels) if config.impute == "gaussian" else None
+        self.imputer = (GaussianChannelImputer(config.patch.n_channels, min_r2=config.impute_min_r2)
+                        if config.impute == "gaussian" else None)
 
     def fit_imputer(self, values: Tensor, observed: Tensor) -> "ARMTForecaster":
         """Fit the channel imputer (``config.impute == "gaussian"``) on training data [..., C]; returns self."""

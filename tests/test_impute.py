@@ -176,6 +176,15 @@ def test_forecaster_imputes_before_everything_else():
     from armt_ts.config import ConfigError
     with pytest.raises(ConfigError, match="impute"):
         with_imp.config.replace(impute="mice")
+    # the imputer's R^2 threshold is part of the config (and so of a saved model)
+    from armt_ts.forecaster import ARMTForecaster
+    assert with_imp.imputer.min_r2 == 0.5 == with_imp.config.impute_min_r2
+    strict = with_imp.config.replace(impute_min_r2=0.9)
+    assert ARMTForecaster(strict).imputer.min_r2 == 0.9
+    assert ForecasterConfig.from_dict(strict.to_dict()) == strict
+    for bad in (1.5, -0.1, True, "0.5"):
+        with pytest.raises(ConfigError, match="ForecasterConfig.impute_min_r2"):
+            with_imp.config.replace(impute_min_r2=bad)
 
 
 def test_stream_imputes_each_push_like_the_forecaster():
