@@ -15,8 +15,8 @@ time are recorded), or with ``--max-steps N`` and a large ``--train-seconds`` a 
 0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST, DeepAR, iTransformer: gluonts' Student-t
 ports); the ARMT point model and SeasonalNaive get null.
 
-ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout`` at the first
-horizon, each candidate trained from the same seeded initial weights with the same budget and scored by val MSE);
+ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout|channels`` at the
+first horizon, each candidate trained from the same seeded initial weights with the same budget and scored by val MSE);
 the choice is recorded. The baselines use gluonts' defaults
 (PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"`` (instance normalisation, as in the papers'
 RevIN), fixed, not tuned; recorded too.
@@ -24,7 +24,8 @@ RevIN), fixed, not tuned; recorded too.
 ``--context-lengths 336 512 1024 2048 4096`` adds the ARMT context-length table (first horizon only): the memory
 reads contexts far longer than one segment. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
 (rows: dataset, horizon, model, source, mse, mae, crps, params, train_seconds, context_length, ...), and a
-``.png`` of MSE against horizon.
+``.png`` of MSE against horizon. ``--merge-from A.json B.json --out NAME`` puts runs that trained different horizons
+with the same budget and ARMT choice into one table (each row keeps its run; no training; see ``merge_results``).
 """
 
 from __future__ import annotations
@@ -678,10 +679,89 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
+MERGE_MUST_AGREE = ("dataset", "budget", "armt_chosen", "baseline_settings", "seed")
+
+
+def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
+    """One four-horizon table from runs that each trained their own horizons (no training here).
+
+    The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, budget, the ARMT
+    choice, the baseline settings, the seed) and must not share a (horizon, model); a run's peers stay the peers it
+    trained in the same run, and every same-run row names its run (``run``: the file's stem). The published rows are
+    made anew for the union of horizons. Writes ``<name>.json`` / ``.md`` / ``.png`` and returns the payload.
+    """
+    if len(paths) < 2:
+        raise ValueError("--merge-from: give at least two result files")
+    runs = []
+    for path in map(Path, paths):
+        payload = json.loads(path.read_text())
+        if payload.get("benchmark") != "forecast" or payload.get("partial"):
+            raise ValueError(f"{path}: not a complete benchmarks.forecast result")
+        runs.append((path, payload))
+    first_path, first = runs[0]
+    def field(payload: dict, key: str) -> Any:  # the ARMT choice with this version's defaults for newer fields
+        return ARMTHyper(**payload[key]).__dict__ if key == "armt_chosen" and key in payload else payload.get(key)
+
+    for path, payload in runs[1:]:
+        for key in MERGE_MUST_AGREE:
+            if field(payload, key) != field(first, key):
+                raise ValueError(f"{path}: field {key!r} is {field(payload, key)!r}, but {first_path} has "
+                                 f"{field(first, key)!r}; only runs with the same {key} can share a table")
+    rows: list[dict] = []
+    seen: dict[tuple[int, str], Path] = {}
+    for path, payload in runs:
+        for r in payload["rows"]:
+            if r.get("source") != "same-run" or r.get("table", "main") != "main":
+                continue
+            key = (r["horizon"], r["model"])
+            if key in seen:
+                raise ValueError(f"{path}: H={key[0]} {key[1]} is also in {seen[key]}; a (horizon, model) may come "
+                                 f"from one run only")
+            seen[key] = path
+            rows.append(dict(r, run=path.stem))
+    horizons = sorted({h for h, _ in seen})
+    rows.sort(key=lambda r: r["horizon"])
+    pub = [dict(r, table="main", verified=True) for r in published_rows(first["dataset"], horizons)]
+    rows += pub
+    summ = summary(rows, horizons)
+    budget = first["budget"]
+    cap = f" or {budget['max_steps']} optimiser steps, whichever comes first" if budget.get("max_steps") else ""
+    payload = {
+        "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
+        "command": command_line("forecast", ["--merge-from", *map(str, paths), "--out", name]),
+        "git_commit": git_commit(), "machine": first.get("machine"), "seed": first.get("seed"),
+        "budget": budget, "armt_chosen": field(first, "armt_chosen"),
+        "baseline_settings": first.get("baseline_settings"),
+        "published_note": PUBLISHED_NOTE, "summary": summ,
+        "merged_from": [{"file": str(path), "command": payload.get("command"), "git_commit": payload.get("git_commit"),
+                         "wall_seconds": payload.get("wall_seconds"),
+                         "horizons": sorted({r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"})}
+                        for path, payload in runs],
+        "rows": rows,
+    }
+    md = [f"# Forecast accuracy: {first['dataset']}, merged from {len(runs)} runs", "",
+          f"Protocol: DESIGN.md section 7, exactly. Budget in every run: {budget.get('train_seconds'):g} wall seconds "
+          f"of training per model{cap}, {budget.get('threads')} thread(s). Seed {first.get('seed')}. ARMT: the same "
+          f"choice in every run (`{ARMTHyper(**first['armt_chosen']).name()}`). Each row's peers are the rows of its "
+          f"own run (column `run`); no training happened in the merge.", f"Command: `{payload['command']}`  ",
+          f"Commit: {payload['git_commit']}.", "", "Runs:", ""]
+    md += [f"- `{m['file']}` (H = {', '.join(map(str, m['horizons']))}): `{m['command']}`, commit {m['git_commit']}, "
+           f"wall time {m['wall_seconds']:.0f} s" for m in payload["merged_from"]]
+    md += ["", markdown_table([r for r in rows if r["source"] == "same-run"], COLUMNS[:3] + ["run"] + COLUMNS[4:]), "",
+           markdown_table(pub, COLUMNS[:8]), "", "## Average MSE over horizons", "",
+           markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
+                          ["model", "avg_mse"]), "",
+           f"ARMT's average below every same-run baseline: {summ.get('armt_average_below_every_same_run_baseline')}.",
+           "", PUBLISHED_NOTE]
+    write_results(name, payload, "\n".join(md))
+    plot(rows, first["dataset"], RESULTS / f"{name}.png")
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="path of ETTh1.csv / ETTm1.csv / weather.csv")
-    p.add_argument("--dataset", required=True, choices=["ETTh1", "ETTm1", "Weather"])
+    p.add_argument("--data", help="path of ETTh1.csv / ETTm1.csv / weather.csv (required unless --merge-from)")
+    p.add_argument("--dataset", choices=["ETTh1", "ETTm1", "Weather"], help="required unless --merge-from")
     p.add_argument("--horizons", type=int, nargs="+", default=[96, 192, 336, 720])
     p.add_argument("--context-length", type=int, default=336, help="L for every model in the main table")
     p.add_argument("--context-lengths", type=int, nargs="*", default=[],
@@ -709,7 +789,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--plot-from", nargs="+", default=None, metavar="JSON",
                    help="only redraw <out>.png from result files (no training): the first file's rows plus the "
                         "context-length rows of the others")
+    p.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
+                   help="only merge result files of runs with the same budget and ARMT choice, each with its own "
+                        "horizons, into one table <out> (no training; see merge_results)")
     args = p.parse_args(argv)
+    if args.merge_from:
+        if not args.out:
+            p.error("--merge-from needs --out NAME")
+        try:
+            return merge_results(args.merge_from, args.out)
+        except ValueError as e:
+            p.error(str(e))
+    if not (args.data and args.dataset):
+        p.error("--data and --dataset are required (except with --merge-from)")
     if args.plot_from:
         # the first file's rows as they are; from the others only their context-length tables
         files = [json.loads(Path(f).read_text())["rows"] for f in args.plot_from]

@@ -347,3 +347,57 @@ def test_the_missing_channel_benchmark_keeps_finished_rows_when_a_run_stops(tmp_
     assert not (tmp_path / "mc_x.partial.json").exists()
     assert json.loads((tmp_path / "mc_x.json").read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
     assert [r["mse_all"] for r in payload["rows"]] == [r["mse_all"] for r in saved["rows"]]
+
+
+def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
+    payload = {"benchmark": "forecast", "dataset": "ETTh1", "protocol": "DESIGN.md section 7 (exactly)",
+               "command": f"python -m benchmarks.forecast --horizons {' '.join(map(str, horizons))}",
+               "git_commit": "abc", "seed": 0, "wall_seconds": 10.0, "machine": {"cpu_model": "x"},
+               "budget": {"kind": "wall seconds per trained model", "train_seconds": 150.0, "max_steps": None,
+                          "threads": 1, "bf16": False},
+               "armt_chosen": {"linear_skip": True, "lr_schedule": "cosine"}, "baseline_settings": {"DLinear": {}},
+               "rows": [{"dataset": "ETTh1", "horizon": h, "model": m, "source": "same-run", "table": "main",
+                         "context_length": 336, "mse": 0.3 + h / 1000 + (0.01 if m == "ARMT" else 0.0), "mae": 0.4,
+                         "crps": None, "params": 1, "train_seconds": 150.0, "train_steps": 10,
+                         "predict_ms_per_window": 1.0, "n_test_windows": 100} for h in horizons for m in models]
+               + [{"dataset": "ETTh1", "horizon": horizons[0], "model": "PatchTST/64", "source": "published",
+                   "mse": 0.37, "mae": 0.4, "table": "main"}]}
+    payload.update(over)
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    a = _run_file(tmp_path / "run_a.json", [96])
+    b = _run_file(tmp_path / "run_b.json", [192, 336, 720], armt_chosen={"linear_skip": True, "lr_schedule": "cosine",
+                                                                           "ema": 0.0})  # a newer file's defaults
+    out = fc.main(["--merge-from", str(a), str(b), "--out", "merged"])
+    same = [r for r in out["rows"] if r["source"] == "same-run"]
+    assert [(r["horizon"], r["model"], r["run"]) for r in same] == [
+        (96, "ARMT", "run_a"), (96, "DLinear", "run_a"), (192, "ARMT", "run_b"), (192, "DLinear", "run_b"),
+        (336, "ARMT", "run_b"), (336, "DLinear", "run_b"), (720, "ARMT", "run_b"), (720, "DLinear", "run_b")]
+    avg = out["summary"]["average_mse_over_horizons"]
+    assert avg["ARMT (same-run)"] == pytest.approx(0.3 + 0.01 + (96 + 192 + 336 + 720) / 4000)
+    assert out["summary"]["armt_average_below_every_same_run_baseline"] is False
+    published = {(r["model"], r["horizon"]) for r in out["rows"] if r["source"] == "published"}
+    assert ("PatchTST/64", 720) in published and ("PatchTST/64", 96) in published  # made anew for every horizon
+    assert [m["horizons"] for m in out["merged_from"]] == [[96], [192, 336, 720]]
+    saved = json.loads((tmp_path / "merged.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(out["rows"]))
+    assert (tmp_path / "merged.png").exists() and "run_b" in (tmp_path / "merged.md").read_text()
+    # a different budget, a shared (horizon, model) or a partial file: refused, naming the file and the field
+    c = _run_file(tmp_path / "run_c.json", [192], budget={"train_seconds": 45.0})
+    with pytest.raises(ValueError, match=r"run_c.json: field 'budget'"):
+        fc.merge_results([a, c], "x")
+    d = _run_file(tmp_path / "run_d.json", [96, 192])
+    with pytest.raises(ValueError, match=r"run_d.json: H=96 ARMT is also in .*run_a.json"):
+        fc.merge_results([a, d], "x")
+    e = _run_file(tmp_path / "run_e.json", [192], partial=True)
+    with pytest.raises(ValueError, match="run_e.json: not a complete"):
+        fc.merge_results([a, e], "x")
+    with pytest.raises(SystemExit):  # the CLI turns a refusal into a usage error
+        fc.main(["--merge-from", str(a), str(c), "--out", "x"])
