@@ -15,11 +15,10 @@ time are recorded), or with ``--max-steps N`` and a large ``--train-seconds`` a 
 0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST, DeepAR, iTransformer: gluonts' Student-t
 ports); the ARMT point model and SeasonalNaive get null.
 
-ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout|channels`` at the
-first horizon, each candidate trained from the same seeded initial weights with the same budget and scored by val MSE);
-the choice is recorded. The baselines use gluonts' defaults
-(PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"`` (instance normalisation, as in the papers'
-RevIN), fixed, not tuned; recorded too.
+ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout|channels|width|loss``
+at the first horizon, each candidate built and trained from the same seed with the same budget and scored by val
+MSE); the choice is recorded. The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride 8)
+with ``scaling="std"`` (instance normalisation, as in the papers' RevIN), fixed, not tuned; recorded too.
 
 ``--context-lengths 336 512 1024 2048 4096`` adds the ARMT context-length table (first horizon only): the memory
 reads contexts far longer than one segment. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
@@ -186,12 +185,15 @@ class ARMTHyper:
     ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights (decay per step, warmed up)
     dropout: float = 0.0  # ARMTConfig.dropout: attention weights and both residual branches, training only
     channel_independent: bool = False  # every channel its own univariate sequence (batch row), as in PatchTST
+    loss: str = "mse"  # training loss on the z-scored data: "mse", "mae" or "huber" (delta 1); evaluation is MSE
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"ARMTHyper.lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ARMTHyper.ema: expected a decay in [0, 1), got {self.ema!r}")
+        if self.loss not in ("mse", "mae", "huber"):
+            raise ValueError(f"ARMTHyper.loss: expected 'mse', 'mae' or 'huber', got {self.loss!r}")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -201,7 +203,7 @@ class ARMTHyper:
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
                 f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
                 f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}"
-                f"{'-ci' if self.channel_independent else ''}")
+                f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}")
 
 
 class ARMTBench(nn.Module):
@@ -280,10 +282,20 @@ def autocast(device: str, bf16: bool):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
 
 
+def pointwise_loss(err: Tensor, kind: str) -> Tensor:
+    """The training loss of each error (0 where unobserved stays 0): squared, absolute or Huber with delta 1."""
+    if kind == "mse":
+        return err ** 2
+    if kind == "mae":
+        return err.abs()
+    return nn.functional.huber_loss(err, torch.zeros_like(err), reduction="none", delta=1.0)
+
+
 def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, horizon: int, budget_s: float,
                seed: int, device: str, bf16: bool, max_steps: int | None = None,
                augment: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
-    """Train on random stride-1 train windows for ``budget_s`` wall seconds (or ``max_steps``); AdamW, MSE.
+    """Train on random stride-1 train windows for ``budget_s`` wall seconds (or ``max_steps``); AdamW, MSE
+    (or ``hyper.loss``).
 
     ``augment(rng, past_observed [B, L, C]) -> past_observed`` may hide context entries during training (the
     missing-channel benchmark's mask augmentation); the loss still covers every observed future entry.
@@ -320,7 +332,7 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         with autocast(device, bf16):
             pred = model(pv, po)
         err = torch.where(fo, pred.float() - fv, torch.zeros((), device=device))
-        loss = (err ** 2).sum() / fo.sum().clamp_min(1)
+        loss = pointwise_loss(err, model.hyper.loss).sum() / fo.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -542,6 +554,10 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         return [hyper] + [dataclasses.replace(hyper, ema=d) for d in (0.98, 0.995)]
     if kind == "dropout":
         return [hyper] + [dataclasses.replace(hyper, dropout=d) for d in (0.1, 0.2)]
+    if kind == "width":  # narrower models: more steps in a wall budget, fewer parameters to fit
+        return [hyper] + [dataclasses.replace(hyper, d_model=d) for d in (hyper.d_model // 2, hyper.d_model // 4)]
+    if kind == "loss":  # the training loss (the evaluation stays MSE)
+        return [hyper] + [dataclasses.replace(hyper, loss=k) for k in ("huber", "mae")]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -770,7 +786,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
-    p.add_argument("--grid", choices=["none", "small", "schedule", "ema", "dropout", "channels"], default="small",
+    p.add_argument("--grid", default="small",
+                   choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],

@@ -296,7 +296,8 @@ def test_grid_candidates_build_on_the_given_choice():
     assert grid_candidates("small", given, from_file=True) == [] == grid_candidates("none", given, from_file=False)
     for kind, field, values in (("ema", "ema", [0.0, 0.98, 0.995]), ("dropout", "dropout", [0.0, 0.1, 0.2]),
                                 ("schedule", "lr_schedule", [given.lr_schedule, "cosine", "cosine"]),
-                                ("channels", "channel_independent", [False, True, True])):
+                                ("channels", "channel_independent", [False, True, True]),
+                                ("width", "d_model", [64, 32, 16]), ("loss", "loss", ["mse", "huber", "mae"])):
         grid = grid_candidates(kind, given, from_file=True)
         assert grid[0] == given and [getattr(h, field) for h in grid] == values
         assert all(h.linear_skip for h in grid)  # the given choice's other fields are kept
@@ -401,3 +402,15 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
         fc.merge_results([a, e], "x")
     with pytest.raises(SystemExit):  # the CLI turns a refusal into a usage error
         fc.main(["--merge-from", str(a), str(c), "--out", "x"])
+
+
+def test_the_training_loss_options():
+    from benchmarks.forecast import pointwise_loss
+    err = torch.tensor([0.0, 0.5, -2.0, 3.0])
+    assert torch.equal(pointwise_loss(err, "mse"), err ** 2)
+    assert torch.equal(pointwise_loss(err, "mae"), err.abs())
+    # Huber, delta 1: quadratic inside, linear outside, continuous at |e| = 1
+    torch.testing.assert_close(pointwise_loss(err, "huber"), torch.tensor([0.0, 0.125, 1.5, 2.5]))
+    with pytest.raises(ValueError, match="ARMTHyper.loss"):
+        ARMTHyper(loss="l2")
+    assert ARMTHyper(loss="huber").name().endswith("-huber") and "mse" not in ARMTHyper().name()
