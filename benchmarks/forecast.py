@@ -156,12 +156,16 @@ def mean_wql(quantiles: np.ndarray, future: np.ndarray, observed: np.ndarray,
 
     quantiles: [W, H, C, Q]; future, observed: [W, H, C]; sums over the observed entries.
     """
-    keep = (observed > 0)[..., None]
-    y = future.astype(np.float64)[..., None]
-    q = quantiles.astype(np.float64)
     tau = np.asarray(levels, dtype=np.float64)
-    loss = np.where(keep, np.abs((y - q) * ((y <= q).astype(np.float64) - tau)), 0.0).sum(axis=(0, 1, 2))
-    denom = float(np.where(keep[..., 0], np.abs(y[..., 0]), 0.0).sum())
+    loss, denom = np.zeros(len(tau)), 0.0
+    # in blocks of windows: float64 temporaries of the whole [W, H, C, Q] array reach tens of GB (Weather, H=720)
+    step = max(1, (1 << 22) // max(1, int(np.prod(quantiles.shape[1:]))))
+    for i in range(0, len(quantiles), step):
+        keep = (observed[i:i + step] > 0)[..., None]
+        y = future[i:i + step].astype(np.float64)[..., None]
+        q = quantiles[i:i + step].astype(np.float64)
+        loss += np.where(keep, np.abs((y - q) * ((y <= q).astype(np.float64) - tau)), 0.0).sum(axis=(0, 1, 2))
+        denom += float(np.where(keep[..., 0], np.abs(y[..., 0]), 0.0).sum())
     return float(np.mean(2.0 * loss / denom))
 
 
@@ -440,7 +444,7 @@ def predict_gluonts(name: str, est, predictor, prep: Prepared, w: Windows, devic
     net = getattr(net, "model", net).to(device).eval()  # the bare model: (distr_args, loc, scale)
     W, L, C = w.past_values.shape
     levels = torch.tensor(QUANTILE_LEVELS)
-    means, quants = [], []
+    mean_out = q_out = None  # filled chunk by chunk (a list + concatenate would hold the quantiles twice)
     if name == "iTransformer":
         # multivariate: one [L, C] context per window
         step = max(batch // C, 1)
@@ -450,6 +454,7 @@ def predict_gluonts(name: str, est, predictor, prep: Prepared, w: Windows, devic
         flat_v = np.swapaxes(w.past_values, 1, 2).reshape(W * C, L)
         flat_o = np.swapaxes(w.past_observed, 1, 2).reshape(W * C, L)
         chunks = [(flat_v[i:i + batch], flat_o[i:i + batch]) for i in range(0, W * C, batch)]
+    at = 0
     for v, o in chunks:
         pv = torch.as_tensor(np.ascontiguousarray(v), device=device)
         po = torch.as_tensor(np.ascontiguousarray(o), device=device)
@@ -459,9 +464,15 @@ def predict_gluonts(name: str, est, predictor, prep: Prepared, w: Windows, devic
         distr = est.distr_output.distribution(args, loc=loc.float(), scale=scale.float())
         mean = distr.mean
         q = torch.stack([distr.icdf(torch.full_like(mean, float(lv))) for lv in levels], dim=-1)
-        means.append(mean.float().cpu().numpy())
-        quants.append(q.float().cpu().numpy())
-    mean, q = np.concatenate(means), np.concatenate(quants)
+        if mean_out is None:
+            n = W if name == "iTransformer" else W * C
+            mean_out = np.empty((n, *mean.shape[1:]), dtype=np.float32)
+            q_out = np.empty((n, *q.shape[1:]), dtype=np.float32)
+        mean_out[at:at + len(mean)] = mean.float().cpu().numpy()
+        q_out[at:at + len(q)] = q.float().cpu().numpy()
+        at += len(mean)
+    assert at == len(mean_out)
+    mean, q = mean_out, q_out
     if name != "iTransformer":  # [W*C, H] -> [W, H, C]
         H = mean.shape[1]
         mean = np.swapaxes(mean.reshape(W, C, H), 1, 2)

@@ -68,6 +68,19 @@ def test_mean_wql_matches_the_definition_and_is_zero_for_a_perfect_forecast():
     assert mean_wql(perfect, future, observed, levels=(0.1, 0.5, 0.9)) == pytest.approx(0.0)
 
 
+def test_mean_wql_in_blocks_of_windows_equals_the_one_shot_formula():
+    # Weather-sized windows (H=720, 21 channels, 9 levels) span several of mean_wql's blocks
+    rng = np.random.default_rng(0)
+    levels = tuple(np.linspace(0.1, 0.9, 9))
+    future = rng.standard_normal((70, 720, 21)).astype(np.float32)
+    observed = (rng.random(future.shape) > 0.1).astype(np.float32)
+    q = np.sort(rng.standard_normal((*future.shape, 9)).astype(np.float32), axis=-1)
+    keep, y, tau = (observed > 0)[..., None], future.astype(np.float64)[..., None], np.asarray(levels)
+    loss = np.where(keep, np.abs((y - q.astype(np.float64)) * ((y <= q).astype(np.float64) - tau)), 0.0)
+    one_shot = np.mean(2.0 * loss.sum(axis=(0, 1, 2)) / np.where(keep[..., 0], np.abs(y[..., 0]), 0.0).sum())
+    assert mean_wql(q, future, observed, levels) == pytest.approx(one_shot, rel=1e-12)
+
+
 def test_seasonal_naive_repeats_the_last_season():
     past = np.arange(2 * 30 * 2, dtype=np.float32).reshape(2, 30, 2)
     w = Windows(past, np.ones_like(past), np.zeros((2, 10, 2), np.float32), np.ones((2, 10, 2), np.float32),
