@@ -709,6 +709,31 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
 MERGE_MUST_AGREE = ("dataset", "budget", "armt_chosen", "baseline_settings", "seed")
 
 
+def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A stopped run's partial file as a result payload: its settings re-read from its command line, and only the
+    horizons at which every model the command asked for has a row (DeepAR only at its --deepar-horizons)."""
+    import shlex
+    words = shlex.split(payload.get("command") or "")
+    if words[:3] != ["python", "-m", "benchmarks.forecast"]:
+        raise ValueError(f"{path}: a partial file without the benchmarks.forecast command that wrote it")
+    args = build_parser().parse_args(words[3:])
+    if args.merge_from or args.plot_from or args.context_lengths:
+        raise ValueError(f"{path}: its command did not write a plain horizon table")
+    rows = [r for r in payload.get("rows", []) if r.get("table", "main") == "main" and r.get("source") == "same-run"]
+    complete = [h for h in args.horizons
+                if {r["model"] for r in rows if r["horizon"] == h}
+                >= {m for m in args.models if m != "DeepAR" or h in args.deepar_horizons}]
+    kept = [r for r in rows if r["horizon"] in complete]
+    if not kept:
+        raise ValueError(f"{path}: the stopped run finished no horizon")
+    return {"benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
+            "command": payload["command"], "git_commit": payload.get("git_commit"), "machine": payload.get("machine"),
+            "seed": args.seed, "wall_seconds": None, "budget": budget_of(args),
+            "armt_chosen": payload.get("armt_chosen"),
+            "baseline_settings": payload.get("baseline_settings", BASELINE_SETTINGS),  # older partial files: this code's
+            "partial": True, "rows_left_out": len(payload.get("rows", [])) - len(kept), "rows": kept}
+
+
 def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """One four-horizon table from runs that each trained their own horizons (no training here).
 
@@ -716,14 +741,19 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     choice, the baseline settings, the seed) and must not share a (horizon, model); a run's peers stay the peers it
     trained in the same run, and every same-run row names its run (``run``: the file's stem). The published rows are
     made anew for the union of horizons. Writes ``<name>.json`` / ``.md`` / ``.png`` and returns the payload.
+
+    A run that stopped early (its ``<out>.partial.json``, see ``PartialRows``) contributes the horizons at which
+    every model its command asked for finished (``partial_run``); its other rows are left out and counted.
     """
     if len(paths) < 2:
         raise ValueError("--merge-from: give at least two result files")
     runs = []
     for path in map(Path, paths):
         payload = json.loads(path.read_text())
-        if payload.get("benchmark") != "forecast" or payload.get("partial"):
-            raise ValueError(f"{path}: not a complete benchmarks.forecast result")
+        if payload.get("partial"):
+            payload = partial_run(payload, path)
+        elif payload.get("benchmark") != "forecast":
+            raise ValueError(f"{path}: not a benchmarks.forecast result")
         runs.append((path, payload))
     first_path, first = runs[0]
     def field(payload: dict, key: str) -> Any:  # the ARMT choice with this version's defaults for newer fields
@@ -761,7 +791,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
         "baseline_settings": first.get("baseline_settings"),
         "published_note": PUBLISHED_NOTE, "summary": summ,
         "merged_from": [{"file": str(path), "command": payload.get("command"), "git_commit": payload.get("git_commit"),
-                         "wall_seconds": payload.get("wall_seconds"),
+                         "wall_seconds": payload.get("wall_seconds"), "partial": bool(payload.get("partial")),
+                         "rows_left_out": payload.get("rows_left_out", 0),
                          "horizons": sorted({r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"})}
                         for path, payload in runs],
         "rows": rows,
@@ -773,7 +804,9 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
           f"own run (column `run`); no training happened in the merge.", f"Command: `{payload['command']}`  ",
           f"Commit: {payload['git_commit']}.", "", "Runs:", ""]
     md += [f"- `{m['file']}` (H = {', '.join(map(str, m['horizons']))}): `{m['command']}`, commit {m['git_commit']}, "
-           f"wall time {m['wall_seconds']:.0f} s" for m in payload["merged_from"]]
+           + (f"a run that stopped early: its complete horizons only ({m['rows_left_out']} rows of unfinished "
+              f"horizons left out)" if m["partial"] else f"wall time {m['wall_seconds']:.0f} s")
+           for m in payload["merged_from"]]
     md += ["", markdown_table([r for r in rows if r["source"] == "same-run"], COLUMNS[:3] + ["run"] + COLUMNS[4:]), "",
            markdown_table(pub, COLUMNS[:8]), "", "## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
@@ -785,7 +818,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     return payload
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="path of ETTh1.csv / ETTm1.csv / weather.csv (required unless --merge-from)")
     p.add_argument("--dataset", choices=["ETTh1", "ETTm1", "Weather"], help="required unless --merge-from")
@@ -820,6 +853,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
                    help="only merge result files of runs with the same budget and ARMT choice, each with its own "
                         "horizons, into one table <out> (no training; see merge_results)")
+    return p
+
+
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The training budget a run's arguments set (the ``budget`` of its result file)."""
+    return {"kind": "wall seconds per trained model" + (" or optimiser steps, whichever comes first"
+                                                        if args.max_steps else ""),
+            "train_seconds": args.train_seconds, "max_steps": args.max_steps, "threads": args.threads,
+            "bf16": args.bf16}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.merge_from:
         if not args.out:
@@ -863,7 +909,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.out or f"forecast_{args.dataset}{'_quick' if args.quick else ''}"
     partial = PartialRows(RESULTS / f"{name}.partial.json",
                           {"command": command_line('forecast', argv), "git_commit": commit,
-                           "machine": machine_info(args.device), "armt_chosen": hyper.__dict__})
+                           "machine": machine_info(args.device), "armt_chosen": hyper.__dict__,
+                           "baseline_settings": BASELINE_SETTINGS})
     rows: list[dict] = []
     for h in args.horizons:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
@@ -891,10 +938,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "forecast", "dataset": args.dataset, "protocol": "DESIGN.md section 7 (exactly)",
         "command": command_line('forecast', argv), "git_commit": commit, "machine": machine_info(args.device),
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
-        "budget": {"kind": "wall seconds per trained model"
-                           + (" or optimiser steps, whichever comes first" if args.max_steps else ""),
-                   "train_seconds": args.train_seconds,
-                   "max_steps": args.max_steps, "threads": args.threads, "bf16": args.bf16},
+        "budget": budget_of(args),
         "armt_chosen": hyper.__dict__, "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,

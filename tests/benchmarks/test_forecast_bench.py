@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from armt_ts.data import TimeSeriesFrame, Windows
-from benchmarks.forecast import (ARMTBench, ARMTHyper, PartialRows, eval_windows, grid_candidates, masked_errors,
-                                 mean_wql, predict_armt, prepare_frame, run_horizon, seasonal_naive, train_armt)
+from benchmarks.forecast import (BASELINE_SETTINGS, ARMTBench, ARMTHyper, PartialRows, eval_windows, grid_candidates,
+                                 masked_errors, mean_wql, predict_armt, prepare_frame, run_horizon, seasonal_naive,
+                                 train_armt)
 from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_channel_mask,
                                          last_value_impute, make_augment, score)
 
@@ -369,7 +370,7 @@ def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
                "git_commit": "abc", "seed": 0, "wall_seconds": 10.0, "machine": {"cpu_model": "x"},
                "budget": {"kind": "wall seconds per trained model", "train_seconds": 150.0, "max_steps": None,
                           "threads": 1, "bf16": False},
-               "armt_chosen": {"linear_skip": True, "lr_schedule": "cosine"}, "baseline_settings": {"DLinear": {}},
+               "armt_chosen": {"linear_skip": True, "lr_schedule": "cosine"}, "baseline_settings": BASELINE_SETTINGS,
                "rows": [{"dataset": "ETTh1", "horizon": h, "model": m, "source": "same-run", "table": "main",
                          "context_length": 336, "mse": 0.3 + h / 1000 + (0.01 if m == "ARMT" else 0.0), "mae": 0.4,
                          "crps": None, "params": 1, "train_seconds": 150.0, "train_steps": 10,
@@ -410,8 +411,8 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
     d = _run_file(tmp_path / "run_d.json", [96, 192])
     with pytest.raises(ValueError, match=r"run_d.json: H=96 ARMT is also in .*run_a.json"):
         fc.merge_results([a, d], "x")
-    e = _run_file(tmp_path / "run_e.json", [192], partial=True)
-    with pytest.raises(ValueError, match="run_e.json: not a complete"):
+    e = _run_file(tmp_path / "run_e.json", [192], benchmark="streaming")
+    with pytest.raises(ValueError, match="run_e.json: not a benchmarks.forecast result"):
         fc.merge_results([a, e], "x")
     with pytest.raises(SystemExit):  # the CLI turns a refusal into a usage error
         fc.main(["--merge-from", str(a), str(c), "--out", "x"])
@@ -427,3 +428,34 @@ def test_the_training_loss_options():
     with pytest.raises(ValueError, match="ARMTHyper.loss"):
         ARMTHyper(loss="l2")
     assert ARMTHyper(loss="huber").name().endswith("-huber") and "mse" not in ARMTHyper().name()
+
+
+def test_a_stopped_run_contributes_the_horizons_it_finished(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    a = _run_file(tmp_path / "run_a.json", [720])
+    cmd = ("python -m benchmarks.forecast --data x.csv --dataset ETTh1 --horizons 96 192 336 720 --models ARMT "
+           "DLinear --train-seconds 150 --threads 1 --out stopped")
+    full = json.loads(_run_file(tmp_path / "tmp.json", [96, 192]).read_text())
+    # what PartialRows leaves: the header and the finished rows (H=336 has only ARMT: the run stopped there)
+    rows = full["rows"][:4] + [dict(full["rows"][0], horizon=336)]
+    stopped = tmp_path / "stopped.partial.json"
+    stopped.write_text(json.dumps({"command": cmd, "git_commit": "def", "armt_chosen": full["armt_chosen"],
+                                   "partial": True, "rows": rows}))
+    out = fc.merge_results([stopped, a], "merged")
+    assert [(r["horizon"], r["model"], r["run"]) for r in out["rows"] if r["source"] == "same-run"] == [
+        (96, "ARMT", "stopped.partial"), (96, "DLinear", "stopped.partial"), (192, "ARMT", "stopped.partial"),
+        (192, "DLinear", "stopped.partial"), (720, "ARMT", "run_a"), (720, "DLinear", "run_a")]
+    first = out["merged_from"][0]
+    assert first["partial"] is True and first["rows_left_out"] == 1 and first["horizons"] == [96, 192]
+    assert "stopped early" in (tmp_path / "merged.md").read_text()
+    # the settings come from its command line: another budget there is refused like a complete file's
+    stopped.write_text(json.dumps({"command": cmd.replace("150", "45"), "armt_chosen": full["armt_chosen"],
+                                   "partial": True, "rows": rows}))
+    with pytest.raises(ValueError, match="field 'budget'"):
+        fc.merge_results([stopped, a], "x")
+    stopped.write_text(json.dumps({"command": cmd, "partial": True, "rows": rows[4:]}))
+    with pytest.raises(ValueError, match="finished no horizon"):
+        fc.merge_results([stopped, a], "x")
