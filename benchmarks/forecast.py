@@ -717,8 +717,8 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     if words[:3] != ["python", "-m", "benchmarks.forecast"]:
         raise ValueError(f"{path}: a partial file without the benchmarks.forecast command that wrote it")
     args = build_parser().parse_args(words[3:])
-    if args.merge_from or args.plot_from or args.context_lengths:
-        raise ValueError(f"{path}: its command did not write a plain horizon table")
+    if args.merge_from or args.plot_from or args.context_lengths or args.quick:
+        raise ValueError(f"{path}: its command did not write a plain horizon table (or was --quick)")
     rows = [r for r in payload.get("rows", []) if r.get("table", "main") == "main" and r.get("source") == "same-run"]
     complete = [h for h in args.horizons
                 if {r["model"] for r in rows if r["horizon"] == h}
@@ -756,6 +756,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
             raise ValueError(f"{path}: not a benchmarks.forecast result")
         runs.append((path, payload))
     first_path, first = runs[0]
+
     def field(payload: dict, key: str) -> Any:  # the ARMT choice with this version's defaults for newer fields
         return ARMTHyper(**payload[key]).__dict__ if key == "armt_chosen" and key in payload else payload.get(key)
 
