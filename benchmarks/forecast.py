@@ -11,9 +11,9 @@ Peers, all trained in this script on the same z-scored data with the same contex
 budget: a fixed number of WALL SECONDS per model (``--train-seconds``; the optimiser steps each model got in that
 time are recorded), or with ``--max-steps N`` and a large ``--train-seconds`` a fixed number of optimiser steps
 (the numbers then do not depend on the machine's load). Every finished row is also written at once to
-``<out>.partial.json``, removed when the run completes. SeasonalNaive needs no training. CRPS is gluonts' mean weighted quantile loss over the levels
-0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST, DeepAR, iTransformer: gluonts' Student-t
-ports); the ARMT point model and SeasonalNaive get null.
+``<out>.partial.json``, removed when the run completes. SeasonalNaive needs no training. CRPS is gluonts' mean
+weighted quantile loss over the levels 0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST,
+DeepAR, iTransformer: gluonts' Student-t ports); the ARMT point model and SeasonalNaive get null.
 
 ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout|channels|width|loss``
 at the first horizon, each candidate built and trained from the same seed with the same budget and scored by val
@@ -260,14 +260,14 @@ class ARMTBench(nn.Module):
         """[B, L, C] -> [B, H, C] point forecast in the input's units."""
         values, observed = self.forecaster.impute(values, observed)
         loc, scale = self.stats(values, observed)
+        b, c = values.shape[0], values.shape[2]
+        inputs = (values, observed, loc, scale)
         if self.hyper.channel_independent:  # [B, L, C] -> [B * C, L, 1]: one batch row per (window, channel)
-            b, c = values.shape[0], values.shape[2]
-            rows = lambda t: t.transpose(1, 2).reshape(b * c, t.shape[1], 1)  # noqa: E731
-            params, _, _, _ = self.forecaster(rows(values), rows(observed), loc=rows(loc), scale=rows(scale))
-            y = params[0].reshape(b, c, -1).transpose(1, 2)  # [B, H, C]
-        else:
-            params, _, _, _ = self.forecaster(values, observed, loc=loc, scale=scale)
-            y = params[0]  # [B, H, C], normalised units
+            inputs = tuple(t.transpose(1, 2).reshape(b * c, t.shape[1], 1) for t in inputs)
+        params = self.forecaster(*inputs[:2], loc=inputs[2], scale=inputs[3]).params
+        y = params[0]  # [B, H, C], normalised units
+        if self.hyper.channel_independent:  # [B * C, H, 1] -> [B, H, C]
+            y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
             keep = observed[:, -self.skip_len:] != 0
             x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale, torch.zeros((), dtype=values.dtype,
@@ -730,7 +730,8 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
             "command": payload["command"], "git_commit": payload.get("git_commit"), "machine": payload.get("machine"),
             "seed": args.seed, "wall_seconds": None, "budget": budget_of(args),
             "armt_chosen": payload.get("armt_chosen"),
-            "baseline_settings": payload.get("baseline_settings", BASELINE_SETTINGS),  # older partial files: this code's
+            # older partial files do not record the baseline settings: this code's
+            "baseline_settings": payload.get("baseline_settings", BASELINE_SETTINGS),
             "partial": True, "rows_left_out": len(payload.get("rows", [])) - len(kept), "rows": kept}
 
 
