@@ -131,6 +131,22 @@ class ARMTForecaster(nn.Module):
         Returns:
             ForecasterOutput(params, loc, scale, state).
         """
+        y, loc, scale, state = self.encode(past_values, past_observed, state, loc, scale)
+        C = self.config.patch.n_channels
+        # "independent": the last time patch's tokens are the last C (index n * C + c); "mixing": the last token.
+        rep = y[:, -C:] if self.config.patch.mode == "independent" else y[:, -1]  # [B, C, D] or [B, D]
+        return ForecasterOutput(self.head(rep), loc, scale, state)
+
+    def encode(
+        self,
+        past_values: Tensor,
+        past_observed: Tensor,
+        state: MemoryState | None = None,
+        loc: Tensor | None = None,
+        scale: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, MemoryState]:
+        """``forward`` up to the head: -> (backbone outputs y [B, tokens, D], loc, scale, state). Arguments as in
+        ``forward``; y holds every context token's output ("independent": token n * C + c is patch n, channel c)."""
         if (loc is None) != (scale is None):
             raise ValueError("loc and scale: pass both or neither")
         past_values, past_observed = self.impute(past_values, past_observed)
@@ -142,10 +158,7 @@ class ARMTForecaster(nn.Module):
             loc, scale = own_loc, own_scale
         tokens, _ = self.embed(x, keep)  # [B, N*C, D] or [B, N, D]
         y, state = self.backbone(tokens, state)
-        C = self.config.patch.n_channels
-        # "independent": the last time patch's tokens are the last C (index n * C + c); "mixing": the last token.
-        rep = y[:, -C:] if self.config.patch.mode == "independent" else y[:, -1]  # [B, C, D] or [B, D]
-        return ForecasterOutput(self.head(rep), loc, scale, state)
+        return y, loc, scale, state
 
     def loss(
         self,

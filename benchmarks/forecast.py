@@ -15,8 +15,8 @@ time are recorded), or with ``--max-steps N`` and a large ``--train-seconds`` a 
 weighted quantile loss over the levels 0.1 .. 0.9 (``mean_wql``), for the probabilistic models (DLinear, PatchTST,
 DeepAR, iTransformer: gluonts' Student-t ports); the ARMT point model and SeasonalNaive get null.
 
-ARMT hyperparameters are chosen on the validation split only (``--grid small|schedule|ema|dropout|channels|width|loss``
-at the first horizon, each candidate built and trained from the same seed with the same budget and scored by val
+ARMT hyperparameters are chosen on the validation split only
+(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head`` at the first horizon, each candidate built and trained from the same seed with the same budget and scored by val
 MSE); the choice is recorded. The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride 8)
 with ``scaling="std"`` (instance normalisation, as in the papers' RevIN), fixed, not tuned; recorded too.
 
@@ -190,6 +190,7 @@ class ARMTHyper:
     dropout: float = 0.0  # ARMTConfig.dropout: attention weights and both residual branches, training only
     channel_independent: bool = False  # every channel its own univariate sequence (batch row), as in PatchTST
     loss: str = "mse"  # training loss on the z-scored data: "mse", "mae" or "huber" (delta 1); evaluation is MSE
+    head_patches: int = 1  # > 1: a linear map of the last k time patches' outputs per channel (PatchTST's flatten)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -198,6 +199,9 @@ class ARMTHyper:
             raise ValueError(f"ARMTHyper.ema: expected a decay in [0, 1), got {self.ema!r}")
         if self.loss not in ("mse", "mae", "huber"):
             raise ValueError(f"ARMTHyper.loss: expected 'mse', 'mae' or 'huber', got {self.loss!r}")
+        if not 1 <= self.head_patches <= self.segment_patches:
+            raise ValueError(f"ARMTHyper.head_patches: expected 1 .. segment_patches={self.segment_patches} (the "
+                             f"last segment's patches), got {self.head_patches!r}")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -207,7 +211,8 @@ class ARMTHyper:
                 f"{'-skip' if self.linear_skip else ''}-lr{self.lr:g}-b{self.batch_size}"
                 f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
                 f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}"
-                f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}")
+                f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}"
+                f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -242,6 +247,11 @@ class ARMTBench(nn.Module):
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
             scaling="none", impute="gaussian" if hyper.impute else "none")
         self.forecaster = ARMTForecaster(cfg)
+        self.c_model = c_model
+        self.flat = None
+        if hyper.head_patches > 1:  # replaces the forecaster's last-patch head (left out, so params count only use)
+            self.forecaster.head = nn.Identity()
+            self.flat = nn.Linear(hyper.head_patches * hyper.d_model, horizon)
         self.skip_len = min(context_length, 512)
         self.skip = nn.Linear(self.skip_len, horizon) if hyper.linear_skip else None
 
@@ -264,8 +274,13 @@ class ARMTBench(nn.Module):
         inputs = (values, observed, loc, scale)
         if self.hyper.channel_independent:  # [B, L, C] -> [B * C, L, 1]: one batch row per (window, channel)
             inputs = tuple(t.transpose(1, 2).reshape(b * c, t.shape[1], 1) for t in inputs)
-        params = self.forecaster(*inputs[:2], loc=inputs[2], scale=inputs[3]).params
-        y = params[0]  # [B, H, C], normalised units
+        if self.flat is None:
+            y = self.forecaster(*inputs[:2], loc=inputs[2], scale=inputs[3]).params[0]  # [B, H, C], normalised
+        else:  # the last k patches' tokens (time-major: token n * C + c) -> [B, C, k * D] -> [B, H, C]
+            out = self.forecaster.encode(*inputs[:2], loc=inputs[2], scale=inputs[3])[0]
+            k, cm = self.hyper.head_patches, self.c_model
+            rep = out[:, -k * cm:].reshape(out.shape[0], k, cm, -1).transpose(1, 2).reshape(out.shape[0], cm, -1)
+            y = self.flat(rep).transpose(1, 2)
         if self.hyper.channel_independent:  # [B * C, H, 1] -> [B, H, C]
             y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
@@ -569,6 +584,13 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         return [hyper] + [dataclasses.replace(hyper, d_model=d) for d in (hyper.d_model // 2, hyper.d_model // 4)]
     if kind == "loss":  # the training loss (the evaluation stays MSE)
         return [hyper] + [dataclasses.replace(hyper, loss=k) for k in ("huber", "mae")]
+    if kind == "skip":  # the linear context-to-horizon residual (DLinear-like), alone and with the Huber loss
+        flip = dataclasses.replace(hyper, linear_skip=not hyper.linear_skip)
+        other = "huber" if hyper.loss != "huber" else "mse"
+        return [hyper, flip, dataclasses.replace(hyper, loss=other), dataclasses.replace(flip, loss=other)]
+    if kind == "head":  # PatchTST-style flatten head over the last 4 / all patches of the last segment
+        return [hyper] + [dataclasses.replace(hyper, head_patches=k)
+                          for k in (hyper.segment_patches // 2, hyper.segment_patches)]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -833,7 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
-                   choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss"],
+                   choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],

@@ -315,6 +315,37 @@ def test_grid_candidates_build_on_the_given_choice():
         grid = grid_candidates(kind, given, from_file=True)
         assert grid[0] == given and [getattr(h, field) for h in grid] == values
         assert all(h.linear_skip for h in grid)  # the given choice's other fields are kept
+    grid = grid_candidates("head", given, from_file=True)
+    assert grid[0] == given and [h.head_patches for h in grid] == [1, 4, 8]
+    grid = grid_candidates("skip", given, from_file=True)
+    assert grid[0] == given and [(h.linear_skip, h.loss) for h in grid] == [
+        (True, "mse"), (False, "mse"), (True, "huber"), (False, "huber")]
+    assert all(h.lr_schedule == "cosine" for h in grid)
+
+
+def test_the_flatten_head_reads_the_last_k_patches_of_every_channel():
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, patch_len=8, stride=8, head_patches=2)
+    model = ARMTBench(hyper, 3, 24, 96, seed=0).eval()
+    assert hyper.name().endswith("-hp2") and isinstance(model.forecaster.head, torch.nn.Identity)
+    x = torch.randn(2, 96, 3, generator=torch.Generator().manual_seed(0))
+    obs = torch.ones(2, 96, 3)
+    with torch.no_grad():
+        y = model(x, obs)
+        loc, scale = model.stats(x, obs)
+        out = model.forecaster.encode(x, obs, loc=loc, scale=scale)[0]  # [2, 12 patches * 3 channels, 16]
+        # channel c's representation: patch 10's and patch 11's outputs of channel c, in time order
+        rep = torch.stack([torch.cat([out[:, 10 * 3 + c], out[:, 11 * 3 + c]], dim=-1) for c in range(3)], dim=1)
+        expect = loc + scale * model.flat(rep).transpose(1, 2)
+    assert y.shape == (2, 24, 3)
+    torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-6)
+    # encode + the forecaster's own head is forward, bit for bit
+    plain = ARMTBench(ARMTHyper(d_model=16, n_layers=1, segment_patches=4), 3, 24, 96, seed=0).eval()
+    with torch.no_grad():
+        f = plain.forecaster
+        enc = f.encode(x, obs)
+        assert torch.equal(f.head(enc[0][:, -3:])[0], f(x, obs).params[0])
+    with pytest.raises(ValueError, match="head_patches"):
+        ARMTHyper(segment_patches=4, head_patches=5)
 
 
 def test_a_channel_independent_model_forecasts_each_channel_from_itself_alone():
