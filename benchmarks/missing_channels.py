@@ -140,14 +140,19 @@ def conditions(w: Windows, C: int, seed: int, quick: bool) -> list[dict[str, Any
 
 def score(pred: np.ndarray, w: Windows, hidden: np.ndarray | None) -> dict[str, Any]:
     fo = w.future_observed
-    out = {"mse_all": masked_errors(pred, w.future_values, fo)["mse"]}
+    out = {"mse_all": masked_errors(pred, w.future_values, fo)["mse"],
+           "mse_by_channel": [masked_errors(pred[..., c], w.future_values[..., c], fo[..., c])["mse"]
+                              for c in range(fo.shape[-1])]}
     if hidden is None:
-        out["mse_visible"], out["mse_hidden"] = out["mse_all"], None
+        out["mse_visible"], out["mse_hidden"], out["mse_hidden_by_channel"] = out["mse_all"], None, None
         return out
     vis = np.where(hidden[:, None, :], 0.0, fo)
     hid = np.where(hidden[:, None, :], fo, 0.0)
     out["mse_visible"] = masked_errors(pred, w.future_values, vis)["mse"]
     out["mse_hidden"] = masked_errors(pred, w.future_values, hid)["mse"] if hid.any() else None
+    # per channel: its MSE over the windows that hid it (None where no window did), in channel order
+    out["mse_hidden_by_channel"] = [masked_errors(pred[..., c], w.future_values[..., c], hid[..., c])["mse"]
+                                    if hid[..., c].any() else None for c in range(hid.shape[-1])]
     return out
 
 
@@ -260,12 +265,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"fill first); baselines get last-value imputation (0 = train mean where nothing precedes the gap), "
           f"'+ impute' rows the same channel fill first.", f"Command: `{payload['command']}`  ",
           f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s.", "", markdown_table(rows, cols), "",
+          *hidden_by_channel_section(rows, prep.train.channels),
           "## Goal: ARMT's relative MSE increase at 30% hidden <= half of the best baseline's", "",
           "```", json.dumps(goal, indent=1), "```"]
     write_results(out_name, payload, "\n".join(md))
     partial.close()
     log(f"wrote {RESULTS / out_name}.json/.md in {payload['wall_seconds']:.0f} s")
     return payload
+
+
+def hidden_by_channel_section(rows: list[dict[str, Any]], channels: list[str]) -> list[str]:
+    """Markdown: each model's MSE on each channel over the windows that hid it, at every hidden fraction, beside
+    the same channel's MSE with nothing hidden (where the increase comes from, channel by channel)."""
+    vis = {}
+    for r in rows:
+        if r["scenario"] == "channels" and r["hidden_fraction"] == 0.0:
+            vis[r["model"]] = r.get("mse_by_channel")
+    out = []
+    for r in rows:
+        by = r.get("mse_hidden_by_channel")
+        if r["scenario"] != "channels" or not by:
+            continue
+        out.append({"model": r["model"], "hidden_fraction": r["hidden_fraction"],
+                    **{c: (None if v is None else round(v, 4)) for c, v in zip(channels, by)}})
+    if not out:
+        return []
+    base = [{"model": m, "hidden_fraction": "none (all visible)", **{c: round(v, 4) for c, v in zip(channels, by)}}
+            for m, by in vis.items() if by]
+    return ["## Hidden-channel MSE by channel", "",
+            "Each channel's test MSE over the windows that hid it (its whole context), and with nothing hidden.", "",
+            markdown_table(base + out, ["model", "hidden_fraction", *channels]), ""]
 
 
 def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from armt_ts.data import TimeSeriesFrame, Windows
 from benchmarks.forecast import (BASELINE_SETTINGS, ARMTBench, ARMTHyper, PartialRows, eval_windows, grid_candidates,
                                  masked_errors, mean_wql, predict_armt, prepare_frame, run_horizon, seasonal_naive,
                                  train_armt)
-from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_channel_mask,
-                                         last_value_impute, make_augment, score)
+from benchmarks.missing_channels import (block_mask, conditions, goal_check, hidden_by_channel_section,
+                                         hidden_channel_mask, last_value_impute, make_augment, score)
 
 
 def synthetic_frame(n_steps: int, n_channels: int = 7, seed: int = 0) -> TimeSeriesFrame:
@@ -132,6 +132,18 @@ def test_conditions_and_scores_separate_visible_and_hidden_channels(etth1_like):
     s = score(pred, w, c30["hidden"])
     assert s["mse_visible"] == pytest.approx(0.0) and s["mse_hidden"] == pytest.approx(1.0)
     assert s["mse_all"] == pytest.approx(2 / 7)
+    # channel by channel: wrong by 1 wherever that channel was hidden, exact where it was seen
+    assert s["mse_hidden_by_channel"] == pytest.approx([1.0] * 7) and s["mse_by_channel"] == pytest.approx(
+        [c30["hidden"][:, c].mean() for c in range(7)])
+    pred[..., 3] += 1.0  # channel 3 now also wrong by 1 where visible: its hidden error becomes 4, the others stay
+    s = score(pred, w, c30["hidden"])
+    assert s["mse_hidden_by_channel"] == pytest.approx([1.0, 1.0, 1.0, 4.0, 1.0, 1.0, 1.0])
+    assert score(pred, w, None)["mse_hidden_by_channel"] is None
+    table = "\n".join(hidden_by_channel_section(
+        [{"model": "X", "scenario": "channels", "hidden_fraction": 0.0, "mse_by_channel": [0.5] * 7,
+          "mse_hidden_by_channel": None},
+         {"model": "X", "scenario": "channels", "hidden_fraction": 0.3, **s}], [f"ch{c}" for c in range(7)]))
+    assert "| X | none (all visible) | 0.5 |" in table and "| X | 0.3 | 1 | 1 | 1 | 4 |" in table
     rows = [{"model": m, "scenario": "channels", "hidden_fraction": 0.3, "relative_increase": v}
             for m, v in (("ARMT", 0.1), ("DLinear", 0.5), ("PatchTST", 0.3))]
     goal = goal_check(rows)
