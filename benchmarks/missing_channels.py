@@ -16,8 +16,11 @@ ARMT gets the masks (``past_observed`` 0 where hidden) and nothing else. The bas
 context, is filled with 0, the train mean in z units) and an all-ones observed mask. ARMT rows:
 
 - "ARMT": trained exactly as in ``benchmarks/forecast.py`` (no masks seen in training);
-- "ARMT (mask-aug)": the same model trained with random hidden channels and blocks in half of its training
-  windows (training data only; the test masks come from other seeds);
+- "ARMT (mask-aug)": the same model trained with random hidden channels in a fraction p of its training windows
+  and random blocks in another p / 2 (training data only; the test masks come from other seeds); p is 0.5 unless
+  ``--aug-p`` gives several values, which are then compared on the VALIDATION split (every 4th stride-1 window,
+  30% of the channels hidden with their own seed; the lowest MSE over all channels wins) and the choice is
+  recorded;
 - "ARMT (impute)", "ARMT (mask-aug, impute)": the same two with ``ForecasterConfig.impute="gaussian"``: the
   forecaster fills a step's unobserved channels with their conditional mean given its observed channels, from a
   Gaussian fitted on the train split (``armt_ts/impute.py``), before its statistics and embedder.
@@ -51,8 +54,9 @@ from armt_ts.impute import GaussianChannelImputer
 
 FRACTIONS = (0.0, 0.1, 0.3, 0.5)
 BLOCK_RANGE = (0.05, 0.20)
-# Distinct seed streams: test masks never share a stream with the training augmentation.
-TEST_SEED, TRAIN_SEED = 1000, 2000
+# Distinct seed streams: test masks, validation masks and the training augmentation never share a stream.
+TEST_SEED, TRAIN_SEED, VAL_SEED = 1000, 2000, 3000
+VAL_FRACTION = 0.3  # the hidden fraction at which --aug-p candidates are compared (the goal's condition)
 
 
 def hidden_channel_mask(n_windows: int, n_channels: int, fraction: float, seed: int) -> np.ndarray:
@@ -175,8 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a few minutes: 10 s per model, fractions 0 / 0.1 / 0.3")
+    p.add_argument("--aug-p", type=float, nargs="+", default=[0.5],
+                   help="mask augmentation strength p (hidden channels in a fraction p of training windows, blocks "
+                        "in p/2; p <= 2/3); several values: chosen on the validation split at 30%% hidden")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if any(not 0.0 < a <= 2 / 3 for a in args.aug_p):
+        p.error(f"--aug-p: every value must be in (0, 2/3] (p + p/2 of the windows are masked), got {args.aug_p}")
     if args.quick:
         args.train_seconds = min(args.train_seconds, 10.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -197,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     partial = PartialRows(RESULTS / f"{out_name}.partial.json",
                           {"command": command_line('missing_channels', argv), "git_commit": commit,
                            "machine": machine_info(args.device), "armt_hyperparameters": hyper.__dict__})
+    aug_p, aug_grid = args.aug_p[0], []
+    if len(args.aug_p) > 1 and any("mask-aug" in m for m in args.models):
+        variant = "ARMT (mask-aug, impute)" if "ARMT (mask-aug, impute)" in args.models else "ARMT (mask-aug)"
+        aug_p, aug_grid = select_aug_p(prep, hyper, variant, args)
+        log(f"mask augmentation p chosen on val: {aug_p}")
     rows: list[dict[str, Any]] = []
     for name in args.models:
         log(f"{name}")
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name.startswith("ARMT"):
             model = ARMTBench(dataclasses.replace(hyper, impute="impute" in name), C, H, prep.context_length,
                               seed=args.seed)
-            aug = make_augment(C) if "mask-aug" in name else None
+            aug = make_augment(C, aug_p) if "mask-aug" in name else None
             info = train_armt(model, prep.train, prep.context_length, H, args.train_seconds,
                               args.seed + (TRAIN_SEED if aug else 0), args.device, args.bf16, args.max_steps, aug)
             params = n_params(model)
@@ -255,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "budget": {"kind": "wall seconds per trained model", "train_seconds": args.train_seconds,
                           "threads": args.threads, "bf16": args.bf16},
                "armt_hyperparameters": hyper.__dict__, "baseline_settings": BASELINE_SETTINGS, "goal": goal,
+               "aug_p": aug_p, "aug_grid": aug_grid,
                "rows": rows}
     cols = ["model", "scenario", "hidden_fraction", "hidden_channels_per_window", "mse_all", "mse_visible",
             "mse_hidden", "relative_increase", "imputation", "train_steps"]
@@ -263,15 +278,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"wall seconds of training per model, {args.threads} thread(s), device {args.device}. Test masks from "
           f"seed {args.seed + TEST_SEED}. ARMT reads masks (the '(impute)' rows with the Gaussian channel "
           f"fill first); baselines get last-value imputation (0 = train mean where nothing precedes the gap), "
-          f"'+ impute' rows the same channel fill first.", f"Command: `{payload['command']}`  ",
+          f"'+ impute' rows the same channel fill first. Mask augmentation p = {aug_p:g}"
+          f"{' (chosen on the validation split, below)' if aug_grid else ''}.", f"Command: `{payload['command']}`  ",
           f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s.", "", markdown_table(rows, cols), "",
           *hidden_by_channel_section(rows, prep.train.channels),
+          *(["## Mask augmentation strength, chosen on the validation split", "",
+             markdown_table(aug_grid, ["variant", "aug_p", "val_mse_all", "val_mse_hidden", "train_steps",
+                                       "val_windows"]), ""] if aug_grid else []),
           "## Goal: ARMT's relative MSE increase at 30% hidden <= half of the best baseline's", "",
           "```", json.dumps(goal, indent=1), "```"]
     write_results(out_name, payload, "\n".join(md))
     partial.close()
     log(f"wrote {RESULTS / out_name}.json/.md in {payload['wall_seconds']:.0f} s")
     return payload
+
+
+def select_aug_p(prep, hyper: ARMTHyper, variant: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
+    """Each ``--aug-p`` value trains ``variant`` with the same budget and seed; scored on every 4th validation
+    window with round(0.3 * C) channels hidden (seed VAL_SEED); the lowest val MSE over all channels wins."""
+    H, C = args.horizon, prep.n_channels
+    wv = eval_windows(prep, H, part="val")
+    idx = np.arange(0, len(wv), 4)
+    wv = Windows(wv.past_values[idx], wv.past_observed[idx], wv.future_values[idx], wv.future_observed[idx],
+                 wv.start[idx])
+    hidden = hidden_channel_mask(len(wv), C, VAL_FRACTION, args.seed + VAL_SEED)
+    obs = np.where(hidden[:, None, :], 0.0, wv.past_observed).astype(np.float32)
+    grid = []
+    for a in args.aug_p:
+        model = ARMTBench(dataclasses.replace(hyper, impute="impute" in variant), C, H, prep.context_length,
+                          seed=args.seed)
+        info = train_armt(model, prep.train, prep.context_length, H, args.train_seconds, args.seed + TRAIN_SEED,
+                          args.device, args.bf16, args.max_steps, make_augment(C, a))
+        s = score(predict_armt(model, wv.past_values, obs, args.device, args.bf16), wv, hidden)
+        grid.append({"variant": variant, "aug_p": a, "val_mse_all": s["mse_all"], "val_mse_hidden": s["mse_hidden"],
+                     "train_steps": info["steps"], "val_windows": len(wv)})
+        log(f"  val {variant} p={a:g}: mse {s['mse_all']:.4f} (hidden {s['mse_hidden']:.4f}, {info['steps']} steps)")
+    return grid[int(np.argmin([g["val_mse_all"] for g in grid]))]["aug_p"], grid
 
 
 def hidden_by_channel_section(rows: list[dict[str, Any]], channels: list[str]) -> list[str]:
@@ -284,7 +326,7 @@ def hidden_by_channel_section(rows: list[dict[str, Any]], channels: list[str]) -
     out = []
     for r in rows:
         by = r.get("mse_hidden_by_channel")
-        if r["scenario"] != "channels" or not by:
+        if r["scenario"] != "channels" or not by or all(v is None for v in by):
             continue
         out.append({"model": r["model"], "hidden_fraction": r["hidden_fraction"],
                     **{c: (None if v is None else round(v, 4)) for c, v in zip(channels, by)}})

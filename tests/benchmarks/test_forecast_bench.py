@@ -407,6 +407,39 @@ def test_the_missing_channel_benchmark_keeps_finished_rows_when_a_run_stops(tmp_
     assert [r["mse_all"] for r in payload["rows"]] == [r["mse_all"] for r in saved["rows"]]
 
 
+def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.missing_channels as mc
+    monkeypatch.setattr(mc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(mc, "prepare", lambda path, dataset, L: prepare_frame(synthetic_frame(2000, 3), dataset, L))
+    seen = []  # every augmentation the trainings used: (p, fraction of windows it masked)
+    real_train = mc.train_armt
+
+    def spy(model, *args):
+        aug = args[-1]
+        if aug is not None:
+            rng = np.random.default_rng(0)
+            masked = [bool((aug(rng, np.ones((1, 8, 3), np.float32)) == 0).any()) for _ in range(400)]
+            seen.append(np.mean(masked))
+        return real_train(model, *args)
+
+    monkeypatch.setattr(mc, "train_armt", spy)
+    payload = mc.main(["--data", "unused.csv", "--dataset", "Weather", "--horizon", "12", "--context-length", "192",
+                       "--quick", "--max-steps", "2", "--models", "SeasonalNaive", "ARMT (mask-aug)",
+                       "--aug-p", "0.1", "0.6", "--out", "mc_aug"])
+    grid = payload["aug_grid"]
+    assert [g["aug_p"] for g in grid] == [0.1, 0.6] and all(g["variant"] == "ARMT (mask-aug)" for g in grid)
+    assert payload["aug_p"] == min(grid, key=lambda g: g["val_mse_all"])["aug_p"]
+    assert all(g["val_windows"] > 0 and g["val_mse_hidden"] is not None for g in grid)
+    # the two candidates, then the test model with the chosen p: masked ~1.5 p of the windows
+    assert len(seen) == 3 and seen[0] == pytest.approx(0.15, abs=0.06) and seen[1] == pytest.approx(0.9, abs=0.06)
+    assert seen[2] == seen[[0.1, 0.6].index(payload["aug_p"])]
+    assert "chosen on the validation split" in (tmp_path / "mc_aug.md").read_text()
+    with pytest.raises(SystemExit):
+        mc.main(["--data", "unused.csv", "--aug-p", "0.8"])
+
+
 def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
     payload = {"benchmark": "forecast", "dataset": "ETTh1", "protocol": "DESIGN.md section 7 (exactly)",
                "command": f"python -m benchmarks.forecast --horizons {' '.join(map(str, horizons))}",
