@@ -17,10 +17,10 @@ context, is filled with 0, the train mean in z units) and an all-ones observed m
 
 - "ARMT": trained exactly as in ``benchmarks/forecast.py`` (no masks seen in training);
 - "ARMT (mask-aug)": the same model trained with random hidden channels in a fraction p of its training windows
-  and random blocks in another p / 2 (training data only; the test masks come from other seeds); p is 0.5 unless
-  ``--aug-p`` gives several values, which are then compared on the VALIDATION split (every 4th stride-1 window,
-  30% of the channels hidden with their own seed; the lowest MSE over all channels wins) and the choice is
-  recorded;
+  and random blocks in another min(p / 2, 1 - p) (training data only; the test masks come from other seeds); p is
+  0.5 unless ``--aug-p`` gives several values, which are then compared on the VALIDATION split (every 4th
+  stride-1 window, 30% of the channels hidden with their own seed; the lowest MSE over all channels wins) and the
+  choice is recorded;
 - "ARMT (impute)", "ARMT (mask-aug, impute)": the same two with ``ForecasterConfig.impute="gaussian"``: the
   forecaster fills a step's unobserved channels with their conditional mean given its observed channels, from a
   Gaussian fitted on the train split (``armt_ts/impute.py``), before its statistics and embedder.
@@ -112,7 +112,8 @@ def imputation_of(name: str) -> str:
 
 
 def make_augment(n_channels: int, p: float = 0.5):
-    """Training augmentation: in a fraction p of windows hide 1..C-1 random channels, in another p/2 add blocks."""
+    """Training augmentation: in a fraction p of windows hide 1..C-1 random channels, in another min(p/2, 1 - p)
+    add blocks."""
     def augment(rng: np.random.Generator, observed: np.ndarray) -> np.ndarray:
         B, L, C = observed.shape
         out = observed.copy()
@@ -121,7 +122,7 @@ def make_augment(n_channels: int, p: float = 0.5):
             if u < p:
                 k = int(rng.integers(1, C))
                 out[b, :, rng.permutation(C)[:k]] = 0.0
-            elif u < 1.5 * p:
+            elif u < p + min(p / 2, 1.0 - p):
                 m = block_mask(1, L, C, *BLOCK_RANGE, seed=int(rng.integers(1 << 31)))[0]
                 out[b][m] = 0.0
         return out
@@ -180,12 +181,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a few minutes: 10 s per model, fractions 0 / 0.1 / 0.3")
     p.add_argument("--aug-p", type=float, nargs="+", default=[0.5],
-                   help="mask augmentation strength p (hidden channels in a fraction p of training windows, blocks "
-                        "in p/2; p <= 2/3); several values: chosen on the validation split at 30%% hidden")
+                   help="mask augmentation strength p in (0, 1] (hidden channels in a fraction p of training "
+                        "windows, blocks in min(p/2, 1-p)); several values: chosen on the validation split at 30%% "
+                        "hidden")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if any(not 0.0 < a <= 2 / 3 for a in args.aug_p):
-        p.error(f"--aug-p: every value must be in (0, 2/3] (p + p/2 of the windows are masked), got {args.aug_p}")
+    if any(not 0.0 < a <= 1.0 for a in args.aug_p):
+        p.error(f"--aug-p: every value must be a fraction of the training windows in (0, 1], got {args.aug_p}")
     if args.quick:
         args.train_seconds = min(args.train_seconds, 10.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -437,7 +437,12 @@ def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_pa
     assert seen[2] == seen[[0.1, 0.6].index(payload["aug_p"])]
     assert "chosen on the validation split" in (tmp_path / "mc_aug.md").read_text()
     with pytest.raises(SystemExit):
-        mc.main(["--data", "unused.csv", "--aug-p", "0.8"])
+        mc.main(["--data", "unused.csv", "--aug-p", "1.2"])
+    # above p = 2/3 the blocks take the rest of the windows: p = 0.9 masks every window, 0.9 of them by channel
+    rng = np.random.default_rng(0)
+    outs = [mc.make_augment(3, 0.9)(rng, np.ones((1, 40, 3), np.float32))[0] for _ in range(2000)]
+    by_channel = np.mean([bool((o == 0).all(0).any()) for o in outs])
+    assert all((o == 0).any() for o in outs) and by_channel == pytest.approx(0.9, abs=0.03)
 
 
 def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
