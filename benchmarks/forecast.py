@@ -16,9 +16,10 @@ weighted quantile loss over the levels 0.1 .. 0.9 (``mean_wql``), for the probab
 DeepAR, iTransformer: gluonts' Student-t ports); the ARMT point model and SeasonalNaive get null.
 
 ARMT hyperparameters are chosen on the validation split only
-(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head`` at the first horizon, each candidate built and trained from the same seed with the same budget and scored by val
-MSE); the choice is recorded. The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride 8)
-with ``scaling="std"`` (instance normalisation, as in the papers' RevIN), fixed, not tuned; recorded too.
+(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head`` at the first horizon, each candidate built and
+trained from the same seed with the same budget and scored by val MSE); the choice is recorded. The baselines use
+gluonts' defaults (PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"`` (instance normalisation,
+as in the papers' RevIN), fixed, not tuned; recorded too.
 
 ``--context-lengths 336 512 1024 2048 4096`` adds the ARMT context-length table (first horizon only): the memory
 reads contexts far longer than one segment. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
@@ -963,7 +964,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": command_line('forecast', argv), "git_commit": commit, "machine": machine_info(args.device),
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
         "budget": budget_of(args),
-        "armt_chosen": hyper.__dict__, "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
+        "armt_chosen": hyper.__dict__,
+        "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,
     }
