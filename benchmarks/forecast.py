@@ -229,7 +229,8 @@ class ARMTBench(nn.Module):
     With ``channel_independent`` the forecaster is built for one channel and every (window, channel) pair is its
     own batch row, with its own memory (PatchTST's channel independence): no attention or memory across channels,
     one set of weights shared by all of them; a fully hidden channel then has nothing to forecast from but zeros
-    in its train-statistics units.
+    in its train-statistics units. With ``head_patches`` = k > 1 a linear map of each channel's last k patch outputs
+    (``ARMTForecaster.encode``) replaces the forecaster's last-patch head.
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
