@@ -16,8 +16,8 @@ weighted quantile loss over the levels 0.1 .. 0.9 (``mean_wql``), for the probab
 DeepAR, iTransformer: gluonts' Student-t ports); the ARMT point model and SeasonalNaive get null.
 
 ARMT hyperparameters are chosen on the validation split only
-(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head`` at the first horizon, each candidate built and
-trained from the same seed with the same budget and scored by val MSE); the choice is recorded. The baselines use
+(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head|ols`` at the first horizon, each candidate built
+and trained from the same seed with the same budget and scored by val MSE); the choice is recorded. The baselines use
 gluonts' defaults (PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"`` (instance normalisation,
 as in the papers' RevIN), fixed, not tuned; recorded too.
 
@@ -192,6 +192,10 @@ class ARMTHyper:
     channel_independent: bool = False  # every channel its own univariate sequence (batch row), as in PatchTST
     loss: str = "mse"  # training loss on the z-scored data: "mse", "mae" or "huber" (delta 1); evaluation is MSE
     head_patches: int = 1  # > 1: a linear map of the last k time patches' outputs per channel (PatchTST's flatten)
+    # linear_skip's start: "random" (nn.Linear's init), "ols" (least squares on the train windows, then trained
+    # with the rest) or "ols-frozen" (least squares, kept fixed: the network learns the residual); with "ols*"
+    # the network's output layer starts at zero, so the untrained model is the least-squares linear forecast
+    skip_init: str = "random"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -203,6 +207,10 @@ class ARMTHyper:
         if not 1 <= self.head_patches <= self.segment_patches:
             raise ValueError(f"ARMTHyper.head_patches: expected 1 .. segment_patches={self.segment_patches} (the "
                              f"last segment's patches), got {self.head_patches!r}")
+        if self.skip_init not in ("random", "ols", "ols-frozen"):
+            raise ValueError(f"ARMTHyper.skip_init: expected 'random', 'ols' or 'ols-frozen', got {self.skip_init!r}")
+        if self.skip_init != "random" and not self.linear_skip:
+            raise ValueError(f"ARMTHyper.skip_init={self.skip_init!r} needs linear_skip=True (there is no skip to fit)")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -213,7 +221,8 @@ class ARMTHyper:
                 f"{'-impute' if self.impute else ''}{'-cos' if self.lr_schedule == 'cosine' else ''}"
                 f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}"
                 f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}"
-                f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}")
+                f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}"
+                f"{'' if self.skip_init == 'random' else '-' + self.skip_init}")
 
 
 class ARMTBench(nn.Module):
@@ -230,7 +239,9 @@ class ARMTBench(nn.Module):
     own batch row, with its own memory (PatchTST's channel independence): no attention or memory across channels,
     one set of weights shared by all of them; a fully hidden channel then has nothing to forecast from but zeros
     in its train-statistics units. With ``head_patches`` = k > 1 a linear map of each channel's last k patch outputs
-    (``ARMTForecaster.encode``) replaces the forecaster's last-patch head.
+    (``ARMTForecaster.encode``) replaces the forecaster's last-patch head. With ``skip_init`` "ols" / "ols-frozen"
+    ``fit_skip`` sets the skip to the least-squares linear forecast of the train windows (``train_armt`` calls it
+    inside the training budget) and the network's output layer starts at zero.
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
@@ -256,6 +267,12 @@ class ARMTBench(nn.Module):
             self.flat = nn.Linear(hyper.head_patches * hyper.d_model, horizon)
         self.skip_len = min(context_length, 512)
         self.skip = nn.Linear(self.skip_len, horizon) if hyper.linear_skip else None
+        if hyper.skip_init != "random":  # the network starts as a zero residual on the least-squares skip
+            last = self.flat if self.flat is not None else self.forecaster.head.out
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            if hyper.skip_init == "ols-frozen":
+                self.skip.requires_grad_(False)
 
     @staticmethod
     def stats(values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
@@ -267,6 +284,54 @@ class ARMTBench(nn.Module):
         scale = torch.sqrt(var + 1e-5)
         none = n == 0
         return torch.where(none, torch.zeros_like(loc), loc), torch.where(none, torch.ones_like(scale), scale)
+
+    def skip_inputs(self, values: Tensor, observed: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """The skip's input [B, C, skip_len]: the last skip_len context steps, normalised, 0 where unobserved."""
+        keep = observed[:, -self.skip_len:] != 0
+        x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale,
+                        torch.zeros((), dtype=values.dtype, device=values.device))
+        return x.transpose(1, 2)
+
+    @torch.no_grad()
+    def fit_skip(self, w: Windows, ridge: float = 1e-3, chunk: int = 1024) -> dict[str, Any]:
+        """Set the skip to the ridge least-squares map from its input to the normalised future, (future - loc) /
+        scale, over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
+        channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared error in the
+        data's units (the training and evaluation MSE) of the model whose network output is zero. Normal equations
+        accumulated in float64 chunk by chunk; the ridge is ``ridge`` times the mean diagonal of the Gram matrix, on
+        the weights only (not the bias). Returns the rows used and the seconds taken."""
+        if self.skip is None:
+            raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
+        t0 = time.perf_counter()
+        dev = self.skip.weight.device
+        n_in = self.skip_len + 1
+        gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
+        cross = torch.zeros(n_in, self.skip.out_features, dtype=torch.float64, device=dev)
+        rows = 0
+        for i in range(0, len(w.past_values), chunk):
+            pv = torch.as_tensor(np.ascontiguousarray(w.past_values[i:i + chunk]), device=dev)
+            po = torch.as_tensor(np.ascontiguousarray(w.past_observed[i:i + chunk]), device=dev)
+            fv = torch.as_tensor(np.ascontiguousarray(w.future_values[i:i + chunk]), device=dev)
+            fo = torch.as_tensor(np.ascontiguousarray(w.future_observed[i:i + chunk]), device=dev) != 0
+            pv, po = self.forecaster.impute(pv, po)
+            loc, scale = self.stats(pv, po)
+            x = self.skip_inputs(pv, po, loc, scale).reshape(-1, self.skip_len).double()  # [B * C, skip_len]
+            y = ((fv - loc) / scale).transpose(1, 2).reshape(-1, self.skip.out_features).double()  # [B * C, H]
+            full = fo.transpose(1, 2).reshape(-1, self.skip.out_features).all(1)
+            wt = scale.reshape(-1, 1).double()[full]  # the row's error in data units is scale * (skip(x) - y)
+            x, y = x[full], y[full]
+            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=dev)], 1) * wt
+            gram += x1.T @ x1
+            cross += x1.T @ (y * wt)
+            rows += len(x)
+        if rows == 0:
+            raise ValueError("fit_skip: no window has a fully observed future")
+        reg = torch.zeros(n_in, dtype=torch.float64, device=dev)
+        reg[:-1] = ridge * gram.diagonal()[:-1].mean()
+        sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [skip_len + 1, H]
+        self.skip.weight.copy_(sol[:-1].T.to(self.skip.weight.dtype))
+        self.skip.bias.copy_(sol[-1].to(self.skip.bias.dtype))
+        return {"rows": rows, "seconds": time.perf_counter() - t0}
 
     def forward(self, values: Tensor, observed: Tensor) -> Tensor:
         """[B, L, C] -> [B, H, C] point forecast in the input's units."""
@@ -286,10 +351,7 @@ class ARMTBench(nn.Module):
         if self.hyper.channel_independent:  # [B * C, H, 1] -> [B, H, C]
             y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
-            keep = observed[:, -self.skip_len:] != 0
-            x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale, torch.zeros((), dtype=values.dtype,
-                                                                                          device=values.device))
-            y = y + self.skip(x.transpose(1, 2)).transpose(1, 2)
+            y = y + self.skip(self.skip_inputs(values, observed, loc, scale)).transpose(1, 2)
         return loc + scale * y
 
 
@@ -316,7 +378,8 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
                seed: int, device: str, bf16: bool, max_steps: int | None = None,
                augment: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Train on random stride-1 train windows for ``budget_s`` wall seconds (or ``max_steps``); AdamW, MSE
-    (or ``hyper.loss``).
+    (or ``hyper.loss``). With ``hyper.skip_init`` "ols*" the least-squares skip fit (``ARMTBench.fit_skip`` on all
+    train windows) comes first, inside the wall budget; ``max_steps=0`` leaves the model at that fit.
 
     ``augment(rng, past_observed [B, L, C]) -> past_observed`` may hide context entries during training (the
     missing-channel benchmark's mask augmentation); the loss still covers every observed future entry.
@@ -328,13 +391,14 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         imputer.fit(torch.as_tensor(train.values), torch.as_tensor(train.observed))
     w = sliding_windows(train, context_length, horizon)
     model.to(device).train()
+    start = time.perf_counter()  # the least-squares skip fit counts against the budget
+    skip_fit = model.fit_skip(w) if model.hyper.skip_init != "random" else None
     opt = torch.optim.AdamW(model.parameters(), lr=model.hyper.lr, weight_decay=1e-4)
     steps, losses = 0, []
     params = [p for p in model.parameters() if p.requires_grad]
     # EMA of the weights (hyper.ema > 0), evaluated in place of the last iterate; the decay is warmed up as
     # min(ema, (1 + t) / (10 + t)) so the first steps' random weights do not linger in the average
     ema = [p.detach().clone() for p in params] if model.hyper.ema else None
-    start = time.perf_counter()
     while time.perf_counter() - start < budget_s and (max_steps is None or steps < max_steps):
         if model.hyper.lr_schedule == "cosine":  # f: the used fraction of the budget (time, or steps if capped)
             f = (time.perf_counter() - start) / budget_s
@@ -371,7 +435,8 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
                 p.copy_(e)
     model.eval()
     return {"steps": steps, "train_seconds": time.perf_counter() - start,
-            "final_train_loss": float(np.mean(losses[-20:])) if losses else None}
+            "final_train_loss": float(np.mean(losses[-20:])) if losses else None,
+            "skip_fit_seconds": None if skip_fit is None else skip_fit["seconds"]}
 
 
 @torch.no_grad()
@@ -593,6 +658,9 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
     if kind == "head":  # PatchTST-style flatten head over the last 4 / all patches of the last segment
         return [hyper] + [dataclasses.replace(hyper, head_patches=k)
                           for k in (hyper.segment_patches // 2, hyper.segment_patches)]
+    if kind == "ols":  # the linear skip fitted by least squares first: trained on, or frozen under a residual
+        base = dataclasses.replace(hyper, linear_skip=True)
+        return [hyper] + [dataclasses.replace(base, skip_init=k) for k in ("ols", "ols-frozen")]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -648,6 +716,20 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                             train_steps=info["steps"], predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
                             segments=model.forecaster.num_segments(prep.context_length),
                             hyperparameters=hyper.__dict__))
+            if hyper.skip_init != "random":  # ablation: the least-squares skip alone, before any optimiser step
+                r = rows[-1]
+                log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} steps {r['train_steps']}")
+                if on_row is not None:
+                    on_row(r)
+                alone = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
+                info = train_armt(alone, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, 0)
+                with Timer() as tp:
+                    pred = predict_armt(alone, w.past_values, w.past_observed, device, bf16)
+                m = masked_errors(pred, w.future_values, w.future_observed)
+                rows.append(row(prep, horizon, f"{label}: least-squares skip alone", m, params=n_params(alone.skip),
+                                train_seconds=info["train_seconds"], train_steps=0,
+                                predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
+                                hyperparameters=hyper.__dict__))
         else:
             est, predictor, info = train_gluonts(name, prep, horizon, budget_s, seed, device, bf16, max_steps)
             with Timer() as tp:
@@ -730,6 +812,17 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
+def ablation_section(rows: list[dict]) -> list[str]:
+    """Markdown lines for the ablation rows (none: no lines)."""
+    if not rows:
+        return []
+    return ["## Ablation: ARMT's least-squares skip alone (no optimiser step; not a peer in the averages)", "",
+            "The chosen ARMT's linear skip right after its least-squares fit on the train windows, with the network's "
+            "zero-initialised output: how much of the forecast the linear part carries and what training adds.", "",
+            markdown_table(rows, ["horizon", "context_length", "model", "mse", "mae", "params", "train_seconds"]
+                           + (["run"] if any("run" in r for r in rows) else [])), ""]
+
+
 MERGE_MUST_AGREE = ("dataset", "budget", "armt_chosen", "baseline_settings", "seed")
 
 
@@ -794,7 +887,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     seen: dict[tuple[int, str], Path] = {}
     for path, payload in runs:
         for r in payload["rows"]:
-            if r.get("source") != "same-run" or r.get("table", "main") != "main":
+            if r.get("source") != "same-run" or r.get("table", "main") not in ("main", "ablation"):
                 continue
             key = (r["horizon"], r["model"])
             if key in seen:
@@ -833,8 +926,10 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
            + (f"a run that stopped early: its complete horizons only ({m['rows_left_out']} rows of unfinished "
               f"horizons left out)" if m["partial"] else f"wall time {m['wall_seconds']:.0f} s")
            for m in payload["merged_from"]]
-    md += ["", markdown_table([r for r in rows if r["source"] == "same-run"], COLUMNS[:3] + ["run"] + COLUMNS[4:]), "",
-           markdown_table(pub, COLUMNS[:8]), "", "## Average MSE over horizons", "",
+    md += ["", markdown_table([r for r in rows if r["source"] == "same-run" and r.get("table", "main") == "main"],
+                              COLUMNS[:3] + ["run"] + COLUMNS[4:]), "", markdown_table(pub, COLUMNS[:8]), ""]
+    md += ablation_section([r for r in rows if r.get("table") == "ablation"])
+    md += ["## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
                           ["model", "avg_mse"]), "",
            f"ARMT's average below every same-run baseline: {summ.get('armt_average_below_every_same_run_baseline')}.",
@@ -857,7 +952,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
-                   choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head"],
+                   choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
+                            "ols"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
@@ -942,7 +1038,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
                             args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add)
     for r in rows:
-        r["table"] = "main"
+        r.setdefault("table", "main")  # run_horizon marks its ablation rows
     if args.context_lengths and args.context_length not in args.context_lengths:
         # the main table's ARMT row at the first horizon is the context table's L = --context-length entry
         rows += [dict(r, table="context") for r in rows
@@ -950,8 +1046,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for L in args.context_lengths:
         prep_l = prepare(args.data, args.dataset, L)
         for r in run_horizon(prep_l, args.horizons[0], hyper, ["ARMT"], args.train_seconds, args.seed, args.device,
-                             args.bf16, args.max_steps, on_row=lambda r: partial.add(dict(r, table="context"))):
-            r["table"] = "context"
+                             args.bf16, args.max_steps,
+                             on_row=lambda r: partial.add(dict(r, table=r.get("table", "context")))):
+            r.setdefault("table", "context")
             rows.append(r)
     pub = published_rows(args.dataset, args.horizons)
     for r in pub:
@@ -972,6 +1069,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     main_rows = [r for r in rows if r["table"] == "main"]
     ctx_rows = [r for r in rows if r["table"] == "context"]
+    ablation_rows = [r for r in rows if r["table"] == "ablation"]
     md = [f"# Forecast accuracy: {args.dataset}{' (--quick)' if args.quick else ''}", "",
           f"Protocol: DESIGN.md section 7, exactly (train-statistics z-scores, all {len(main_rows) and 'stride-1'} "
           f"test windows, none dropped). Budget: {args.train_seconds:g} wall seconds of training per model"
@@ -984,6 +1082,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         md += [f"## ARMT context length (H={args.horizons[0]})", "",
                markdown_table(ctx_rows, ["context_length", "segments", "mse", "mae", "params", "train_seconds",
                                          "train_steps", "predict_ms_per_window"]), ""]
+    md += ablation_section(ablation_rows)
     md += ["## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
                           ["model", "avg_mse"]), ""]

@@ -4,6 +4,7 @@ with fully hidden channels. No real data and no long training: every test runs i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -540,3 +541,74 @@ def test_a_stopped_run_contributes_the_horizons_it_finished(tmp_path, monkeypatc
     stopped.write_text(json.dumps({"command": cmd, "partial": True, "rows": rows[4:]}))
     with pytest.raises(ValueError, match="finished no horizon"):
         fc.merge_results([stopped, a], "x")
+
+
+def test_the_least_squares_skip_fit_zeroes_the_gradient_of_the_training_mse(etth1_like):
+    # ridge 0: the fit solves the normal equations of the data-unit MSE of the model whose network output is zero
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols")
+    assert hyper.name().endswith("-ols")
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    assert torch.count_nonzero(model.forecaster.head.out.weight) == 0  # the network starts as a zero residual
+    w = eval_windows(etth1_like, 24, "val")
+    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
+                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    info = model.fit_skip(sub, ridge=0.0)
+    assert info["rows"] == len(sub.past_values) * 7
+    pv, po = torch.as_tensor(sub.past_values), torch.as_tensor(sub.past_observed)
+    err = model(pv, po) - torch.as_tensor(sub.future_values)
+    (err ** 2).mean().backward()
+    grad = torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
+    assert grad.abs().max() < 1e-8
+    # the untrained model is the skip's forecast alone
+    loc, scale = model.stats(pv, po)
+    alone = loc + scale * model.skip(model.skip_inputs(pv, po, loc, scale)).transpose(1, 2)
+    torch.testing.assert_close(model(pv, po), alone)
+    # a better fit than the random skip it replaced, on the rows it was fitted to
+    other = ARMTBench(dataclasses.replace(hyper, skip_init="random"), 7, 24, 96, seed=0).double()
+    assert ((other(pv, po) - torch.as_tensor(sub.future_values)) ** 2).mean() > (err ** 2).mean()
+
+
+def test_a_frozen_least_squares_skip_stays_fixed_while_the_network_trains(etth1_like):
+    base = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True)
+    skips = {}
+    for init in ("ols", "ols-frozen"):
+        model = ARMTBench(dataclasses.replace(base, skip_init=init), 7, 24, 336, seed=0)
+        info = train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False,
+                          max_steps=0)
+        assert info["steps"] == 0 and info["skip_fit_seconds"] > 0
+        fitted = model.skip.weight.detach().clone()
+        train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=3)
+        skips[init] = (fitted, model.skip.weight.detach())
+        assert torch.count_nonzero(model.forecaster.head.out.weight) > 0  # the network's output layer learns
+    assert torch.equal(*skips["ols-frozen"]) and not torch.equal(*skips["ols"])
+    torch.testing.assert_close(skips["ols"][0], skips["ols-frozen"][0], rtol=0, atol=0)  # the same fit
+    with pytest.raises(ValueError, match="needs linear_skip=True"):
+        ARMTHyper(skip_init="ols")
+    with pytest.raises(ValueError, match="ARMTHyper.skip_init"):
+        ARMTHyper(linear_skip=True, skip_init="lstsq")
+    grid = grid_candidates("ols", ARMTHyper(loss="huber"), from_file=True)
+    assert [(h.linear_skip, h.skip_init, h.loss) for h in grid] == [
+        (False, "random", "huber"), (True, "ols", "huber"), (True, "ols-frozen", "huber")]
+
+
+def test_a_least_squares_skip_run_reports_the_skip_alone_as_an_ablation(tmp_path, monkeypatch, etth1_like):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True,
+                      skip_init="ols-frozen")
+    rows = run_horizon(etth1_like, 24, hyper, ["ARMT"], budget_s=1e9, seed=0, device="cpu", bf16=False,
+                       max_steps=2)
+    assert [(r["model"], r.get("table", "main"), r["train_steps"]) for r in rows] == [
+        ("ARMT", "main", 2), ("ARMT: least-squares skip alone", "ablation", 0)]
+    assert rows[1]["params"] == 336 * 24 + 24 and rows[1]["mse"] != rows[0]["mse"]
+    # kept by a merge, outside the averages
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    a = _run_file(tmp_path / "run_a.json", [96])
+    payload = json.loads(a.read_text())
+    payload["rows"].append(dict(payload["rows"][0], model="ARMT: least-squares skip alone", table="ablation"))
+    a.write_text(json.dumps(payload))
+    out = fc.merge_results([a, _run_file(tmp_path / "run_b.json", [192])], "merged")
+    assert [r["model"] for r in out["rows"] if r.get("table") == "ablation"] == ["ARMT: least-squares skip alone"]
+    assert not any("least-squares" in k for k in out["summary"]["average_mse_over_horizons"])
+    assert "## Ablation" in (tmp_path / "merged.md").read_text()
