@@ -612,3 +612,10 @@ def test_a_least_squares_skip_run_reports_the_skip_alone_as_an_ablation(tmp_path
     assert [r["model"] for r in out["rows"] if r.get("table") == "ablation"] == ["ARMT: least-squares skip alone"]
     assert not any("least-squares" in k for k in out["summary"]["average_mse_over_horizons"])
     assert "## Ablation" in (tmp_path / "merged.md").read_text()
+
+
+def test_the_residual_grid_lowers_the_networks_learning_rate_over_a_least_squares_skip():
+    grid = grid_candidates("residual", ARMTHyper(lr=1e-3, loss="huber"), from_file=True)
+    assert [(h.linear_skip, h.skip_init, h.lr, h.loss) for h in grid] == [
+        (True, "ols-frozen", pytest.approx(1e-3 / 3), "huber"), (True, "ols-frozen", pytest.approx(1e-4), "huber"),
+        (True, "ols", pytest.approx(1e-4), "huber")]
