@@ -619,3 +619,21 @@ def test_the_residual_grid_lowers_the_networks_learning_rate_over_a_least_square
     assert [(h.linear_skip, h.skip_init, h.lr, h.loss) for h in grid] == [
         (True, "ols-frozen", pytest.approx(1e-3 / 3), "huber"), (True, "ols-frozen", pytest.approx(1e-4), "huber"),
         (True, "ols", pytest.approx(1e-4), "huber")]
+
+
+def test_the_grid_scores_a_least_squares_candidates_skip_alone_on_validation(etth1_like):
+    from benchmarks.forecast import select_armt
+    small = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4)
+    grid = [dataclasses.replace(small, linear_skip=True), dataclasses.replace(small, linear_skip=True,
+                                                                              skip_init="ols-frozen")]
+    best, scores = select_armt(etth1_like, 24, grid, budget_s=1e9, seed=0, device="cpu", bf16=False, val_stride=50,
+                               max_steps=2)
+    assert best in grid and "val_mse_skip_alone" not in scores[0]
+    alone = ARMTBench(grid[1], 7, 24, 336, seed=0)
+    train_armt(alone, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=0)
+    wv = eval_windows(etth1_like, 24, "val")
+    idx = np.arange(0, len(wv), 50)
+    m = masked_errors(predict_armt(alone, wv.past_values[idx], wv.past_observed[idx], "cpu", False),
+                      wv.future_values[idx], wv.future_observed[idx])
+    assert scores[1]["val_mse_skip_alone"] == pytest.approx(m["mse"], rel=1e-6)
+    assert scores[1]["val_mse_skip_alone"] != scores[1]["val_mse"]
