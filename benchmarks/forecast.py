@@ -835,7 +835,7 @@ def ablation_section(rows: list[dict]) -> list[str]:
                            + (["run"] if any("run" in r for r in rows) else [])), ""]
 
 
-MERGE_MUST_AGREE = ("dataset", "budget", "armt_chosen", "baseline_settings", "seed")
+MERGE_MUST_AGREE = ("dataset", "budget", "baseline_settings", "seed")
 
 
 def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -867,10 +867,12 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
 def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """One four-horizon table from runs that each trained their own horizons (no training here).
 
-    The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, budget, the ARMT
-    choice, the baseline settings, the seed) and must not share a (horizon, model); a run's peers stay the peers it
-    trained in the same run, and every same-run row names its run (``run``: the file's stem). The published rows are
-    made anew for the union of horizons. Writes ``<name>.json`` / ``.md`` / ``.png`` and returns the payload.
+    The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, budget, the
+    baseline settings, the seed) and must not share a (horizon, model); a run's peers stay the peers it trained in
+    the same run, and every same-run row names its run (``run``: the file's stem). Each run keeps its own ARMT
+    choice (a validation grid at its own horizons may choose differently), recorded per run (``armt_chosen_by_run``;
+    ``armt_chosen`` only when every run made the same one). The published rows are made anew for the union of
+    horizons. Writes ``<name>.json`` / ``.md`` / ``.png`` and returns the payload.
 
     A run that stopped early (its ``<out>.partial.json``, see ``PartialRows``) contributes the horizons at which
     every model its command asked for finished (``partial_run``); its other rows are left out and counted.
@@ -913,12 +915,15 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     rows += pub
     summ = summary(rows, horizons)
     budget = first["budget"]
+    chosen = {path.stem: field(payload, "armt_chosen") for path, payload in runs}
+    one_choice = all(c == chosen[first_path.stem] for c in chosen.values())
     cap = f" or {budget['max_steps']} optimiser steps, whichever comes first" if budget.get("max_steps") else ""
     payload = {
         "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
         "command": command_line("forecast", ["--merge-from", *map(str, paths), "--out", name]),
         "git_commit": git_commit(), "machine": first.get("machine"), "seed": first.get("seed"),
-        "budget": budget, "armt_chosen": field(first, "armt_chosen"),
+        "budget": budget, "armt_chosen": chosen[first_path.stem] if one_choice else None,
+        "armt_chosen_by_run": chosen,
         "baseline_settings": first.get("baseline_settings"),
         "published_note": PUBLISHED_NOTE, "summary": summ,
         "merged_from": [{"file": str(path), "command": payload.get("command"), "git_commit": payload.get("git_commit"),
@@ -930,9 +935,12 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     }
     md = [f"# Forecast accuracy: {first['dataset']}, merged from {len(runs)} runs", "",
           f"Protocol: DESIGN.md section 7, exactly. Budget in every run: {budget.get('train_seconds'):g} wall seconds "
-          f"of training per model{cap}, {budget.get('threads')} thread(s). Seed {first.get('seed')}. ARMT: the same "
-          f"choice in every run (`{ARMTHyper(**first['armt_chosen']).name()}`). Each row's peers are the rows of its "
-          f"own run (column `run`); no training happened in the merge.", f"Command: `{payload['command']}`  ",
+          f"of training per model{cap}, {budget.get('threads')} thread(s). Seed {first.get('seed')}. ARMT: "
+          + (f"the same choice in every run (`{ARMTHyper(**chosen[first_path.stem]).name()}`)" if one_choice else
+             "; ".join(f"`{ARMTHyper(**c).name()}` in {run}" for run, c in chosen.items() if c is not None)
+             + " (each run's choice was made on the validation split at its own horizons)")
+          + ". Each row's peers are the rows of its own run (column `run`); no training happened in the merge.",
+          f"Command: `{payload['command']}`  ",
           f"Commit: {payload['git_commit']}.", "", "Runs:", ""]
     md += [f"- `{m['file']}` (H = {', '.join(map(str, m['horizons']))}): `{m['command']}`, commit {m['git_commit']}, "
            + (f"a run that stopped early: its complete horizons only ({m['rows_left_out']} rows of unfinished "
@@ -1029,11 +1037,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     log(f"forecast benchmark: {command_line('forecast', argv)}")
 
-    prep = prepare(args.data, args.dataset, args.context_length)
     hyper, grid_scores = ARMTHyper(), []
     if args.armt_from:
-        hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
+        chosen = json.loads(Path(args.armt_from).read_text()).get("armt_chosen")
+        if chosen is None:
+            p.error(f"--armt-from {args.armt_from}: no single armt_chosen there (a merge of runs with different "
+                    f"choices lists them in armt_chosen_by_run); give the file of the run whose choice you want")
+        hyper = ARMTHyper(**chosen)
         log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
+    prep = prepare(args.data, args.dataset, args.context_length)
     grid = grid_candidates(args.grid, hyper, from_file=bool(args.armt_from)) if "ARMT" in args.models else []
     if grid:
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,

@@ -498,6 +498,16 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
         fc.merge_results([a, e], "x")
     with pytest.raises(SystemExit):  # the CLI turns a refusal into a usage error
         fc.main(["--merge-from", str(a), str(c), "--out", "x"])
+    # runs whose validation grids chose different ARMT settings: merged, each choice recorded with its run
+    f = _run_file(tmp_path / "run_f.json", [192, 336, 720], armt_chosen={"linear_skip": True, "skip_init": "ols"})
+    out = fc.merge_results([a, f], "mixed")
+    assert out["armt_chosen"] is None
+    assert {k: v["skip_init"] for k, v in out["armt_chosen_by_run"].items()} == {"run_a": "random", "run_f": "ols"}
+    text = (tmp_path / "mixed.md").read_text()
+    assert "-ols` in run_f" in text and "-cos` in run_a" in text
+    assert out["armt_chosen_by_run"] == json.loads((tmp_path / "mixed.json").read_text())["armt_chosen_by_run"]
+    with pytest.raises(SystemExit):  # --armt-from needs one choice
+        fc.main(["--data", "x.csv", "--dataset", "ETTh1", "--armt-from", str(tmp_path / "mixed.json")])
 
 
 def test_the_training_loss_options():
