@@ -848,7 +848,8 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     args = build_parser().parse_args(words[3:])
     if args.merge_from or args.plot_from or args.context_lengths or args.quick:
         raise ValueError(f"{path}: its command did not write a plain horizon table (or was --quick)")
-    rows = [r for r in payload.get("rows", []) if r.get("table", "main") == "main" and r.get("source") == "same-run"]
+    rows = [r for r in payload.get("rows", [])  # the main table and its ablation rows
+            if r.get("table", "main") in ("main", "ablation") and r.get("source") == "same-run"]
     complete = [h for h in args.horizons
                 if {r["model"] for r in rows if r["horizon"] == h}
                 >= {m for m in args.models if m != "DeepAR" or h in args.deepar_horizons}]

@@ -533,15 +533,18 @@ def test_a_stopped_run_contributes_the_horizons_it_finished(tmp_path, monkeypatc
     full = json.loads(_run_file(tmp_path / "tmp.json", [96, 192]).read_text())
     # what PartialRows leaves: the header and the finished rows (H=336 has only ARMT: the run stopped there)
     rows = full["rows"][:4] + [dict(full["rows"][0], horizon=336)]
+    ablation = [dict(full["rows"][0], model="ARMT: least-squares skip alone", table="ablation", horizon=h)
+                for h in (96, 336)]
     stopped = tmp_path / "stopped.partial.json"
     stopped.write_text(json.dumps({"command": cmd, "git_commit": "def", "armt_chosen": full["armt_chosen"],
-                                   "partial": True, "rows": rows}))
+                                   "partial": True, "rows": rows + ablation}))
     out = fc.merge_results([stopped, a], "merged")
     assert [(r["horizon"], r["model"], r["run"]) for r in out["rows"] if r["source"] == "same-run"] == [
-        (96, "ARMT", "stopped.partial"), (96, "DLinear", "stopped.partial"), (192, "ARMT", "stopped.partial"),
+        (96, "ARMT", "stopped.partial"), (96, "DLinear", "stopped.partial"),
+        (96, "ARMT: least-squares skip alone", "stopped.partial"), (192, "ARMT", "stopped.partial"),
         (192, "DLinear", "stopped.partial"), (720, "ARMT", "run_a"), (720, "DLinear", "run_a")]
     first = out["merged_from"][0]
-    assert first["partial"] is True and first["rows_left_out"] == 1 and first["horizons"] == [96, 192]
+    assert first["partial"] is True and first["rows_left_out"] == 2 and first["horizons"] == [96, 192]
     assert "stopped early" in (tmp_path / "merged.md").read_text()
     # the settings come from its command line: another budget there is refused like a complete file's
     stopped.write_text(json.dumps({"command": cmd.replace("150", "45"), "armt_chosen": full["armt_chosen"],
