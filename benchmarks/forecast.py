@@ -615,6 +615,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def fitted_skip_alone(prep: Prepared, hyper: ARMTHyper, horizon: int, seed: int, device: str,
+                      bf16: bool) -> tuple[ARMTBench, dict[str, Any]]:
+    """The ablation of an "ols*" choice: its model right after the least-squares skip fit, no optimiser step."""
+    model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
+    return model, train_armt(model, prep.train, prep.context_length, horizon, math.inf, seed, device, bf16, 0)
+
+
 def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: float, seed: int, device: str,
                 bf16: bool, val_stride: int, max_steps: int | None) -> tuple[ARMTHyper, list[dict]]:
     """Train every candidate with the same budget and keep the one with the lowest val MSE (val split only)."""
@@ -629,8 +636,7 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
         scores.append({"candidate": hyper.name(), **hyper.__dict__, "val_mse": m["mse"], "val_mae": m["mae"],
                        "train_steps": info["steps"], "val_windows": len(idx)})
         if hyper.skip_init != "random":  # what the network's training changed: the same skip fit, no steps
-            alone = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
-            train_armt(alone, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, 0)
+            alone, _ = fitted_skip_alone(prep, hyper, horizon, seed, device, bf16)
             pred = predict_armt(alone, wv.past_values[idx], wv.past_observed[idx], device, bf16)
             alone_m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
             scores[-1]["val_mse_skip_alone"] = alone_m["mse"]
@@ -733,8 +739,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                 log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} steps {r['train_steps']}")
                 if on_row is not None:
                     on_row(r)
-                alone = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
-                info = train_armt(alone, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, 0)
+                alone, info = fitted_skip_alone(prep, hyper, horizon, seed, device, bf16)
                 with Timer() as tp:
                     pred = predict_armt(alone, w.past_values, w.past_observed, device, bf16)
                 m = masked_errors(pred, w.future_values, w.future_observed)
