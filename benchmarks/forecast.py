@@ -196,6 +196,12 @@ class ARMTHyper:
     # with the rest) or "ols-frozen" (least squares, kept fixed: the network learns the residual); with "ols*"
     # the network's output layer starts at zero, so the untrained model is the least-squares linear forecast
     skip_init: str = "random"
+    # > 0 (needs skip_init "ols*"): a cross-channel least-squares term next to the skip. Each channel's forecast
+    # gets a linear map of every channel's last ``cross_lags`` normalised context steps, fitted per output channel
+    # on the shared skip's residual (ridge ``cross_ridge`` times the mean Gram diagonal); trained on or frozen
+    # with the skip. The shared skip sees one channel at a time; this is what it cannot see.
+    cross_lags: int = 0
+    cross_ridge: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -211,6 +217,14 @@ class ARMTHyper:
             raise ValueError(f"ARMTHyper.skip_init: expected 'random', 'ols' or 'ols-frozen', got {self.skip_init!r}")
         if self.skip_init != "random" and not self.linear_skip:
             raise ValueError(f"ARMTHyper.skip_init={self.skip_init!r} needs linear_skip=True (there is no skip to fit)")
+        if self.cross_lags < 0 or (self.cross_lags and self.skip_init == "random"):
+            raise ValueError(f"ARMTHyper.cross_lags={self.cross_lags!r}: expected 0, or > 0 with skip_init 'ols' or "
+                             f"'ols-frozen' (the cross-channel term is fitted on the least-squares skip's residual)")
+        if self.cross_lags and self.channel_independent:
+            raise ValueError("ARMTHyper.cross_lags: a channel_independent model sees one channel at a time; there "
+                             "is no other channel to read")
+        if not self.cross_ridge >= 0:
+            raise ValueError(f"ARMTHyper.cross_ridge: expected >= 0, got {self.cross_ridge!r}")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -222,7 +236,8 @@ class ARMTHyper:
                 f"{f'-ema{self.ema:g}' if self.ema else ''}{f'-do{self.dropout:g}' if self.dropout else ''}"
                 f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}"
                 f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}"
-                f"{'' if self.skip_init == 'random' else '-' + self.skip_init}")
+                f"{'' if self.skip_init == 'random' else '-' + self.skip_init}"
+                f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -241,7 +256,9 @@ class ARMTBench(nn.Module):
     in its train-statistics units. With ``head_patches`` = k > 1 a linear map of each channel's last k patch outputs
     (``ARMTForecaster.encode``) replaces the forecaster's last-patch head. With ``skip_init`` "ols" / "ols-frozen"
     ``fit_skip`` sets the skip to the least-squares linear forecast of the train windows (``train_armt`` calls it
-    inside the training budget) and the network's output layer starts at zero.
+    inside the training budget) and the network's output layer starts at zero. With ``cross_lags`` = k a
+    cross-channel term (``cross``: per output channel, a linear map of every channel's last k normalised steps) is
+    added to the skip, fitted by least squares on the skip's residual in the same ``fit_skip``.
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
@@ -267,12 +284,20 @@ class ARMTBench(nn.Module):
             self.flat = nn.Linear(hyper.head_patches * hyper.d_model, horizon)
         self.skip_len = min(context_length, 512)
         self.skip = nn.Linear(self.skip_len, horizon) if hyper.linear_skip else None
+        self.cross = None
+        if hyper.cross_lags:  # [C_out, C * k + 1, H]: per output channel, every channel's last k steps and a bias
+            if hyper.cross_lags > self.skip_len:
+                raise ValueError(f"ARMTHyper.cross_lags={hyper.cross_lags} exceeds the skip's {self.skip_len} "
+                                 f"context steps")
+            self.cross = nn.Parameter(torch.zeros(n_channels, n_channels * hyper.cross_lags + 1, horizon))
         if hyper.skip_init != "random":  # the network starts as a zero residual on the least-squares skip
             last = self.flat if self.flat is not None else self.forecaster.head.out
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             if hyper.skip_init == "ols-frozen":
                 self.skip.requires_grad_(False)
+                if self.cross is not None:
+                    self.cross.requires_grad_(False)
 
     @staticmethod
     def stats(values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,22 +317,23 @@ class ARMTBench(nn.Module):
                         torch.zeros((), dtype=values.dtype, device=values.device))
         return x.transpose(1, 2)
 
-    @torch.no_grad()
-    def fit_skip(self, w: Windows, ridge: float = 1e-3, chunk: int = 1024) -> dict[str, Any]:
-        """Set the skip to the ridge least-squares map from its input to the normalised future, (future - loc) /
-        scale, over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
-        channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared error in the
-        data's units (the training and evaluation MSE) of the model whose network output is zero. Normal equations
-        accumulated in float64 chunk by chunk; the ridge is ``ridge`` times the mean diagonal of the Gram matrix, on
-        the weights only (not the bias). Returns the rows used and the seconds taken."""
-        if self.skip is None:
-            raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
-        t0 = time.perf_counter()
+    def cross_inputs(self, x: Tensor) -> Tensor:
+        """Skip inputs [B, C, skip_len] -> the cross-channel term's input [B, C * k + 1]: every channel's last k
+        steps, then a constant 1."""
+        f = x[:, :, -self.hyper.cross_lags:].reshape(x.shape[0], -1)
+        return torch.cat([f, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+    def linear_part(self, x: Tensor) -> Tensor:
+        """Skip inputs [B, C, skip_len] -> the skip (plus the cross-channel term) [B, C, H], normalised units."""
+        y = self.skip(x)
+        if self.cross is not None:
+            y = y + torch.einsum("bf,cfh->bch", self.cross_inputs(x), self.cross.to(x.dtype))
+        return y
+
+    def _fit_batches(self, w: Windows, chunk: int):
+        """(skip inputs [B, C, L'], normalised future [B, C, H], scale [B, C, 1], fully observed future [B, C]) in
+        float64, chunk by chunk over ``w``: what both least-squares fits read."""
         dev = self.skip.weight.device
-        n_in = self.skip_len + 1
-        gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
-        cross = torch.zeros(n_in, self.skip.out_features, dtype=torch.float64, device=dev)
-        rows = 0
         for i in range(0, len(w.past_values), chunk):
             pv = torch.as_tensor(np.ascontiguousarray(w.past_values[i:i + chunk]), device=dev)
             po = torch.as_tensor(np.ascontiguousarray(w.past_observed[i:i + chunk]), device=dev)
@@ -315,10 +341,31 @@ class ARMTBench(nn.Module):
             fo = torch.as_tensor(np.ascontiguousarray(w.future_observed[i:i + chunk]), device=dev) != 0
             pv, po = self.forecaster.impute(pv, po)
             loc, scale = self.stats(pv, po)
-            x = self.skip_inputs(pv, po, loc, scale).reshape(-1, self.skip_len).double()  # [B * C, skip_len]
-            y = ((fv - loc) / scale).transpose(1, 2).reshape(-1, self.skip.out_features).double()  # [B * C, H]
-            full = fo.transpose(1, 2).reshape(-1, self.skip.out_features).all(1)
-            wt = scale.reshape(-1, 1).double()[full]  # the row's error in data units is scale * (skip(x) - y)
+            x = self.skip_inputs(pv, po, loc, scale).double()  # [B, C, skip_len]
+            y = ((fv - loc) / scale).transpose(1, 2).double()  # [B, C, H]
+            yield x, y, scale.transpose(1, 2).double(), fo.transpose(1, 2).all(2)
+
+    @torch.no_grad()
+    def fit_skip(self, w: Windows, ridge: float = 1e-3, chunk: int = 1024) -> dict[str, Any]:
+        """Set the skip to the ridge least-squares map from its input to the normalised future, (future - loc) /
+        scale, over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
+        channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared error in the
+        data's units (the training and evaluation MSE) of the model whose network output is zero. Normal equations
+        accumulated in float64 chunk by chunk; the ridge is ``ridge`` times the mean diagonal of the Gram matrix, on
+        the weights only (not the bias). With ``hyper.cross_lags`` the cross-channel term is fitted next, on this
+        fit's residual (``_fit_cross``). Returns the rows used by the skip's fit and the seconds both took."""
+        if self.skip is None:
+            raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
+        t0 = time.perf_counter()
+        dev = self.skip.weight.device
+        n_in, H = self.skip_len + 1, self.skip.out_features
+        gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
+        cross = torch.zeros(n_in, H, dtype=torch.float64, device=dev)
+        rows = 0
+        for x, y, scale, full in self._fit_batches(w, chunk):
+            x, y = x.reshape(-1, self.skip_len), y.reshape(-1, H)  # [B * C, ...]
+            full = full.reshape(-1)
+            wt = scale.reshape(-1, 1)[full]  # the row's error in data units is scale * (skip(x) - y)
             x, y = x[full], y[full]
             x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=dev)], 1) * wt
             gram += x1.T @ x1
@@ -331,7 +378,32 @@ class ARMTBench(nn.Module):
         sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [skip_len + 1, H]
         self.skip.weight.copy_(sol[:-1].T.to(self.skip.weight.dtype))
         self.skip.bias.copy_(sol[-1].to(self.skip.bias.dtype))
+        if self.cross is not None:
+            self._fit_cross(w, chunk)
         return {"rows": rows, "seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def _fit_cross(self, w: Windows, chunk: int) -> None:
+        """The cross-channel term: per output channel c, ridge least squares from every channel's last k steps to
+        the fitted skip's residual on c, rows weighted by c's scale (data-unit error) and kept where c's future is
+        fully observed; the ridge is ``hyper.cross_ridge`` times c's mean Gram diagonal (weights only)."""
+        C, F, H = self.cross.shape
+        dev = self.cross.device
+        gram = torch.zeros(C, F, F, dtype=torch.float64, device=dev)
+        rhs = torch.zeros(C, F, H, dtype=torch.float64, device=dev)
+        skip = (self.skip.weight.double(), self.skip.bias.double())
+        for x, y, scale, full in self._fit_batches(w, chunk):
+            resid = y - torch.nn.functional.linear(x, *skip)  # [B, C, H]
+            wt = scale * full.unsqueeze(2)  # [B, C, 1]
+            f = self.cross_inputs(x)[:, None, :] * wt  # [B, C, F]
+            gram += torch.einsum("bcf,bcg->cfg", f, f)
+            rhs += torch.einsum("bcf,bch->cfh", f, resid * wt)
+        reg = torch.zeros(C, F, dtype=torch.float64, device=dev)
+        reg[:, :-1] = self.hyper.cross_ridge * torch.diagonal(gram, dim1=1, dim2=2)[:, :-1].mean(1, keepdim=True)
+        seen = gram[:, -1, -1] > 0  # channels with a fully observed future somewhere; the others' term stays 0
+        sol = torch.zeros_like(rhs)
+        sol[seen] = torch.linalg.solve((gram + torch.diag_embed(reg))[seen], rhs[seen])
+        self.cross.copy_(sol.to(self.cross.dtype))
 
     def forward(self, values: Tensor, observed: Tensor) -> Tensor:
         """[B, L, C] -> [B, H, C] point forecast in the input's units."""
@@ -351,7 +423,7 @@ class ARMTBench(nn.Module):
         if self.hyper.channel_independent:  # [B * C, H, 1] -> [B, H, C]
             y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
-            y = y + self.skip(self.skip_inputs(values, observed, loc, scale)).transpose(1, 2)
+            y = y + self.linear_part(self.skip_inputs(values, observed, loc, scale)).transpose(1, 2)
         return loc + scale * y
 
 
@@ -679,6 +751,11 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         base = dataclasses.replace(hyper, linear_skip=True)
         return [dataclasses.replace(base, skip_init=k, lr=base.lr / f)
                 for k, f in (("ols-frozen", 3), ("ols-frozen", 10), ("ols", 10))]
+    if kind == "cross":  # a cross-channel least-squares term next to the skip: its lags and ridge
+        base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
+                                                                             skip_init="ols-frozen")
+        return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=r) for k, r in ((8, 1.0), (16, 1.0),
+                                                                                               (8, 0.1))]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -743,7 +820,8 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                 with Timer() as tp:
                     pred = predict_armt(alone, w.past_values, w.past_observed, device, bf16)
                 m = masked_errors(pred, w.future_values, w.future_observed)
-                rows.append(row(prep, horizon, f"{label}: least-squares skip alone", m, params=n_params(alone.skip),
+                rows.append(row(prep, horizon, f"{label}: least-squares skip alone", m, params=n_params(alone.skip) + (
+                                    0 if alone.cross is None else alone.cross.numel()),
                                 train_seconds=info["train_seconds"], train_steps=0,
                                 predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
                                 hyperparameters=hyper.__dict__))
@@ -979,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual"],
+                            "ols", "residual", "cross"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
