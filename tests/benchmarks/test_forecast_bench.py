@@ -650,3 +650,66 @@ def test_the_grid_scores_a_least_squares_candidates_skip_alone_on_validation(ett
                       wv.future_values[idx], wv.future_observed[idx])
     assert scores[1]["val_mse_skip_alone"] == pytest.approx(m["mse"], rel=1e-6)
     assert scores[1]["val_mse_skip_alone"] != scores[1]["val_mse"]
+
+
+def test_the_cross_channel_term_is_the_least_squares_fit_of_the_skips_residual(etth1_like):
+    # cross_ridge 0: per output channel, the term solves the normal equations of the data-unit MSE of the skip's
+    # residual, so the training MSE's gradient with respect to it vanishes right after the fit
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
+                      cross_lags=4, cross_ridge=0.0)
+    assert hyper.name().endswith("-ols-x4r0")
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    assert model.cross.shape == (7, 7 * 4 + 1, 24) and torch.count_nonzero(model.cross) == 0
+    w = eval_windows(etth1_like, 24, "val")
+    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
+                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    model.fit_skip(sub, ridge=0.0)
+    pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
+    err = model(pv, po) - fv
+    (err ** 2).mean().backward()
+    assert model.cross.grad.abs().max() < 1e-8
+    # the untrained model is the skip plus the cross-channel term, and the term reads the other channels
+    loc, scale = model.stats(pv, po)
+    x = model.skip_inputs(pv, po, loc, scale)
+    alone = loc + scale * (model.skip(x) + torch.einsum("bf,cfh->bch", model.cross_inputs(x), model.cross)
+                           ).transpose(1, 2)
+    torch.testing.assert_close(model(pv, po), alone)
+    off_diagonal = model.cross[:, :-1].reshape(7, 7, 4, 24).clone()
+    off_diagonal[torch.arange(7), torch.arange(7)] = 0
+    assert off_diagonal.abs().sum() > 0
+    # the same skip as without the term (fitted first), and a lower in-sample error with it
+    plain = ARMTBench(dataclasses.replace(hyper, cross_lags=0), 7, 24, 96, seed=0).double()
+    plain.fit_skip(sub, ridge=0.0)
+    torch.testing.assert_close(plain.skip.weight, model.skip.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        assert ((plain(pv, po) - fv) ** 2).mean() > (err.detach() ** 2).mean()
+
+
+def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(etth1_like):
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True,
+                      skip_init="ols-frozen", cross_lags=2)
+    model = ARMTBench(hyper, 7, 24, 336, seed=0)
+    train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=0)
+    fitted = model.cross.detach().clone()
+    assert torch.count_nonzero(fitted) > 0
+    train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=3)
+    assert torch.equal(model.cross, fitted)
+    rows = run_horizon(etth1_like, 24, hyper, ["ARMT"], budget_s=1e9, seed=0, device="cpu", bf16=False,
+                       max_steps=1)
+    assert rows[1]["model"] == "ARMT: least-squares skip alone"
+    assert rows[1]["params"] == 336 * 24 + 24 + 7 * (7 * 2 + 1) * 24  # the skip and the cross-channel term
+    for bad, match in ((dict(linear_skip=True, cross_lags=4), "cross_lags=4"),
+                       (dict(linear_skip=True, skip_init="ols", cross_lags=-1), "cross_lags=-1"),
+                       (dict(linear_skip=True, skip_init="ols", cross_lags=4, channel_independent=True),
+                        "no other channel"),
+                       (dict(linear_skip=True, skip_init="ols", cross_lags=4, cross_ridge=-1.0), "cross_ridge")):
+        with pytest.raises(ValueError, match=match):
+            ARMTHyper(**bad)
+    with pytest.raises(ValueError, match="exceeds the skip's 96"):
+        ARMTBench(dataclasses.replace(hyper, cross_lags=97), 7, 24, 96)
+    grid = grid_candidates("cross", ARMTHyper(loss="huber", linear_skip=True, skip_init="ols"), from_file=True)
+    assert [(h.skip_init, h.cross_lags, h.cross_ridge, h.loss) for h in grid] == [
+        ("ols", 0, 1.0, "huber"), ("ols", 8, 1.0, "huber"), ("ols", 16, 1.0, "huber"), ("ols", 8, 0.1, "huber")]
+    grid = grid_candidates("cross", ARMTHyper(), from_file=True)  # no least-squares skip yet: a frozen one
+    assert [(h.linear_skip, h.skip_init, h.cross_lags) for h in grid[1:]] == [
+        (True, "ols-frozen", k) for k in (8, 16, 8)]
