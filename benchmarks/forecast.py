@@ -751,11 +751,12 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         base = dataclasses.replace(hyper, linear_skip=True)
         return [dataclasses.replace(base, skip_init=k, lr=base.lr / f)
                 for k, f in (("ols-frozen", 3), ("ols-frozen", 10), ("ols", 10))]
-    if kind == "cross":  # a cross-channel least-squares term next to the skip: its lags and ridge
+    if kind == "cross":  # a cross-channel least-squares term next to the skip: its lags, and trained or frozen
         base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
                                                                              skip_init="ols-frozen")
-        return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=r) for k, r in ((8, 1.0), (16, 1.0),
-                                                                                               (8, 0.1))]
+        other = "ols" if base.skip_init == "ols-frozen" else "ols-frozen"
+        return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
+                          for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
