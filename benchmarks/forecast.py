@@ -913,8 +913,9 @@ def ablation_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     return ["## Ablation: ARMT's least-squares skip alone (no optimiser step; not a peer in the averages)", "",
-            "The chosen ARMT's linear skip right after its least-squares fit on the train windows, with the network's "
-            "zero-initialised output: how much of the forecast the linear part carries and what training adds.", "",
+            "The chosen ARMT's linear skip (and its cross-channel term, where the choice has one) right after the "
+            "least-squares fit on the train windows, with the network's zero-initialised output: how much of the "
+            "forecast the linear part carries and what training adds.", "",
             markdown_table(rows, ["horizon", "context_length", "model", "mse", "mae", "params", "train_seconds"]
                            + (["run"] if any("run" in r for r in rows) else [])), ""]
 
