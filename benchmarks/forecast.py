@@ -202,6 +202,10 @@ class ARMTHyper:
     # with the skip. The shared skip sees one channel at a time; this is what it cannot see.
     cross_lags: int = 0
     cross_ridge: float = 1.0
+    # the skip's anchor: "window" (the context's mean, as the network's input) or "last" (each channel's last observed
+    # context value, as NLinear): the skip maps (context - anchor) / scale to (future - anchor) / scale
+    skip_norm: str = "window"
+    skip_ridge: float = 1e-3  # fit_skip's ridge, times the mean diagonal of the Gram matrix (weights only)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -225,6 +229,15 @@ class ARMTHyper:
                              "is no other channel to read")
         if not self.cross_ridge >= 0:
             raise ValueError(f"ARMTHyper.cross_ridge: expected >= 0, got {self.cross_ridge!r}")
+        if self.skip_norm not in ("window", "last"):
+            raise ValueError(f"ARMTHyper.skip_norm: expected 'window' or 'last', got {self.skip_norm!r}")
+        if self.skip_norm == "last" and not self.linear_skip:
+            raise ValueError("ARMTHyper.skip_norm='last' needs linear_skip=True (it is the skip's anchor)")
+        if self.skip_norm == "last" and self.cross_lags:
+            raise ValueError("ARMTHyper.skip_norm='last' with cross_lags: not supported (the cross-channel term reads "
+                             "the skip's inputs, whose last step would be 0 for every channel); use one or the other")
+        if not self.skip_ridge >= 0:
+            raise ValueError(f"ARMTHyper.skip_ridge: expected >= 0, got {self.skip_ridge!r}")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -237,7 +250,9 @@ class ARMTHyper:
                 f"{'-ci' if self.channel_independent else ''}{'' if self.loss == 'mse' else '-' + self.loss}"
                 f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}"
                 f"{'' if self.skip_init == 'random' else '-' + self.skip_init}"
-                f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}")
+                f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}"
+                f"{'-last' if self.skip_norm == 'last' else ''}"
+                f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -310,8 +325,20 @@ class ARMTBench(nn.Module):
         none = n == 0
         return torch.where(none, torch.zeros_like(loc), loc), torch.where(none, torch.ones_like(scale), scale)
 
+    def skip_anchor(self, values: Tensor, observed: Tensor, loc: Tensor) -> Tensor:
+        """The skip's anchor [B, 1, C]: ``loc`` (skip_norm "window"), or each channel's last observed context value
+        (skip_norm "last"; ``loc`` where the channel has none)."""
+        if self.hyper.skip_norm == "window":
+            return loc
+        keep = observed != 0
+        steps = torch.arange(1, values.shape[1] + 1, device=values.device).view(1, -1, 1)
+        last = (keep * steps).argmax(1, keepdim=True)  # [B, 1, C]: the last observed step (0 if none)
+        return torch.where(keep.any(1, keepdim=True), values.gather(1, last), loc)
+
     def skip_inputs(self, values: Tensor, observed: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        """The skip's input [B, C, skip_len]: the last skip_len context steps, normalised, 0 where unobserved."""
+        """The skip's input [B, C, skip_len]: the last skip_len context steps minus the anchor (``skip_anchor``),
+        over scale, 0 where unobserved."""
+        loc = self.skip_anchor(values, observed, loc)
         keep = observed[:, -self.skip_len:] != 0
         x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale,
                         torch.zeros((), dtype=values.dtype, device=values.device))
@@ -342,21 +369,22 @@ class ARMTBench(nn.Module):
             pv, po = self.forecaster.impute(pv, po)
             loc, scale = self.stats(pv, po)
             x = self.skip_inputs(pv, po, loc, scale).double()  # [B, C, skip_len]
-            y = ((fv - loc) / scale).transpose(1, 2).double()  # [B, C, H]
+            y = ((fv - self.skip_anchor(pv, po, loc)) / scale).transpose(1, 2).double()  # [B, C, H]
             yield x, y, scale.transpose(1, 2).double(), fo.transpose(1, 2).all(2)
 
     @torch.no_grad()
-    def fit_skip(self, w: Windows, ridge: float = 1e-3, chunk: int = 1024) -> dict[str, Any]:
-        """Set the skip to the ridge least-squares map from its input to the normalised future, (future - loc) /
-        scale, over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
+    def fit_skip(self, w: Windows, ridge: float | None = None, chunk: int = 1024) -> dict[str, Any]:
+        """Set the skip to the ridge least-squares map from its input to the normalised future, (future - anchor) /
+        scale (``skip_anchor``), over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
         channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared error in the
         data's units (the training and evaluation MSE) of the model whose network output is zero. Normal equations
-        accumulated in float64 chunk by chunk; the ridge is ``ridge`` times the mean diagonal of the Gram matrix, on
-        the weights only (not the bias). With ``hyper.cross_lags`` the cross-channel term is fitted next, on this
+        accumulated in float64 chunk by chunk; the ridge is ``ridge`` (default ``hyper.skip_ridge``) times the mean
+        diagonal of the Gram matrix, on the weights only (not the bias). With ``hyper.cross_lags`` the cross-channel term is fitted next, on this
         fit's residual (``_fit_cross``). Returns the rows used by the skip's fit and the seconds both took."""
         if self.skip is None:
             raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
         t0 = time.perf_counter()
+        ridge = self.hyper.skip_ridge if ridge is None else ridge
         dev = self.skip.weight.device
         n_in, H = self.skip_len + 1, self.skip.out_features
         gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
@@ -375,6 +403,8 @@ class ARMTBench(nn.Module):
             raise ValueError("fit_skip: no window has a fully observed future")
         reg = torch.zeros(n_in, dtype=torch.float64, device=dev)
         reg[:-1] = ridge * gram.diagonal()[:-1].mean()
+        # an input that is 0 in every row (skip_norm "last": the last step, when always observed) gets weight 0
+        reg[:-1] += (gram.diagonal()[:-1] == 0).to(reg.dtype)
         sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [skip_len + 1, H]
         self.skip.weight.copy_(sol[:-1].T.to(self.skip.weight.dtype))
         self.skip.bias.copy_(sol[-1].to(self.skip.bias.dtype))
@@ -424,6 +454,8 @@ class ARMTBench(nn.Module):
             y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
             y = y + self.linear_part(self.skip_inputs(values, observed, loc, scale)).transpose(1, 2)
+            if self.hyper.skip_norm != "window":  # the skip forecasts around its own anchor
+                y = y + (self.skip_anchor(values, observed, loc) - loc) / scale
         return loc + scale * y
 
 
@@ -757,6 +789,12 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         other = "ols" if base.skip_init == "ols-frozen" else "ols-frozen"
         return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
                           for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
+    if kind == "norm":  # the least-squares skip anchored at each channel's last value (NLinear), and its ridge
+        base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
+                                                                             skip_init="ols-frozen")
+        last = dataclasses.replace(base, skip_norm="last", cross_lags=0)
+        return [hyper] + ([base] if base != hyper else []) + [dataclasses.replace(last, skip_ridge=r)
+                                                              for r in (1e-3, 0.05, 0.2)]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -995,6 +1033,10 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
                                  f"from one run only")
             seen[key] = path
             rows.append(dict(r, run=path.stem))
+    contexts = {r["run"]: r.get("context_length") for r in rows if r.get("table", "main") == "main"}
+    if len(set(contexts.values())) > 1:
+        raise ValueError(f"--merge-from: the runs used different context lengths ({contexts}); one table needs one "
+                         f"context budget")
     horizons = sorted({h for h, _ in seen})
     rows.sort(key=lambda r: r["horizon"])
     pub = [dict(r, table="main", verified=True) for r in published_rows(first["dataset"], horizons)]
@@ -1059,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross"],
+                            "ols", "residual", "cross", "norm"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],

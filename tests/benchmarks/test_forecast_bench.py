@@ -493,6 +493,10 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
     d = _run_file(tmp_path / "run_d.json", [96, 192])
     with pytest.raises(ValueError, match=r"run_d.json: H=96 ARMT is also in .*run_a.json"):
         fc.merge_results([a, d], "x")
+    g = _run_file(tmp_path / "run_g.json", [192])
+    g.write_text(g.read_text().replace('"context_length": 336', '"context_length": 512'))
+    with pytest.raises(ValueError, match="different context lengths"):
+        fc.merge_results([a, g], "x")
     e = _run_file(tmp_path / "run_e.json", [192], benchmark="streaming")
     with pytest.raises(ValueError, match="run_e.json: not a benchmarks.forecast result"):
         fc.merge_results([a, e], "x")
@@ -579,6 +583,46 @@ def test_the_least_squares_skip_fit_zeroes_the_gradient_of_the_training_mse(etth
     # a better fit than the random skip it replaced, on the rows it was fitted to
     other = ARMTBench(dataclasses.replace(hyper, skip_init="random"), 7, 24, 96, seed=0).double()
     assert ((other(pv, po) - torch.as_tensor(sub.future_values)) ** 2).mean() > (err ** 2).mean()
+
+
+def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_like):
+    # skip_norm "last": the skip maps (context - last observed value) / scale to (future - that value) / scale
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
+                      skip_norm="last", skip_ridge=0.0)
+    assert hyper.name().endswith("-ols-last-sr0")
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    w = eval_windows(etth1_like, 24, "val")
+    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
+                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    pv, po = torch.as_tensor(sub.past_values), torch.as_tensor(sub.past_observed).clone()
+    # the anchor: the last observed value; a channel with nothing observed falls back to loc
+    po[0, -5:, 2] = 0
+    po[1, :, 4] = 0
+    loc, scale = model.stats(pv, po)
+    anchor = model.skip_anchor(pv, po, loc)
+    assert anchor[0, 0, 2] == pv[0, -6, 2] and anchor[0, 0, 1] == pv[0, -1, 1] and anchor[1, 0, 4] == loc[1, 0, 4]
+    assert torch.all(model.skip_inputs(pv, po, loc, scale)[0, 1, -1] == 0)  # the last step minus itself
+    # the fit zeroes the gradient of the training MSE (ridge 0), and the untrained model forecasts around the anchor
+    model.fit_skip(sub)
+    po = torch.as_tensor(sub.past_observed)
+    err = model(pv, po) - torch.as_tensor(sub.future_values)
+    (err ** 2).mean().backward()
+    assert torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad]).abs().max() < 1e-8
+    loc, scale = model.stats(pv, po)
+    alone = model.skip_anchor(pv, po, loc) + scale * model.skip(model.skip_inputs(pv, po, loc, scale)).transpose(1, 2)
+    torch.testing.assert_close(model(pv, po), alone)
+    # the default ridge is the hyperparameter's
+    ridged = ARMTBench(dataclasses.replace(hyper, skip_ridge=0.5), 7, 24, 96, seed=0).double()
+    ridged.fit_skip(sub)
+    assert ridged.skip.weight.abs().sum() < model.skip.weight.abs().sum()
+    with pytest.raises(ValueError, match="skip_norm"):
+        ARMTHyper(skip_norm="mean")
+    with pytest.raises(ValueError, match="needs linear_skip=True"):
+        ARMTHyper(skip_norm="last")
+    with pytest.raises(ValueError, match="cross_lags"):
+        ARMTHyper(linear_skip=True, skip_init="ols", skip_norm="last", cross_lags=4)
+    with pytest.raises(ValueError, match="skip_ridge"):
+        ARMTHyper(skip_ridge=-1.0)
 
 
 def test_a_frozen_least_squares_skip_stays_fixed_while_the_network_trains(etth1_like):
@@ -714,3 +758,12 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
     grid = grid_candidates("cross", ARMTHyper(), from_file=True)  # no least-squares skip yet: a frozen one
     assert [(h.linear_skip, h.skip_init, h.cross_lags) for h in grid[1:]] == [
         (True, "ols-frozen", 8), (True, "ols-frozen", 16), (True, "ols", 8)]
+    # the norm grid: the given choice, its frozen least-squares skip, then that skip anchored at the last value
+    grid = grid_candidates("norm", ARMTHyper(loss="huber"), from_file=True)
+    assert [(h.linear_skip, h.skip_init, h.skip_norm, h.skip_ridge, h.loss) for h in grid] == [
+        (False, "random", "window", 1e-3, "huber"), (True, "ols-frozen", "window", 1e-3, "huber"),
+        (True, "ols-frozen", "last", 1e-3, "huber"), (True, "ols-frozen", "last", 0.05, "huber"),
+        (True, "ols-frozen", "last", 0.2, "huber")]
+    given = ARMTHyper(linear_skip=True, skip_init="ols", cross_lags=8)  # a fitted skip already: no duplicate
+    assert [(h.skip_init, h.skip_norm, h.cross_lags) for h in grid_candidates("norm", given, from_file=True)] == [
+        ("ols", "window", 8), ("ols", "last", 0), ("ols", "last", 0), ("ols", "last", 0)]
