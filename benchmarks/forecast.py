@@ -375,12 +375,13 @@ class ARMTBench(nn.Module):
     @torch.no_grad()
     def fit_skip(self, w: Windows, ridge: float | None = None, chunk: int = 1024) -> dict[str, Any]:
         """Set the skip to the ridge least-squares map from its input to the normalised future, (future - anchor) /
-        scale (``skip_anchor``), over every (window, channel) row of ``w`` whose future is fully observed (one map shared by the
-        channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared error in the
-        data's units (the training and evaluation MSE) of the model whose network output is zero. Normal equations
-        accumulated in float64 chunk by chunk; the ridge is ``ridge`` (default ``hyper.skip_ridge``) times the mean
-        diagonal of the Gram matrix, on the weights only (not the bias). With ``hyper.cross_lags`` the cross-channel term is fitted next, on this
-        fit's residual (``_fit_cross``). Returns the rows used by the skip's fit and the seconds both took."""
+        scale (``skip_anchor``), over every (window, channel) row of ``w`` whose future is fully observed (one map
+        shared by the channels, as the skip is). Each row is weighted by scale^2, so the fit minimises the squared
+        error in the data's units (the training and evaluation MSE) of the model whose network output is zero.
+        Normal equations accumulated in float64 chunk by chunk; the ridge is ``ridge`` (default ``hyper.skip_ridge``)
+        times the mean diagonal of the Gram matrix, on the weights only (not the bias). With ``hyper.cross_lags`` the
+        cross-channel term is fitted next, on this fit's residual (``_fit_cross``). Returns the rows used by the
+        skip's fit and the seconds both took."""
         if self.skip is None:
             raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
         t0 = time.perf_counter()
