@@ -233,9 +233,6 @@ class ARMTHyper:
             raise ValueError(f"ARMTHyper.skip_norm: expected 'window' or 'last', got {self.skip_norm!r}")
         if self.skip_norm == "last" and not self.linear_skip:
             raise ValueError("ARMTHyper.skip_norm='last' needs linear_skip=True (it is the skip's anchor)")
-        if self.skip_norm == "last" and self.cross_lags:
-            raise ValueError("ARMTHyper.skip_norm='last' with cross_lags: not supported (the cross-channel term reads "
-                             "the skip's inputs, whose last step would be 0 for every channel); use one or the other")
         if not self.skip_ridge >= 0:
             raise ValueError(f"ARMTHyper.skip_ridge: expected >= 0, got {self.skip_ridge!r}")
         if self.channel_independent and self.impute:
@@ -431,6 +428,8 @@ class ARMTBench(nn.Module):
             rhs += torch.einsum("bcf,bch->cfh", f, resid * wt)
         reg = torch.zeros(C, F, dtype=torch.float64, device=dev)
         reg[:, :-1] = self.hyper.cross_ridge * torch.diagonal(gram, dim1=1, dim2=2)[:, :-1].mean(1, keepdim=True)
+        # an input that is 0 in every row (skip_norm "last": each channel's last step, when observed) gets weight 0
+        reg[:, :-1] += (torch.diagonal(gram, dim1=1, dim2=2)[:, :-1] == 0).to(reg.dtype)
         seen = gram[:, -1, -1] > 0  # channels with a fully observed future somewhere; the others' term stays 0
         sol = torch.zeros_like(rhs)
         sol[seen] = torch.linalg.solve((gram + torch.diag_embed(reg))[seen], rhs[seen])
@@ -796,6 +795,10 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         last = dataclasses.replace(base, skip_norm="last", cross_lags=0)
         return [hyper] + ([base] if base != hyper else []) + [dataclasses.replace(last, skip_ridge=r)
                                                               for r in (1e-3, 0.05, 0.2)]
+    if kind == "normcross":  # the given choice's skip (and its cross-channel term) anchored at the last value
+        if hyper.skip_init == "random":
+            raise ValueError("--grid normcross: the given choice has no least-squares skip; use --grid norm")
+        return [hyper] + [dataclasses.replace(hyper, skip_norm="last", skip_ridge=r) for r in (1e-3, 0.05, 0.2)]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -1102,7 +1105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "norm"],
+                            "ols", "residual", "cross", "norm", "normcross"],
                    help="ARMT validation grid at the first horizon")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],

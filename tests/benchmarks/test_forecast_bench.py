@@ -619,8 +619,13 @@ def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_
         ARMTHyper(skip_norm="mean")
     with pytest.raises(ValueError, match="needs linear_skip=True"):
         ARMTHyper(skip_norm="last")
-    with pytest.raises(ValueError, match="cross_lags"):
-        ARMTHyper(linear_skip=True, skip_init="ols", skip_norm="last", cross_lags=4)
+    # with the cross-channel term: both fitted at ridge 0 (the zero last-step columns get weight 0) zero the gradient
+    both = ARMTBench(dataclasses.replace(hyper, cross_lags=3, cross_ridge=0.0), 7, 24, 96, seed=0).double()
+    both.fit_skip(sub)
+    err = both(pv, po) - torch.as_tensor(sub.future_values)
+    (err ** 2).mean().backward()
+    assert both.cross.grad.abs().max() < 1e-8 and torch.count_nonzero(both.cross) > 0
+    assert torch.all(both.cross[:, 2::3] == 0)  # every channel's last step (minus itself) is 0: weight 0
     with pytest.raises(ValueError, match="skip_ridge"):
         ARMTHyper(skip_ridge=-1.0)
 
@@ -767,3 +772,8 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
     given = ARMTHyper(linear_skip=True, skip_init="ols", cross_lags=8)  # a fitted skip already: no duplicate
     assert [(h.skip_init, h.skip_norm, h.cross_lags) for h in grid_candidates("norm", given, from_file=True)] == [
         ("ols", "window", 8), ("ols", "last", 0), ("ols", "last", 0), ("ols", "last", 0)]
+    # normcross keeps the given term and anchors its skip; it needs a fitted skip to start from
+    assert [(h.skip_norm, h.skip_ridge, h.cross_lags) for h in grid_candidates("normcross", given, from_file=True)] == [
+        ("window", 1e-3, 8), ("last", 1e-3, 8), ("last", 0.05, 8), ("last", 0.2, 8)]
+    with pytest.raises(ValueError, match="normcross"):
+        grid_candidates("normcross", ARMTHyper(), from_file=True)
