@@ -332,12 +332,11 @@ class ARMTBench(nn.Module):
         last = (keep * steps).argmax(1, keepdim=True)  # [B, 1, C]: the last observed step (0 if none)
         return torch.where(keep.any(1, keepdim=True), values.gather(1, last), loc)
 
-    def skip_inputs(self, values: Tensor, observed: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        """The skip's input [B, C, skip_len]: the last skip_len context steps minus the anchor (``skip_anchor``),
-        over scale, 0 where unobserved."""
-        loc = self.skip_anchor(values, observed, loc)
+    def skip_inputs(self, values: Tensor, observed: Tensor, anchor: Tensor, scale: Tensor) -> Tensor:
+        """The skip's input [B, C, skip_len]: the last skip_len context steps minus ``anchor`` [B, 1, C] (the
+        ``skip_anchor``), over scale, 0 where unobserved."""
         keep = observed[:, -self.skip_len:] != 0
-        x = torch.where(keep, (values[:, -self.skip_len:] - loc) / scale,
+        x = torch.where(keep, (values[:, -self.skip_len:] - anchor) / scale,
                         torch.zeros((), dtype=values.dtype, device=values.device))
         return x.transpose(1, 2)
 
@@ -365,8 +364,9 @@ class ARMTBench(nn.Module):
             fo = torch.as_tensor(np.ascontiguousarray(w.future_observed[i:i + chunk]), device=dev) != 0
             pv, po = self.forecaster.impute(pv, po)
             loc, scale = self.stats(pv, po)
-            x = self.skip_inputs(pv, po, loc, scale).double()  # [B, C, skip_len]
-            y = ((fv - self.skip_anchor(pv, po, loc)) / scale).transpose(1, 2).double()  # [B, C, H]
+            anchor = self.skip_anchor(pv, po, loc)
+            x = self.skip_inputs(pv, po, anchor, scale).double()  # [B, C, skip_len]
+            y = ((fv - anchor) / scale).transpose(1, 2).double()  # [B, C, H]
             yield x, y, scale.transpose(1, 2).double(), fo.transpose(1, 2).all(2)
 
     @torch.no_grad()
@@ -453,9 +453,10 @@ class ARMTBench(nn.Module):
         if self.hyper.channel_independent:  # [B * C, H, 1] -> [B, H, C]
             y = y.reshape(b, c, -1).transpose(1, 2)
         if self.skip is not None:
-            y = y + self.linear_part(self.skip_inputs(values, observed, loc, scale)).transpose(1, 2)
-            if self.hyper.skip_norm != "window":  # the skip forecasts around its own anchor
-                y = y + (self.skip_anchor(values, observed, loc) - loc) / scale
+            anchor = self.skip_anchor(values, observed, loc)
+            y = y + self.linear_part(self.skip_inputs(values, observed, anchor, scale)).transpose(1, 2)
+            if anchor is not loc:  # skip_norm "last": the skip forecasts around its own anchor
+                y = y + (anchor - loc) / scale
         return loc + scale * y
 
 

@@ -601,7 +601,7 @@ def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_
     loc, scale = model.stats(pv, po)
     anchor = model.skip_anchor(pv, po, loc)
     assert anchor[0, 0, 2] == pv[0, -6, 2] and anchor[0, 0, 1] == pv[0, -1, 1] and anchor[1, 0, 4] == loc[1, 0, 4]
-    assert torch.all(model.skip_inputs(pv, po, loc, scale)[0, 1, -1] == 0)  # the last step minus itself
+    assert torch.all(model.skip_inputs(pv, po, anchor, scale)[0, 1, -1] == 0)  # the last step minus itself
     # the fit zeroes the gradient of the training MSE (ridge 0), and the untrained model forecasts around the anchor
     model.fit_skip(sub)
     po = torch.as_tensor(sub.past_observed)
@@ -609,7 +609,8 @@ def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_
     (err ** 2).mean().backward()
     assert torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad]).abs().max() < 1e-8
     loc, scale = model.stats(pv, po)
-    alone = model.skip_anchor(pv, po, loc) + scale * model.skip(model.skip_inputs(pv, po, loc, scale)).transpose(1, 2)
+    anchor = model.skip_anchor(pv, po, loc)
+    alone = anchor + scale * model.skip(model.skip_inputs(pv, po, anchor, scale)).transpose(1, 2)
     torch.testing.assert_close(model(pv, po), alone)
     # the default ridge is the hyperparameter's
     ridged = ARMTBench(dataclasses.replace(hyper, skip_ridge=0.5), 7, 24, 96, seed=0).double()
