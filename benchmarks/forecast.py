@@ -22,7 +22,8 @@ The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride
 (instance normalisation, as in the papers' RevIN), fixed, not tuned; recorded too.
 
 ``--context-lengths 336 512 1024 2048 4096`` adds the ARMT context-length table (first horizon only): the memory
-reads contexts far longer than one segment. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
+reads contexts far longer than one segment. Each of its rows (and the least-squares ablation at each context) also
+carries the validation MSE, the number a context should be chosen by. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
 (rows: dataset, horizon, model, source, mse, mae, crps, params, train_seconds, context_length, ...), and a
 ``.png`` of MSE against horizon. ``--merge-from A.json B.json --out NAME`` puts runs that trained different horizons
 with the same budget and ARMT choice into one table (each row keeps its run; no training; see ``merge_results``).
@@ -828,9 +829,25 @@ class PartialRows:
 def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str], budget_s: float, seed: int,
                 device: str, bf16: bool, max_steps: int | None, label: str = "ARMT",
                 deepar_horizons: tuple[int, ...] = (96, 192, 336, 720),
-                on_row: Callable[[dict], None] | None = None) -> list[dict]:
+                on_row: Callable[[dict], None] | None = None, val_stride: int | None = None) -> list[dict]:
+    """Train and test every model at one horizon; the rows in order (ARMT's ablation row right after its own).
+
+    With ``val_stride`` the ARMT rows (the trained model and its least-squares fit alone) also carry ``val_mse`` /
+    ``val_mae`` on every ``val_stride``-th validation window: the context-length table records them, so that a
+    context can be chosen on validation, not on the test numbers beside them."""
     w = eval_windows(prep, horizon)
     W = len(w)
+    wv, iv = None, None
+    if val_stride is not None:
+        wv = eval_windows(prep, horizon, "val")
+        iv = np.arange(0, len(wv), val_stride)
+
+    def val_scores(model: ARMTBench) -> dict[str, Any]:
+        if wv is None:
+            return {}
+        pred = predict_armt(model, wv.past_values[iv], wv.past_observed[iv], device, bf16)
+        mv = masked_errors(pred, wv.future_values[iv], wv.future_observed[iv])
+        return {"val_mse": mv["mse"], "val_mae": mv["mae"], "val_windows": len(iv)}
     rows = []
     for name in models:
         if name == "DeepAR" and horizon not in deepar_horizons:
@@ -854,7 +871,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
             rows.append(row(prep, horizon, label, m, params=n_params(model), train_seconds=info["train_seconds"],
                             train_steps=info["steps"], predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
                             segments=model.forecaster.num_segments(prep.context_length),
-                            hyperparameters=hyper.__dict__))
+                            hyperparameters=hyper.__dict__, **val_scores(model)))
             if hyper.skip_init != "random":  # ablation: the least-squares skip alone, before any optimiser step
                 r = rows[-1]
                 log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} steps {r['train_steps']}")
@@ -868,7 +885,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                 rows.append(row(prep, horizon, f"{label}: least-squares skip alone", m, params=linear,
                                 train_seconds=info["train_seconds"], train_steps=0,
                                 predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
-                                hyperparameters=hyper.__dict__))
+                                hyperparameters=hyper.__dict__, **val_scores(alone)))
         else:
             est, predictor, info = train_gluonts(name, prep, horizon, budget_s, seed, device, bf16, max_steps)
             with Timer() as tp:
@@ -960,6 +977,7 @@ def ablation_section(rows: list[dict]) -> list[str]:
             "least-squares fit on the train windows, with the network's zero-initialised output: how much of the "
             "forecast the linear part carries and what training adds.", "",
             markdown_table(rows, ["horizon", "context_length", "model", "mse", "mae", "params", "train_seconds"]
+                           + (["val_mse"] if any("val_mse" in r for r in rows) else [])
                            + (["run"] if any("run" in r for r in rows) else [])), ""]
 
 
@@ -1193,7 +1211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict] = []
     for h in args.horizons:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
-                            args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add)
+                            args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add,
+                            val_stride=args.val_stride if args.context_lengths and h == args.horizons[0] else None)
     for r in rows:
         r.setdefault("table", "main")  # run_horizon marks its ablation rows
     if args.context_lengths and args.context_length not in args.context_lengths:
@@ -1203,7 +1222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for L in args.context_lengths:
         prep_l = prepare(args.data, args.dataset, L)
         for r in run_horizon(prep_l, args.horizons[0], hyper, ["ARMT"], args.train_seconds, args.seed, args.device,
-                             args.bf16, args.max_steps,
+                             args.bf16, args.max_steps, val_stride=args.val_stride,
                              on_row=lambda r: partial.add(dict(r, table=r.get("table", "context")))):
             r.setdefault("table", "context")
             rows.append(r)
@@ -1237,8 +1256,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "", markdown_table(main_rows, COLUMNS), ""]
     if ctx_rows:
         md += [f"## ARMT context length (H={args.horizons[0]})", "",
-               markdown_table(ctx_rows, ["context_length", "segments", "mse", "mae", "params", "train_seconds",
-                                         "train_steps", "predict_ms_per_window"]), ""]
+               "Test MSE / MAE over all stride-1 test windows; val_mse on every "
+               f"{args.val_stride}-th validation window (the column to choose a context by).", "",
+               markdown_table(ctx_rows, ["context_length", "segments", "mse", "mae", "val_mse", "params",
+                                         "train_seconds", "train_steps", "predict_ms_per_window"]), ""]
     md += ablation_section(ablation_rows)
     md += ["## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],

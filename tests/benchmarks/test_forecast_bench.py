@@ -702,6 +702,25 @@ def test_the_grid_scores_a_least_squares_candidates_skip_alone_on_validation(ett
     assert scores[1]["val_mse_skip_alone"] != scores[1]["val_mse"]
 
 
+def test_context_table_rows_carry_the_same_validation_scores_as_the_grid(etth1_like):
+    from benchmarks.forecast import select_armt
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True,
+                      skip_init="ols-frozen")
+    rows = run_horizon(etth1_like, 24, hyper, ["SeasonalNaive", "ARMT"], budget_s=1e9, seed=0, device="cpu",
+                       bf16=False, max_steps=2, val_stride=50)
+    _, scores = select_armt(etth1_like, 24, [hyper], budget_s=1e9, seed=0, device="cpu", bf16=False, val_stride=50,
+                            max_steps=2)
+    naive, armt, alone = rows
+    assert "val_mse" not in naive  # validation scores are ARMT's (the context table's), not the peers'
+    assert armt["val_mse"] == pytest.approx(scores[0]["val_mse"], rel=1e-6)
+    assert alone["val_mse"] == pytest.approx(scores[0]["val_mse_skip_alone"], rel=1e-6)
+    assert armt["val_windows"] == alone["val_windows"] == len(range(0, len(eval_windows(etth1_like, 24, "val")), 50))
+    # without val_stride the rows are as before: test numbers only
+    plain = run_horizon(etth1_like, 24, hyper, ["ARMT"], budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=2)
+    assert [r["mse"] for r in plain] == [armt["mse"], alone["mse"]]
+    assert not any("val_mse" in r for r in plain)
+
+
 def test_the_cross_channel_term_is_the_least_squares_fit_of_the_skips_residual(etth1_like):
     # cross_ridge 0: per output channel, the term solves the normal equations of the data-unit MSE of the skip's
     # residual, so the training MSE's gradient with respect to it vanishes right after the fit
