@@ -1124,15 +1124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "norm", "normcross"],
-                   help="ARMT validation grid at the first horizon")
+                            "ols", "residual", "cross", "norm", "normcross", "choices"],
+                   help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
     p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
                    help="horizons at which DeepAR runs: its autoregressive sampling over every stride-1 window "
                         "costs ~80 ms per window and step block on one CPU thread, so only H=96 by default")
-    p.add_argument("--armt-from", default=None,
+    p.add_argument("--armt-from", nargs="+", default=None, metavar="JSON",
                    help="take the ARMT hyperparameters from an earlier result JSON (its armt_chosen) instead of "
-                        "a grid")
+                        "a grid; with --grid choices, two or more files whose choices the validation split decides "
+                        "between (e.g. choices made at other horizons)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (ARMT, prediction) / bf16-mixed (Lightning)")
@@ -1188,16 +1189,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     log(f"forecast benchmark: {command_line('forecast', argv)}")
 
-    hyper, grid_scores = ARMTHyper(), []
-    if args.armt_from:
-        chosen = json.loads(Path(args.armt_from).read_text()).get("armt_chosen")
+    hyper, grid_scores, given = ARMTHyper(), [], []
+    if args.armt_from and len(args.armt_from) > 1 and args.grid != "choices":
+        p.error(f"--armt-from: {len(args.armt_from)} files; several are for --grid choices only")
+    for path in args.armt_from or []:
+        chosen = json.loads(Path(path).read_text()).get("armt_chosen")
         if chosen is None:
-            p.error(f"--armt-from {args.armt_from}: no single armt_chosen there (a merge of runs with different "
+            p.error(f"--armt-from {path}: no single armt_chosen there (a merge of runs with different "
                     f"choices lists them in armt_chosen_by_run); give the file of the run whose choice you want")
-        hyper = ARMTHyper(**chosen)
-        log(f"ARMT hyperparameters from {args.armt_from}: {hyper.name()}")
+        given.append(ARMTHyper(**chosen))
+        log(f"ARMT hyperparameters from {path}: {given[-1].name()}")
+    if given:
+        hyper = given[0]
+    if args.grid == "choices":
+        if len(set(given)) < 2:
+            p.error("--grid choices: give --armt-from two or more result files with different armt_chosen")
+        grid = list(dict.fromkeys(given)) if "ARMT" in args.models else []
     prep = prepare(args.data, args.dataset, args.context_length)
-    grid = grid_candidates(args.grid, hyper, from_file=bool(args.armt_from)) if "ARMT" in args.models else []
+    if args.grid != "choices":
+        grid = grid_candidates(args.grid, hyper, from_file=bool(given)) if "ARMT" in args.models else []
     if grid:
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
                                          args.bf16, args.val_stride, args.max_steps)
@@ -1239,7 +1249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
         "budget": budget_of(args),
         "armt_chosen": hyper.__dict__,
-        "armt_hyper_source": " + ".join(x for x in (args.armt_from, f"grid={args.grid}" if grid_scores else "") if x),
+        "armt_hyper_source": " + ".join(x for x in (*(args.armt_from or []), f"grid={args.grid}" if grid_scores else "")
+                                        if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,
     }

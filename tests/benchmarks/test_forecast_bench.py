@@ -464,6 +464,30 @@ def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
     return path
 
 
+def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(fc, "prepare", lambda path, dataset, L: prepare_frame(synthetic_frame(2000, 3), dataset, L))
+    small = dict(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols-frozen")
+    a = _run_file(tmp_path / "a.json", [96], armt_chosen=dict(small, lr=1e-3))
+    b = _run_file(tmp_path / "b.json", [720], armt_chosen=dict(small, lr=1e-4, skip_norm="last"))
+    argv = ["--data", "unused.csv", "--dataset", "Weather", "--horizons", "24", "--context-length", "96", "--models",
+            "ARMT", "--train-seconds", "1e9", "--max-steps", "2", "--val-stride", "50", "--out", "ch"]
+    payload = fc.main(argv + ["--grid", "choices", "--armt-from", str(a), str(b), str(a)])
+    grid = payload["armt_grid"]
+    assert [(g["lr"], g["skip_norm"]) for g in grid] == [(1e-3, "window"), (1e-4, "last")]  # each choice once
+    best = min(grid, key=lambda g: g["val_mse"])
+    assert {k: payload["armt_chosen"][k] for k in ("lr", "skip_norm")} == {k: best[k] for k in ("lr", "skip_norm")}
+    assert str(b) in payload["armt_hyper_source"] and "grid=choices" in payload["armt_hyper_source"]
+    # several files are for --grid choices only, and it needs two different choices
+    with pytest.raises(SystemExit):
+        fc.main(argv + ["--grid", "none", "--armt-from", str(a), str(b)])
+    with pytest.raises(SystemExit):
+        fc.main(argv + ["--grid", "choices", "--armt-from", str(a), str(a)])
+
+
 def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch):
     import benchmarks.common
     import benchmarks.forecast as fc
