@@ -1023,11 +1023,21 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
 
     A run that stopped early (its ``<out>.partial.json``, see ``PartialRows``) contributes the horizons at which
     every model its command asked for finished (``partial_run``); its other rows are left out and counted.
+
+    ``PATH@H1,H2`` takes only those horizons' rows from that run (e.g. a horizon that a later run, with a choice made
+    on validation at that horizon, trained again); the horizons left out are recorded per run.
     """
     if len(paths) < 2:
         raise ValueError("--merge-from: give at least two result files")
-    runs = []
-    for path in map(Path, paths):
+    runs, keep_h = [], {}
+    for spec in map(str, paths):
+        file, _, sel = spec.partition("@")
+        path = Path(file)
+        if sel:
+            try:
+                keep_h[path] = {int(h) for h in sel.split(",")}
+            except ValueError:
+                raise ValueError(f"--merge-from {spec}: expected PATH@H1,H2,... with integer horizons") from None
         payload = json.loads(path.read_text())
         if payload.get("partial"):
             payload = partial_run(payload, path)
@@ -1047,8 +1057,15 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     rows: list[dict] = []
     seen: dict[tuple[int, str], Path] = {}
     for path, payload in runs:
+        if path in keep_h:
+            have = {r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"}
+            if not keep_h[path] <= have:
+                raise ValueError(f"--merge-from {path}@...: horizons {sorted(keep_h[path] - have)} are not in that run "
+                                 f"(it has {sorted(have)})")
         for r in payload["rows"]:
             if r.get("source") != "same-run" or r.get("table", "main") not in ("main", "ablation"):
+                continue
+            if path in keep_h and r["horizon"] not in keep_h[path]:
                 continue
             key = (r["horizon"], r["model"])
             if key in seen:
@@ -1080,7 +1097,11 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
         "merged_from": [{"file": str(path), "command": payload.get("command"), "git_commit": payload.get("git_commit"),
                          "wall_seconds": payload.get("wall_seconds"), "partial": bool(payload.get("partial")),
                          "rows_left_out": payload.get("rows_left_out", 0),
-                         "horizons": sorted({r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"})}
+                         "horizons": sorted({r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"
+                                             and (path not in keep_h or r["horizon"] in keep_h[path])}),
+                         "horizons_left_out": sorted({r["horizon"] for r in payload["rows"]
+                                                      if r.get("source") == "same-run" and path in keep_h
+                                                      and r["horizon"] not in keep_h[path]})}
                         for path, payload in runs],
         "rows": rows,
     }
@@ -1096,6 +1117,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     md += [f"- `{m['file']}` (H = {', '.join(map(str, m['horizons']))}): `{m['command']}`, commit {m['git_commit']}, "
            + (f"a run that stopped early: its complete horizons only ({m['rows_left_out']} rows of unfinished "
               f"horizons left out)" if m["partial"] else f"wall time {m['wall_seconds']:.0f} s")
+           + (f"; its H = {', '.join(map(str, m['horizons_left_out']))} rows left out (`@` selection)"
+              if m["horizons_left_out"] else "")
            for m in payload["merged_from"]]
     md += ["", markdown_table([r for r in rows if r["source"] == "same-run" and r.get("table", "main") == "main"],
                               COLUMNS[:3] + ["run"] + COLUMNS[4:]), "", markdown_table(pub, COLUMNS[:8]), ""]
@@ -1145,8 +1168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only redraw <out>.png from result files (no training): the first file's rows plus the "
                         "context-length rows of the others")
     p.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
-                   help="only merge result files of runs with the same budget and ARMT choice, each with its own "
-                        "horizons, into one table <out> (no training; see merge_results)")
+                   help="only merge result files of runs with the same budget, each with its own horizons, into one "
+                        "table <out> (no training; see merge_results); JSON@H1,H2 takes only those horizons of a run")
     return p
 
 
