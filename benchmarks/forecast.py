@@ -207,6 +207,9 @@ class ARMTHyper:
     # context value, as NLinear): the skip maps (context - anchor) / scale to (future - anchor) / scale
     skip_norm: str = "window"
     skip_ridge: float = 1e-3  # fit_skip's ridge, times the mean diagonal of the Gram matrix (weights only)
+    # ARMTConfig.read_norm_cap: each retrieved row's norm bounded (None: the paper's read, DESIGN section 2). A
+    # guard for long contexts: where q^T z is 0 but q^T A is not, the paper's read divides by its 1e-5 epsilon
+    read_norm_cap: float | None = None
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -236,6 +239,8 @@ class ARMTHyper:
             raise ValueError("ARMTHyper.skip_norm='last' needs linear_skip=True (it is the skip's anchor)")
         if not self.skip_ridge >= 0:
             raise ValueError(f"ARMTHyper.skip_ridge: expected >= 0, got {self.skip_ridge!r}")
+        if self.read_norm_cap is not None and not self.read_norm_cap > 0:
+            raise ValueError(f"ARMTHyper.read_norm_cap: expected None or > 0, got {self.read_norm_cap!r}")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -250,7 +255,8 @@ class ARMTHyper:
                 f"{'' if self.skip_init == 'random' else '-' + self.skip_init}"
                 f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}"
                 f"{'-last' if self.skip_norm == 'last' else ''}"
-                f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}")
+                f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}"
+                f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}")
 
 
 class ARMTBench(nn.Module):
@@ -285,7 +291,7 @@ class ARMTBench(nn.Module):
             horizon, c_model,
             armt=ARMTConfig(d_model=hyper.d_model, n_layers=hyper.n_layers, n_heads=4, d_ff=4 * hyper.d_model,
                             segment_length=c_model * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
-                            dropout=hyper.dropout),
+                            dropout=hyper.dropout, read_norm_cap=hyper.read_norm_cap),
             patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode="independent"),
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
             scaling="none", impute="gaussian" if hyper.impute else "none")
@@ -753,6 +759,21 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
     return best, scores
 
 
+def parse_armt_set(items: list[str]) -> dict[str, Any]:
+    """``["read_norm_cap=20", "skip_norm=last"]`` -> ARMTHyper field values (JSON, else the string as it is)."""
+    names = {f.name for f in dataclasses.fields(ARMTHyper)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in names:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {sorted(names)}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHyper]:
     """The ARMT candidates of ``--grid kind`` ([] for none); "schedule", "ema" and "dropout" put one kind of change
     on top of ``hyper`` (the given or default choice, kept as the first candidate); "small" is the default search,
@@ -1157,6 +1178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the ARMT hyperparameters from an earlier result JSON (its armt_chosen) instead of "
                         "a grid; with --grid choices, two or more files whose choices the validation split decides "
                         "between (e.g. choices made at other horizons)")
+    p.add_argument("--armt-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="change ARMTHyper fields of the given (or default) choice before any grid, e.g. "
+                        "read_norm_cap=20 (VALUE is read as JSON, else as a string); recorded in the results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (ARMT, prediction) / bf16-mixed (Lightning)")
@@ -1222,6 +1246,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"choices lists them in armt_chosen_by_run); give the file of the run whose choice you want")
         given.append(ARMTHyper(**chosen))
         log(f"ARMT hyperparameters from {path}: {given[-1].name()}")
+    if args.armt_set:
+        try:
+            overrides = parse_armt_set(args.armt_set)
+            given = [dataclasses.replace(g, **overrides) for g in given]
+            hyper = dataclasses.replace(hyper, **overrides)
+        except (ValueError, TypeError) as e:
+            p.error(f"--armt-set: {e}")
+        log(f"ARMT fields set: {overrides}")
     if given:
         hyper = given[0]
     if args.grid == "choices":
@@ -1272,8 +1304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seed": args.seed, "quick": args.quick, "wall_seconds": time.perf_counter() - t_start,
         "budget": budget_of(args),
         "armt_chosen": hyper.__dict__,
-        "armt_hyper_source": " + ".join(x for x in (*(args.armt_from or []), f"grid={args.grid}" if grid_scores else "")
-                                        if x),
+        "armt_hyper_source": " + ".join(x for x in (*(args.armt_from or []), *(f"set {a}" for a in args.armt_set),
+                                                    f"grid={args.grid}" if grid_scores else "") if x),
         "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,
     }

@@ -486,6 +486,39 @@ def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path
         fc.main(argv + ["--grid", "none", "--armt-from", str(a), str(b)])
     with pytest.raises(SystemExit):
         fc.main(argv + ["--grid", "choices", "--armt-from", str(a), str(a)])
+    # --armt-set changes fields of the given choice (every one of them under --grid choices) and is recorded
+    payload = fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "read_norm_cap=5"])
+    assert payload["armt_chosen"]["read_norm_cap"] == 5 and payload["armt_chosen"]["lr"] == 1e-4
+    assert "set read_norm_cap=5" in payload["armt_hyper_source"]
+    with pytest.raises(SystemExit):
+        fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "read_cap=5"])
+
+
+def test_the_read_guard_bounds_retrieved_rows_and_is_exact_where_it_does_not_bind(etth1_like):
+    from benchmarks.forecast import parse_armt_set
+    small = ARMTHyper(d_model=16, n_layers=1, segment_patches=2, batch_size=4, linear_skip=True,
+                      skip_init="ols-frozen", skip_norm="last")
+    assert parse_armt_set(["read_norm_cap=20", "skip_norm=window", "lr=1e-4"]) == {
+        "read_norm_cap": 20, "skip_norm": "window", "lr": 1e-4}
+    for bad in (["cap=20"], ["read_norm_cap"]):
+        with pytest.raises(ValueError, match="FIELD=VALUE"):
+            parse_armt_set(bad)
+    with pytest.raises(ValueError, match="read_norm_cap"):
+        ARMTHyper(read_norm_cap=0)
+    assert dataclasses.replace(small, read_norm_cap=20).name() == small.name() + "-cap20"
+    w = eval_windows(etth1_like, 24)
+    x, obs = torch.as_tensor(w.past_values[:8]), torch.as_tensor(w.past_observed[:8])
+    outs = {}
+    for cap in (None, 1e6, 1e-3):
+        model = ARMTBench(dataclasses.replace(small, read_norm_cap=cap), 7, 24, 336, seed=0)
+        assert model.forecaster.config.armt.read_norm_cap == cap
+        with torch.no_grad():  # a non-zero memory value map, so reads are not all zero
+            for m in model.forecaster.backbone.memories:
+                m.W_v.weight.normal_(0, 0.5)
+            model.forecaster.head.out.weight.normal_(0, 0.1)
+            outs[cap] = model(x, obs)
+    assert torch.equal(outs[None], outs[1e6])  # a guard that never binds changes nothing, bit for bit
+    assert not torch.allclose(outs[None], outs[1e-3], atol=1e-4)
 
 
 def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch):
