@@ -23,10 +23,13 @@ The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride
 
 ``--context-lengths 336 512 1024 2048 4096`` adds the ARMT context-length table (first horizon only): the memory
 reads contexts far longer than one segment. Each of its rows (and the least-squares ablation at each context) also
-carries the validation MSE, the number a context should be chosen by. Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
+carries the validation MSE, the number a context should be chosen by.
+Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
 (rows: dataset, horizon, model, source, mse, mae, crps, params, train_seconds, context_length, ...), and a
 ``.png`` of MSE against horizon. ``--merge-from A.json B.json --out NAME`` puts runs that trained different horizons
-with the same budget and ARMT choice into one table (each row keeps its run; no training; see ``merge_results``).
+with the same budget into one table (each row keeps its run and its run's ARMT choice; ``B.json@192`` takes only that
+horizon of a run; no training; see ``merge_results``). ``--grid choices --armt-from A.json B.json`` lets the
+validation split decide between earlier choices; ``--armt-set FIELD=VALUE`` changes fields of the given choice.
 """
 
 from __future__ import annotations

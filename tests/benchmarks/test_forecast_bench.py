@@ -573,7 +573,8 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
     sel = fc.merge_results([f"{d}@96", f], "sel")
     assert {(r["horizon"], r["run"]) for r in sel["rows"] if r["source"] == "same-run"} == {
         (96, "run_d"), (192, "run_f"), (336, "run_f"), (720, "run_f")}
-    assert [(m["horizons"], m["horizons_left_out"]) for m in sel["merged_from"]] == [([96], [192]), ([192, 336, 720], [])]
+    assert [(m["horizons"], m["horizons_left_out"]) for m in sel["merged_from"]] == [
+        ([96], [192]), ([192, 336, 720], [])]
     assert "its H = 192 rows left out" in (tmp_path / "sel.md").read_text()
     with pytest.raises(ValueError, match=r"horizons \[720\] are not in that run"):
         fc.merge_results([f"{d}@96,720", f], "x")
