@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -67,6 +68,14 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def argmin_finite(values: list[float], what: str) -> int:
+    """Index of the lowest finite value (a NaN or inf candidate is never chosen); raises when none is finite."""
+    finite = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if not finite:
+        raise RuntimeError(f"{what}: every candidate's score is non-finite ({values})")
+    return min(finite)[1]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -55,7 +55,8 @@ from torch import Tensor, nn
 from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from armt_ts.data import Scaler, TimeSeriesFrame, Windows, count_windows, fit_scaler, sliding_windows, to_gluonts
 from armt_ts.forecaster import ARMTForecaster
-from benchmarks.common import RESULTS, Timer, command_line, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, git_commit, machine_info, markdown_table,
+                               write_results)
 
 QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -498,6 +499,10 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
 
     ``augment(rng, past_observed [B, L, C]) -> past_observed`` may hide context entries during training (the
     missing-channel benchmark's mask augmentation); the loss still covers every observed future entry.
+
+    A non-finite training loss stops training before that step's update (logged; ``nonfinite_step`` in the result
+    is its 0-based index, None when every loss was finite): the model keeps its last finite weights instead of
+    turning them all into NaN, and the evaluation reports whatever those weights give.
     """
     gen = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -509,7 +514,7 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     start = time.perf_counter()  # the least-squares skip fit counts against the budget
     skip_fit = model.fit_skip(w) if model.hyper.skip_init != "random" else None
     opt = torch.optim.AdamW(model.parameters(), lr=model.hyper.lr, weight_decay=1e-4)
-    steps, losses = 0, []
+    steps, losses, nonfinite = 0, [], None
     params = [p for p in model.parameters() if p.requires_grad]
     # EMA of the weights (hyper.ema > 0), evaluated in place of the last iterate; the decay is warmed up as
     # min(ema, (1 + t) / (10 + t)) so the first steps' random weights do not linger in the average
@@ -533,6 +538,11 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
             pred = model(pv, po)
         err = torch.where(fo, pred.float() - fv, torch.zeros((), device=device))
         loss = pointwise_loss(err, model.hyper.loss).sum() / fo.sum().clamp_min(1)
+        if not torch.isfinite(loss.detach()):
+            nonfinite = steps
+            log(f"  ARMT {model.hyper.name()}: non-finite training loss at step {steps}; training stopped with the "
+                f"last finite weights (a long context may need ARMTHyper.read_norm_cap)")
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -551,7 +561,7 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     model.eval()
     return {"steps": steps, "train_seconds": time.perf_counter() - start,
             "final_train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "skip_fit_seconds": None if skip_fit is None else skip_fit["seconds"]}
+            "skip_fit_seconds": None if skip_fit is None else skip_fit["seconds"], "nonfinite_step": nonfinite}
 
 
 @torch.no_grad()
@@ -749,7 +759,7 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
         pred = predict_armt(model, wv.past_values[idx], wv.past_observed[idx], device, bf16)
         m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
         scores.append({"candidate": hyper.name(), **hyper.__dict__, "val_mse": m["mse"], "val_mae": m["mae"],
-                       "train_steps": info["steps"], "val_windows": len(idx)})
+                       "train_steps": info["steps"], "val_windows": len(idx), "nonfinite_step": info["nonfinite_step"]})
         if hyper.skip_init != "random":  # what the network's training changed: the same skip fit, no steps
             alone, _ = fitted_skip_alone(prep, hyper, horizon, seed, device, bf16)
             pred = predict_armt(alone, wv.past_values[idx], wv.past_observed[idx], device, bf16)
@@ -758,7 +768,7 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
         log(f"  val {hyper.name()}: mse {m['mse']:.4f} ({info['steps']} steps)"
             + (f", least-squares skip alone {scores[-1]['val_mse_skip_alone']:.4f}" if hyper.skip_init != "random"
                else ""))
-    best = grid[int(np.argmin([s["val_mse"] for s in scores]))]
+    best = grid[argmin_finite([s["val_mse"] for s in scores], "select_armt: validation MSE")]
     return best, scores
 
 
@@ -895,7 +905,8 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
             rows.append(row(prep, horizon, label, m, params=n_params(model), train_seconds=info["train_seconds"],
                             train_steps=info["steps"], predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
                             segments=model.forecaster.num_segments(prep.context_length),
-                            hyperparameters=hyper.__dict__, **val_scores(model)))
+                            hyperparameters=hyper.__dict__, nonfinite_step=info["nonfinite_step"],
+                            **val_scores(model)))
             if hyper.skip_init != "random":  # ablation: the least-squares skip alone, before any optimiser step
                 r = rows[-1]
                 log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} steps {r['train_steps']}")

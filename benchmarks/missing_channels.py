@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, Timer, command_line, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, git_commit, machine_info, markdown_table,
+                               write_results)
 from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, log, masked_errors,
                                  n_params, predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows,
                                  train_armt, train_gluonts)
@@ -315,7 +316,7 @@ def select_aug_p(prep, hyper: ARMTHyper, variant: str, args: argparse.Namespace)
         grid.append({"variant": variant, "aug_p": a, "val_mse_all": s["mse_all"], "val_mse_hidden": s["mse_hidden"],
                      "train_steps": info["steps"], "val_windows": len(wv)})
         log(f"  val {variant} p={a:g}: mse {s['mse_all']:.4f} (hidden {s['mse_hidden']:.4f}, {info['steps']} steps)")
-    return grid[int(np.argmin([g["val_mse_all"] for g in grid]))]["aug_p"], grid
+    return grid[argmin_finite([g["val_mse_all"] for g in grid], "select_aug_p: validation MSE")]["aug_p"], grid
 
 
 def hidden_by_channel_section(rows: list[dict[str, Any]], channels: list[str]) -> list[str]:

@@ -521,6 +521,32 @@ def test_the_read_guard_bounds_retrieved_rows_and_is_exact_where_it_does_not_bin
     assert not torch.allclose(outs[None], outs[1e-3], atol=1e-4)
 
 
+def test_a_non_finite_loss_stops_training_with_the_last_finite_weights(etth1_like):
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols")
+    ref = ARMTBench(hyper, 7, 24, 336, seed=0)
+    info = train_armt(ref, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=2)
+    assert info["steps"] == 2 and info["nonfinite_step"] is None
+    model = ARMTBench(hyper, 7, 24, 336, seed=0)
+    real, calls = model.forward, []
+
+    def nan_on_third(values, observed):  # the third training batch's forecast is NaN (as a runaway read gives)
+        calls.append(1)
+        out = real(values, observed)
+        return out * float("nan") if len(calls) == 3 else out
+    model.forward = nan_on_third
+    info = train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=5)
+    assert info["steps"] == 2 and info["nonfinite_step"] == 2
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name  # the weights after the two finite steps, not NaN
+
+
+def test_argmin_finite_never_chooses_a_non_finite_candidate():
+    from benchmarks.common import argmin_finite
+    assert argmin_finite([float("nan"), 0.5, 0.3, float("inf"), None], "x") == 2
+    with pytest.raises(RuntimeError, match="every candidate's score is non-finite"):
+        argmin_finite([float("nan"), None], "grid")
+
+
 def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch):
     import benchmarks.common
     import benchmarks.forecast as fc
