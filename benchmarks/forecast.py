@@ -538,7 +538,8 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
             pred = model(pv, po)
         err = torch.where(fo, pred.float() - fv, torch.zeros((), device=device))
         loss = pointwise_loss(err, model.hyper.loss).sum() / fo.sum().clamp_min(1)
-        if not torch.isfinite(loss.detach()):
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
             nonfinite = steps
             log(f"  ARMT {model.hyper.name()}: non-finite training loss at step {steps}; training stopped with the "
                 f"last finite weights (a long context may need ARMTHyper.read_norm_cap)")
@@ -548,7 +549,7 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         steps += 1
-        losses.append(loss.item())
+        losses.append(loss_value)
         if ema is not None:
             decay = min(model.hyper.ema, (1.0 + steps) / (10.0 + steps))
             with torch.no_grad():
@@ -1064,7 +1065,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """
     if len(paths) < 2:
         raise ValueError("--merge-from: give at least two result files")
-    runs, keep_h = [], {}
+    runs, keep_h, kept = [], {}, {}
     for spec in map(str, paths):
         file, _, sel = spec.partition("@")
         path = Path(file)
@@ -1092,15 +1093,15 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     rows: list[dict] = []
     seen: dict[tuple[int, str], Path] = {}
     for path, payload in runs:
-        if path in keep_h:
-            have = {r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"}
-            if not keep_h[path] <= have:
-                raise ValueError(f"--merge-from {path}@...: horizons {sorted(keep_h[path] - have)} are not in that run "
-                                 f"(it has {sorted(have)})")
+        have = {r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"}
+        kept[path] = keep_h.get(path, have)
+        if not kept[path] <= have:
+            raise ValueError(f"--merge-from {path}@...: horizons {sorted(kept[path] - have)} are not in that run "
+                             f"(it has {sorted(have)})")
         for r in payload["rows"]:
             if r.get("source") != "same-run" or r.get("table", "main") not in ("main", "ablation"):
                 continue
-            if path in keep_h and r["horizon"] not in keep_h[path]:
+            if r["horizon"] not in kept[path]:
                 continue
             key = (r["horizon"], r["model"])
             if key in seen:
@@ -1132,11 +1133,9 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
         "merged_from": [{"file": str(path), "command": payload.get("command"), "git_commit": payload.get("git_commit"),
                          "wall_seconds": payload.get("wall_seconds"), "partial": bool(payload.get("partial")),
                          "rows_left_out": payload.get("rows_left_out", 0),
-                         "horizons": sorted({r["horizon"] for r in payload["rows"] if r.get("source") == "same-run"
-                                             and (path not in keep_h or r["horizon"] in keep_h[path])}),
+                         "horizons": sorted(kept[path]),
                          "horizons_left_out": sorted({r["horizon"] for r in payload["rows"]
-                                                      if r.get("source") == "same-run" and path in keep_h
-                                                      and r["horizon"] not in keep_h[path]})}
+                                                      if r.get("source") == "same-run"} - kept[path])}
                         for path, payload in runs],
         "rows": rows,
     }
@@ -1270,13 +1269,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"ARMT fields set: {overrides}")
     if given:
         hyper = given[0]
-    if args.grid == "choices":
-        if len(set(given)) < 2:
-            p.error("--grid choices: give --armt-from two or more result files with different armt_chosen")
-        grid = list(dict.fromkeys(given)) if "ARMT" in args.models else []
+    if args.grid == "choices" and len(set(given)) < 2:
+        p.error("--grid choices: give --armt-from two or more result files with different armt_chosen")
     prep = prepare(args.data, args.dataset, args.context_length)
-    if args.grid != "choices":
-        grid = grid_candidates(args.grid, hyper, from_file=bool(given)) if "ARMT" in args.models else []
+    grid = [] if "ARMT" not in args.models else (list(dict.fromkeys(given)) if args.grid == "choices"
+                                                 else grid_candidates(args.grid, hyper, from_file=bool(given)))
     if grid:
         hyper, grid_scores = select_armt(prep, args.horizons[0], grid, args.train_seconds, args.seed, args.device,
                                          args.bf16, args.val_stride, args.max_steps)
