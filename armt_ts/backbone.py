@@ -24,6 +24,16 @@ from .memory import AssociativeMemory
 from .state import MemoryState
 
 
+def check_outputs(outputs: int, t: int) -> int:
+    """``outputs`` of a segment with t content rows: an int in [0, t], and not under autograd (an inference
+    shortcut; training reads every row)."""
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or not 0 <= outputs <= t:
+        raise ValueError(f"outputs: expected an int in [0, {t}] (the segment's content rows), got {outputs!r}")
+    if torch.is_grad_enabled():
+        raise ValueError("outputs: an inference shortcut; call it under torch.no_grad()")
+    return outputs
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)); causal self-attention."""
 
@@ -37,14 +47,22 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
         self.dropout = dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, q_from: int = 0) -> Tensor:
+        """x [B, N, D] -> [B, N - q_from, D]: the outputs of rows q_from.. only (keys and values still come from
+        every row; q_from > 0 is an inference shortcut for a last layer whose earlier rows nobody reads)."""
         B, N, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
         # (B, nh, N, hs)
         q, k, v = (t.view(B, N, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         drop = self.dropout if self.training else 0.0
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
-        x = x + F.dropout(self.proj(att.transpose(1, 2).reshape(B, N, D)), drop, self.training)
+        if q_from:
+            # row q_from + i attends keys 0 .. q_from + i (is_causal would align the mask at the top left)
+            mask = torch.ones(N - q_from, N, dtype=torch.bool, device=x.device).tril(diagonal=q_from)
+            att = F.scaled_dot_product_attention(q[:, :, q_from:], k, v, attn_mask=mask, dropout_p=drop)
+            x = x[:, q_from:]
+        else:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        x = x + F.dropout(self.proj(att.transpose(1, 2).reshape(B, N - q_from, D)), drop, self.training)
         return x + F.dropout(self.mlp(self.ln2(x)), drop, self.training)
 
 
@@ -79,7 +97,8 @@ class ARMT(nn.Module):
         return torch.cat([x, mem.unsqueeze(0).expand(B, -1, -1)], dim=1)
 
     def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None,
-                     out: MemoryState | None = None, write: bool = True) -> tuple[Tensor, MemoryState]:
+                     out: MemoryState | None = None, write: bool = True,
+                     outputs: int | None = None) -> tuple[Tensor, MemoryState]:
         """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer.
 
         key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
@@ -88,11 +107,15 @@ class ARMT(nn.Module):
         of allocating a new A per layer per update. The values are those without ``out``, bit for bit.
         write=False: read only (a forecast from memory): y is the same, bit for bit (a layer's write only reaches
         the next segment), and the state comes back unchanged (None stays None) without computing any write.
+        outputs=k (inference shortcut, ``check_outputs``): y is only the last k content rows [B, k, D]; the last layer
+        computes its attention queries, MLP and the final norm only for those rows and the memory rows (a stream
+        reads one patch's outputs), and the new state equals the full step's to float rounding.
         """
         c = self.config
         B, t, _ = x.shape
         if t > c.segment_length:
             raise ValueError(f"segment has {t} tokens, more than segment_length={c.segment_length}")
+        q_from = 0 if outputs is None else t - check_outputs(outputs, t)
         if out is not None and (out.num_layers != c.n_layers or out.batch_size != B):
             raise ValueError(f"segment_step out: expected {c.n_layers} layers of batch {B}, got "
                              f"{out.num_layers} layers of batch {out.batch_size}")
@@ -105,18 +128,23 @@ class ARMT(nn.Module):
         for l, (block, memory) in enumerate(zip(self.blocks, self.memories)):
             if not first:
                 h = memory.read(h, A[l], z[l], key_ids)
-            h = block(h)
+            last = l == c.n_layers - 1
+            h = block(h, q_from) if last and q_from else block(h)
             if write:
-                A[l], z[l] = memory.write(h[:, t:], A[l], z[l], first, key_ids,
+                A[l], z[l] = memory.write(h[:, t - (q_from if last else 0):], A[l], z[l], first, key_ids,
                                           None if out is None else (out.A[l], out.z[l]))
+        y = self.ln_f(h[:, :t - q_from])
         if not write:
-            return self.ln_f(h[:, :t]), given
-        return self.ln_f(h[:, :t]), (MemoryState(tuple(A), tuple(z)) if out is None else out)
+            return y, given
+        return y, (MemoryState(tuple(A), tuple(z)) if out is None else out)
 
-    def forward(self, x: Tensor, state: MemoryState | None = None, key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    def forward(self, x: Tensor, state: MemoryState | None = None, key_ids: Tensor | None = None,
+                outputs: int | None = None) -> tuple[Tensor, MemoryState]:
         """x [B, S, D] -> (y [B, S, D], state after the last segment), segments in the order of config.schedule.
 
         key_ids [B, n_segments] (keyed memory only): the entity id of each segment of each row.
+        outputs=k (inference shortcut, see ``segment_step``): y [B, n_segments * k, D] holds the last k content rows
+        of every segment; each segment (the last included) must have at least k content rows.
 
         With config.tbptt_segments = k the carried state is detached every k segments of this call
         (truncated backpropagation through time); the values are unchanged.
@@ -129,8 +157,8 @@ class ARMT(nn.Module):
         if c.schedule == "diagonal" or (c.schedule == "auto" and schedule.prefer_diagonal(self, x, key_ids)):
             if key_ids is not None:
                 raise ValueError("schedule='diagonal' does not run keyed memory (key_ids); use 'sequential'")
-            return schedule.run_diagonal(self, x, state)
-        return schedule.run_sequential(self, x, state, key_ids)
+            return schedule.run_diagonal(self, x, state, outputs)
+        return schedule.run_sequential(self, x, state, key_ids, outputs)
 
     def forget(self, state: MemoryState, key_ids: Tensor) -> MemoryState:
         """Erase entity key_ids[b] from row b's memory in every layer (config.key_mode "identity")."""

@@ -24,6 +24,7 @@ raises): keyed memory (key_mode != "content"), dropout while training.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,10 +83,11 @@ def prefer_diagonal(model: "ARMT", x: Tensor, key_ids: Tensor | None = None) -> 
 
 
 def run_sequential(model: "ARMT", x: Tensor, state: MemoryState | None,
-                   key_ids: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+                   key_ids: Tensor | None = None, outputs: int | None = None) -> tuple[Tensor, MemoryState]:
     """The reference schedule: segment after segment, layer after layer (``ARMT.segment_step``).
 
     key_ids [B, n_segments] (keyed memory only): the entity id of each segment of each row.
+    outputs: see ``ARMT.forward``.
     """
     c = model.config
     ys = []
@@ -93,7 +95,7 @@ def run_sequential(model: "ARMT", x: Tensor, state: MemoryState | None,
         if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:
             state = state.detach()
         y, state = model.segment_step(x[:, start:start + c.segment_length], state,
-                                      None if key_ids is None else key_ids[:, s])
+                                      None if key_ids is None else key_ids[:, s], outputs=outputs)
         ys.append(y)
     return torch.cat(ys, dim=1), state
 
@@ -128,8 +130,28 @@ def _layer_norm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w.unsqueeze(1))
 
 
-def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState]:
-    """Diagonal-batched schedule; same inputs, outputs and state as ``run_sequential`` (to float32 rounding)."""
+def _block(lin: Callable[[Tensor, str, int, int], Tensor], W: dict[str, Tensor], hr: Tensor, a: int, b: int, B: int,
+           N: int, nh: int, q_from: int) -> Tensor:
+    """``Block.forward`` of layers a..b-1 with stacked weights: hr [n, B*N, D] -> [n, B*(N - q_from), D]."""
+    n, _, D = hr.shape
+    qkv = lin(_layer_norm(hr, W["ln1_w"][a:b], W["ln1_b"][a:b]), "qkv", a, b)
+    qh, kh, vh = (u.reshape(n * B, N, nh, D // nh).transpose(1, 2) for u in qkv.split(D, dim=-1))
+    if q_from:  # only rows q_from.. (see Block.forward)
+        mask = torch.ones(N - q_from, N, dtype=torch.bool, device=hr.device).tril(diagonal=q_from)
+        att = F.scaled_dot_product_attention(qh[:, :, q_from:], kh, vh, attn_mask=mask)
+        hr = hr.reshape(n, B, N, D)[:, :, q_from:].reshape(n, B * (N - q_from), D)
+    else:
+        att = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [n*B, nh, N, hs]
+    hr = hr + lin(att.transpose(1, 2).reshape(n, B * (N - q_from), D), "proj", a, b)
+    ff = F.gelu(lin(_layer_norm(hr, W["ln2_w"][a:b], W["ln2_b"][a:b]), "fc1", a, b))
+    return hr + lin(ff, "fc2", a, b)
+
+
+def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
+                 outputs: int | None = None) -> tuple[Tensor, MemoryState]:
+    """Diagonal-batched schedule; same inputs, outputs and state as ``run_sequential`` (to float32 rounding).
+
+    outputs: see ``ARMT.forward`` (the last layer's cells run their block on their own, pruned)."""
     reason = diagonal_supported(model)
     if reason is not None:
         raise ValueError(f"the diagonal schedule cannot run this model: {reason}")
@@ -139,6 +161,10 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None) -> tuple[T
     H, r, Dv = c.memory_heads, c.d_mem, c.d_head
     n_seg = -(-S_total // T)
     lengths = [min(T, S_total - s * T) for s in range(n_seg)]
+    if outputs is not None:
+        from .backbone import check_outputs
+
+        check_outputs(outputs, min(lengths))
     first_call = state is None
     if first_call:
         state = MemoryState.zeros(c, B, device=x.device)
@@ -186,19 +212,20 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None) -> tuple[T
                 out = ops.associative_read(phi_q, As, zs, c.eps)  # [n*B, N, H, Dv]
             hr = hr + out.reshape(n, B * N, D).to(hr.dtype)
 
-            # transformer block (Block.forward with per-layer weights)
-            qkv = lin(_layer_norm(hr, W["ln1_w"][a:b_], W["ln1_b"][a:b_]), "qkv", a, b_)
-            qh, kh, vh = (u.reshape(n * B, N, nh, D // nh).transpose(1, 2) for u in qkv.split(D, dim=-1))
-            att = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [n*B, nh, N, hs]
-            att = att.transpose(1, 2).reshape(n, B * N, D)
-            hr = hr + lin(att, "proj", a, b_)
-            ff = F.gelu(lin(_layer_norm(hr, W["ln2_w"][a:b_], W["ln2_b"][a:b_]), "fc1", a, b_))
-            hr = hr + lin(ff, "fc2", a, b_)
-            h = hr.reshape(n, B, N, D)
+            # transformer block (Block.forward with per-layer weights); with ``outputs`` the last layer's cell
+            # runs its own, pruned block: hs[i] is layer ls[i]'s output [B, N - (its pruned rows), D]
+            q_last = 0 if outputs is None or ls[-1] != L - 1 else t - outputs
+            if q_last:
+                hs = [] if n == 1 else list(_block(lin, W, hr[:-1], a, b_ - 1, B, N, nh, 0).reshape(n - 1, B, N, D))
+                hs.append(_block(lin, W, hr[-1:], b_ - 1, b_, B, N, nh, q_last).reshape(B, N - q_last, D))
+                mem_rows = torch.stack([u[:, -M:] for u in hs])  # M >= 1 (ARMTConfig)
+            else:
+                h = _block(lin, W, hr, a, b_, B, N, nh, 0).reshape(n, B, N, D)
+                hs, mem_rows = list(h), h[:, :, t:]
 
             # write from the memory positions, all layers of the group at once
             # one bmm for W_k | W_v | W_beta of every layer of the group
-            kvb = _linear(h[:, :, t:].reshape(n, B * M, D), W["kvb_w"][a:b_], W["kvb_b"][a:b_])
+            kvb = _linear(mem_rows.reshape(n, B * M, D), W["kvb_w"][a:b_], W["kvb_b"][a:b_])
             k, v, bt = kvb.split([H * r, D, kvb.shape[-1] - H * r - D], dim=-1)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 k = mem0._phi(k.float().reshape(n * B, M, H * r))
@@ -220,8 +247,8 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None) -> tuple[T
             for i, l in enumerate(ls):
                 A[l], z[l] = nA[i], nz[i]
                 if l == L - 1:
-                    ys[d - l] = model.ln_f(h[i, :, :t])
+                    ys[d - l] = model.ln_f(hs[i][:, :t - q_last])
                 else:
-                    new_carry[l] = h[i]
+                    new_carry[l] = hs[i]
         carry = new_carry
     return torch.cat(ys, dim=1), MemoryState(tuple(A), tuple(z))

@@ -98,6 +98,33 @@ _MEAN_DEFAULT_SCALE = 1.0  # the forecaster's MeanScaler default_scale (a series
 _NO_TIME = torch.iinfo(torch.int64).min
 # Entities per backbone call when many complete a segment at once (see StreamingForecaster._advance_group).
 FLEET_CHUNK = 256
+# tune_allocator's glibc settings: blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and the
+# heap keeps up to 1 GiB of freed memory instead of returning it to the system.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
+
+
+def tune_allocator() -> bool:
+    """Make glibc's malloc keep the few-MiB blocks a fleet update allocates and frees on every call.
+
+    By default glibc serves blocks above a sliding threshold (128 KiB at start) with fresh ``mmap`` pages and
+    returns freed heap tops to the system, so a fleet update's activations ([chunk x tokens x d_ff] floats, a few
+    MiB each) are often page-faulted in anew, at a cost comparable to the arithmetic on them. This sets
+    ``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``TRIM_THRESHOLD`` with ``mallopt``:
+    process-wide, for every later allocation, at the price of up to that much freed memory held by the process.
+    ``armt-ts stream`` and ``benchmarks/streaming.py`` call it; a program embedding a fleet can too. Returns True
+    where it took effect, False where the C library is not glibc (nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -660,6 +687,8 @@ class StreamingForecaster:
         # the update itself), and the commit copies the chunks into the state in place.
         # A whole fleet advancing one segment (the lockstep update) writes its new memory straight into the spare
         # buffers (ARMT.segment_step's ``out``), which the commit then swaps in: no new A per update, no copy back.
+        # Only the last patch's outputs are kept (``outputs``): the last layer skips the queries, MLP and norm of the
+        # segment's other rows.
         spare = self._spare_memory() if every and n_seg == 1 else None
         chunks, reps = [], []
         for lo in range(0, rows.numel(), FLEET_CHUNK):
@@ -670,9 +699,10 @@ class StreamingForecaster:
                                                     tuple(pick(z) for z in st.memory.z))
             if spare is not None:
                 out = MemoryState(tuple(a[lo:hi] for a in spare.A), tuple(z[lo:hi] for z in spare.z))
-                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, out=out)
+                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, out=out,
+                                                             outputs=self.tokens_per_patch)
             else:
-                y, memory = self.model.backbone(tokens[lo:hi], memory)
+                y, memory = self.model.backbone(tokens[lo:hi], memory, outputs=self.tokens_per_patch)
             chunks.append((lo, hi, memory))
             reps.append(y[:, -self.tokens_per_patch:])
         up.update(stats=stats, memory=chunks, rep=torch.cat(reps), swap=spare)

@@ -279,3 +279,42 @@ def test_segment_step_out_buffers_and_read_only_step_are_exact(first):
         assert torch.equal(y_ro, y_ref) and s_ro is state
         with pytest.raises(ValueError, match="batch 3"):
             model.segment_step(x, state, out=MemoryState.zeros(SMALL, 2))
+
+
+@pytest.mark.parametrize("t", [SMALL.segment_length, 2])
+@pytest.mark.parametrize("carried", [False, True])
+def test_segment_step_outputs_keeps_the_last_rows_and_the_state(t, carried):
+    # the streaming shortcut: the last layer computes only the last k content rows and the memory rows
+    model = _model(n_layers=3).eval()
+    g = torch.Generator().manual_seed(3)
+    state = model(torch.randn(2, 11, SMALL.d_model, generator=g))[1] if carried else None
+    x = torch.randn(2, t, SMALL.d_model, generator=g)
+    with torch.no_grad():
+        y_full, s_full = model.segment_step(x, state)
+        for k in range(t + 1):
+            y, s = model.segment_step(x, state, outputs=k)
+            assert y.shape == (2, k, SMALL.d_model)
+            assert_close(f"y k={k}", y_full[:, t - k:], y, 1e-6)
+            for l in range(3):
+                assert_close(f"A[{l}] k={k}", s_full.A[l], s.A[l], 1e-6)
+                assert_close(f"z[{l}] k={k}", s_full.z[l], s.z[l], 1e-6)
+            out = MemoryState.zeros(model.config, 2)
+            y_out, s_out = model.segment_step(x, state, out=out, outputs=k)
+            assert s_out is out and torch.equal(y_out, y) and all(torch.equal(a, b) for a, b in zip(out.A, s.A))
+            y_read, s_read = model.segment_step(x, state, write=False, outputs=k)
+            assert torch.equal(y_read, y) and s_read is state
+        # the block alone: rows q_from.. of the full block, keys and values from every row
+        block, h = model.blocks[0], torch.randn(2, 7, SMALL.d_model, generator=g)
+        for q_from in range(7):
+            assert_close(f"block q_from={q_from}", block(h)[:, q_from:], block(h, q_from), 1e-6)
+
+
+def test_segment_step_outputs_is_checked():
+    model = _model()
+    x = torch.randn(1, 4, SMALL.d_model)
+    with torch.no_grad():
+        for bad in (-1, 5, True, 1.0, "2"):
+            with pytest.raises(ValueError, match="outputs: expected an int in \\[0, 4\\]"):
+                model.segment_step(x, None, outputs=bad)
+    with pytest.raises(ValueError, match="torch.no_grad"):  # training reads every row
+        model.segment_step(x, None, outputs=1)

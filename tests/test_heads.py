@@ -6,7 +6,7 @@ import scipy.stats
 import torch
 
 from armt_ts.config import ConfigError, HeadConfig
-from armt_ts.heads import DistributionHead, build_head
+from armt_ts.heads import PPF_EXACT_BELOW, DistributionHead, build_head, student_t_ppf
 from armt_ts.testing import assert_close
 
 @pytest.fixture(autouse=True, scope="module")
@@ -255,3 +255,39 @@ def test_head_config_validation_names_the_field():
     cfg = HeadConfig(kind="quantile", quantiles=[0.1, 0.5, 0.9])  # a list, as from JSON
     assert cfg.quantiles == (0.1, 0.5, 0.9)
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("levels", [[0.1, 0.5, 0.9], [0.001, 0.02, 0.98, 0.999], [1e-6, 1 - 1e-6]])
+def test_student_t_ppf_spline_agrees_with_stdtrit(levels):
+    # large batches go through the checked spline in 1 / df; it must agree with the exact routine everywhere
+    from scipy import special
+
+    rng = np.random.default_rng(0)
+    df = np.exp(rng.uniform(np.log(0.3), np.log(1e7), PPF_EXACT_BELOW + 1000))
+    df[:4] = [2.0, np.inf, np.nan, -1.0]  # the normal limit; NaN and a non-positive df give stdtrit's NaN
+    lv = np.array(levels)
+    got = student_t_ppf(df.reshape(-1, 8), lv)
+    want = special.stdtrit(df.reshape(-1, 8), lv.reshape(-1, 1, 1))
+    assert got.shape == want.shape == (lv.size, df.size // 8, 8)
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want[:, 0, 2:4]).all()
+    ok = ~np.isnan(want)
+    assert (np.abs(got - want)[ok] <= 1e-8 * np.maximum(np.abs(want[ok]), 1.0)).all()
+    # small batches, and a batch with a single df value, are the exact routine itself
+    assert np.array_equal(student_t_ppf(df[:100], lv), special.stdtrit(df[:100], lv[:, None]), equal_nan=True)
+    same = np.full(PPF_EXACT_BELOW * 2, 3.5)
+    assert np.array_equal(student_t_ppf(same, lv), special.stdtrit(same, lv[:, None]))
+
+
+def test_student_t_quantiles_of_a_large_batch_are_exact():
+    # the streaming fleet's case: many (entity, step) rows take the spline; still scipy's t.ppf to 1e-6
+    head = _head("student_t")
+    big = (PPF_EXACT_BELOW // (H * C)) + 7
+    rep = torch.randn(big, C, D, generator=torch.Generator().manual_seed(2)) * 5.0
+    params = head(rep)
+    loc, scale = torch.randn(big, 1, C), torch.rand(big, 1, C) + 0.5
+    levels = [0.01, 0.1, 0.5, 0.9, 0.99]
+    q = head.quantiles(params, levels, loc, scale)
+    ref = _scipy_dist("student_t", params, loc, scale)
+    ref_q = torch.from_numpy(np.moveaxis(ref.ppf(np.array(levels).reshape(-1, 1, 1, 1)), 0, -1))
+    assert q.shape == ref_q.shape and (q.diff(dim=-1) > 0).all()
+    assert ((q.double() - ref_q).abs() <= 1e-6 * ref_q.abs().clamp_min(1.0)).all()

@@ -135,3 +135,27 @@ def test_keyed_memory_stays_sequential():
     x = torch.randn(2, 6 * 3, 32)
     with torch.no_grad():
         assert not prefer_diagonal(model, x, torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("schedule", [run_sequential, run_diagonal])
+@pytest.mark.parametrize("length", [6 * 4, 6 * 3 + 2])
+def test_outputs_keeps_the_last_rows_of_every_segment(schedule, length):
+    model = make(n_layers=3)
+    T = model.config.segment_length
+    x = torch.randn(2, length, 32, generator=torch.Generator().manual_seed(5))
+    n_seg = -(-length // T)
+    with torch.no_grad():
+        y_full, s_full = run_sequential(model, x, None)
+        k = min(T, length - (n_seg - 1) * T)  # at most the last segment's rows
+        for kk in sorted({0, 1, k}):
+            y, s = schedule(model, x, None, outputs=kk)
+            ends = [min((i + 1) * T, length) for i in range(n_seg)]
+            want = torch.cat([y_full[:, e - kk:e] for e in ends], dim=1)
+            assert_close(f"y outputs={kk}", want, y, TOL)
+            for l in range(3):
+                assert_close(f"A[{l}]", s_full.A[l], s.A[l], TOL)
+                assert_close(f"z[{l}]", s_full.z[l], s.z[l], TOL)
+            y_fwd, _ = model(x, None, outputs=kk)  # ARMT.forward passes it on, whichever schedule it picks
+            assert_close("forward", want, y_fwd, TOL)
+        with pytest.raises(ValueError, match="outputs"):
+            schedule(model, x, None, outputs=k + 1 if length % T else T + 1)
