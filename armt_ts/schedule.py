@@ -151,7 +151,7 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
                  outputs: int | None = None) -> tuple[Tensor, MemoryState]:
     """Diagonal-batched schedule; same inputs, outputs and state as ``run_sequential`` (to float32 rounding).
 
-    outputs: see ``ARMT.forward`` (the last layer's cells run their block on their own, pruned)."""
+    outputs: see ``ARMT.forward``."""
     reason = diagonal_supported(model)
     if reason is not None:
         raise ValueError(f"the diagonal schedule cannot run this model: {reason}")
@@ -212,13 +212,13 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
                 out = ops.associative_read(phi_q, As, zs, c.eps)  # [n*B, N, H, Dv]
             hr = hr + out.reshape(n, B * N, D).to(hr.dtype)
 
-            # transformer block (Block.forward with per-layer weights); with ``outputs`` the last layer's cell
-            # runs its own, pruned block: hs[i] is layer ls[i]'s output [B, N - (its pruned rows), D]
-            q_last = 0 if outputs is None or ls[-1] != L - 1 else t - outputs
+            # transformer block (Block.forward with per-layer weights). With ``outputs`` a last-layer cell that runs
+            # alone computes only the rows kept (Block.forward's q_from); one batched with other layers computes
+            # every row (splitting it off would cost the batching the schedule is for) and its rows are cut below
+            q_last = t - outputs if outputs is not None and ls == [L - 1] else 0
             if q_last:
-                hs = [] if n == 1 else list(_block(lin, W, hr[:-1], a, b_ - 1, B, N, nh, 0).reshape(n - 1, B, N, D))
-                hs.append(_block(lin, W, hr[-1:], b_ - 1, b_, B, N, nh, q_last).reshape(B, N - q_last, D))
-                mem_rows = torch.stack([u[:, -M:] for u in hs])  # M >= 1 (ARMTConfig)
+                h = _block(lin, W, hr, a, b_, B, N, nh, q_last).reshape(1, B, N - q_last, D)
+                hs, mem_rows = list(h), h[:, :, -M:]
             else:
                 h = _block(lin, W, hr, a, b_, B, N, nh, 0).reshape(n, B, N, D)
                 hs, mem_rows = list(h), h[:, :, t:]
@@ -247,7 +247,7 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
             for i, l in enumerate(ls):
                 A[l], z[l] = nA[i], nz[i]
                 if l == L - 1:
-                    ys[d - l] = model.ln_f(hs[i][:, :t - q_last])
+                    ys[d - l] = model.ln_f(hs[i][:, t - q_last - (t if outputs is None else outputs):t - q_last])
                 else:
                     new_carry[l] = hs[i]
         carry = new_carry
