@@ -729,9 +729,8 @@ def run_stream(args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     with _quiet_libraries(), _torch_threads(args.threads):
         from armt_ts.state import StateFileError
-        from armt_ts.stream import StreamingForecaster, tune_allocator
+        from armt_ts.stream import StreamingForecaster
 
-        tune_allocator()  # this process is ours: keep the fleet's per-update blocks on the heap
         predictor = load_model(args.model, args.device)
         model = predictor.prediction_net.model.forecaster
         horizon = args.horizon or model.config.head.horizon

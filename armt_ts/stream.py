@@ -98,33 +98,6 @@ _MEAN_DEFAULT_SCALE = 1.0  # the forecaster's MeanScaler default_scale (a series
 _NO_TIME = torch.iinfo(torch.int64).min
 # Entities per backbone call when many complete a segment at once (see StreamingForecaster._advance_group).
 FLEET_CHUNK = 256
-# tune_allocator's glibc settings: blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and the
-# heap keeps up to 1 GiB of freed memory instead of returning it to the system.
-MMAP_THRESHOLD = 32 << 20
-TRIM_THRESHOLD = 1 << 30
-
-
-def tune_allocator() -> bool:
-    """Make glibc's malloc keep the few-MiB blocks a fleet update allocates and frees on every call.
-
-    By default glibc serves blocks above a sliding threshold (128 KiB at start) with fresh ``mmap`` pages and
-    returns freed heap tops to the system, so a fleet update's activations ([chunk x tokens x d_ff] floats, a few
-    MiB each) are often page-faulted in anew, at a cost comparable to the arithmetic on them. This sets
-    ``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``TRIM_THRESHOLD`` with ``mallopt``:
-    process-wide, for every later allocation, at the price of up to that much freed memory held by the process.
-    ``armt-ts stream`` and ``benchmarks/streaming.py`` call it; a program embedding a fleet can too. Returns True
-    where it took effect, False where the C library is not glibc (nothing changes).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 # ---------------------------------------------------------------------------------------------------

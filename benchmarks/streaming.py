@@ -13,8 +13,7 @@ segment (it runs the backbone: read + write); the other 127 pushes only buffer t
 Timing: wall clock (``time.perf_counter``) and this process's CPU time (``time.process_time``, summed over threads)
 are both recorded, since the machine is shared (see ``load_average`` in the results): wall clock includes waiting for
 a core. ``--threads`` (default 2, the goals' "2 CPU cores") sets torch's intra-op threads for every part, PatchTST
-included. ``--allocator tuned`` (the default) calls ``armt_ts.stream.tune_allocator()`` first, as ``armt-ts stream``
-does, in this process and in every child; ``--allocator default`` leaves glibc's malloc settings alone.
+included.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table, write_results
-from armt_ts.stream import tune_allocator
 
 NAME = "streaming"
 PARTS = ("rss", "latency", "cost", "schedule")
@@ -216,7 +214,7 @@ def child_stream(args: argparse.Namespace) -> None:
 def run_child(model_dir: Path, length: int, entities: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.streaming", "--child-model", str(model_dir), "--child-length",
            str(length), "--child-entities", str(entities), "--device", args.device, "--seed", str(args.seed),
-           "--threads", str(args.threads), "--allocator", args.allocator]
+           "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
     if out.returncode != 0:
         raise SystemExit(f"child {cmd} failed:\n{out.stderr[-3000:]}")
@@ -331,10 +329,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fleet-long", type=int, default=8, help="entities of the fleet long run (default %(default)s)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch intra-op threads (default %(default)s: the goals are stated for 2 CPU cores)")
-    p.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
-                   help="tuned (default): armt_ts.stream.tune_allocator() before anything runs, as `armt-ts stream` "
-                        "does (glibc keeps the per-update blocks on its heap; every peer of the run shares it); "
-                        "default: glibc's own settings")
     p.add_argument("--out-name", default=None, help="results file stem (default: streaming, or streaming_quick)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                    help="which measurements to run (default: all). A GPU run takes latency and schedule: peak RSS "
@@ -343,9 +337,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child-length", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child-entities", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    allocator_tuned = args.allocator == "tuned" and tune_allocator()
-    if args.allocator == "tuned" and not allocator_tuned:
-        print("--allocator tuned: not glibc, the allocator keeps its settings", flush=True)
     if args.child_model:
         return child_stream(args)
     if args.threads < 1:
@@ -484,7 +475,6 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": os.getloadavg(), "seed": args.seed, "threads": args.threads, "wall_seconds": wall,
         "model_train_seconds": train_s,
         "patchtst_train_seconds": patchtst_train_s, "quick": quick, "parts": sorted(parts), "bf16": args.bf16,
-        "allocator": "tuned (armt_ts.stream.tune_allocator)" if allocator_tuned else "default",
         "model": "armt-ts forecast's model (ARMT d64 x 2 layers, segment 8 patch tokens + 4 memory tokens, patch 16, "
                  "Student-t head, horizon 24), trained briefly on the embedded synthetic telemetry",
         "rows": rows, "traces": {f"{r['entities']}x{r['stream_length']}": r["trace"] for r in long_runs},
@@ -504,8 +494,7 @@ def render_markdown(payload: dict, rss: list, long_runs: list, sched: list) -> s
              f"Machine: {payload['machine'].get('cpu_model')} ({payload['machine']['cpu_count']} CPUs, shared; "
              f"load average at the end {', '.join(f'{x:.1f}' for x in payload['load_average'])}), torch "
              f"{payload['machine']['torch']}, {payload['threads']} thread(s), device {payload['machine']['device']}  ",
-             f"Seed {payload['seed']}; wall time {payload['wall_seconds']:.0f} s; allocator "
-             f"{payload.get('allocator', 'default')}  ", f"Model: {payload['model']}", "",
+             f"Seed {payload['seed']}; wall time {payload['wall_seconds']:.0f} s  ", f"Model: {payload['model']}", "",
              "Wall-clock numbers include waiting for a core on this shared machine; CPU numbers are this process's "
              "own CPU time, summed over its threads (so with 2 threads a CPU number can exceed the wall clock: "
              "latency is the wall-clock column).", ""]

@@ -18,7 +18,7 @@ from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from armt_ts.forecaster import ARMTForecaster
 from armt_ts.stream import (ArgumentError, DuplicateEntityError, ModelMismatchError, NonFiniteValueError, ShapeError,
                             StreamError, StreamFileError, StreamingForecaster, TimeOrderError, UnknownChannelError,
-                            UnknownEntityError, tune_allocator)
+                            UnknownEntityError)
 from armt_ts.state import StateFileError
 from armt_ts.testing import assert_close
 
@@ -421,15 +421,3 @@ def test_lockstep_fleet_in_chunks_with_spare_memory_equals_separate_streams(monk
     for t in range(12):
         fleet.push(y[:, t].numpy(), mm[:, t].numpy(), entities=[0, 2, 4, "new"])
     assert all(bool(torch.isfinite(a).all()) for a in fleet.state.memory.A)
-
-
-def test_tune_allocator_takes_effect_on_glibc_and_changes_no_number():
-    import platform
-
-    model = make_model()
-    x, m = series(40)
-    before = pushed(model, x, m, [1])
-    glibc = platform.libc_ver()[0] == "glibc"
-    assert tune_allocator() is glibc and tune_allocator() is glibc  # idempotent
-    after = pushed(model, x, m, [1])
-    assert before.state.equal(after.state)
