@@ -14,6 +14,9 @@ of segment s depends on layer l of segment s-1 and layer l-1 of segment s (what 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +35,21 @@ def check_outputs(outputs: int, t: int) -> int:
     if torch.is_grad_enabled():
         raise ValueError("outputs: an inference shortcut; call it under torch.no_grad()")
     return outputs
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A segment's memory writes, computed but not applied (``ARMT.segment_step(defer=True)``): per layer the
+    delta rule's terms (``ops.delta_terms``). ``apply_(state)`` adds them to the state's (A, z) in place."""
+
+    terms: tuple[tuple[Tensor, Tensor, Tensor], ...]
+    ops: Any
+
+    def apply_(self, state: MemoryState) -> None:
+        if state.num_layers != len(self.terms):
+            raise ValueError(f"PendingWrite: {len(self.terms)} layers of writes for a state of {state.num_layers}")
+        for A, z, t in zip(state.A, state.z, self.terms):
+            self.ops.apply_delta_(A, z, t)
 
 
 class Block(nn.Module):
@@ -98,7 +116,7 @@ class ARMT(nn.Module):
 
     def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None,
                      out: MemoryState | None = None, write: bool = True,
-                     outputs: int | None = None) -> tuple[Tensor, MemoryState]:
+                     outputs: int | None = None, defer: bool = False) -> tuple[Tensor, MemoryState | PendingWrite]:
         """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer.
 
         key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
@@ -110,6 +128,9 @@ class ARMT(nn.Module):
         outputs=k (inference shortcut, ``check_outputs``): y is only the last k content rows [B, k, D]; the last layer
         computes its attention queries, MLP and the final norm only for those rows and the memory rows (a stream
         reads one patch's outputs), and the new state equals the full step's to float rounding.
+        defer=True (inference only): the state is not updated; the second value is a ``PendingWrite`` whose
+        ``apply_(state)`` later updates ``state`` (or its zeros, on a first segment) in place to the new state, the
+        values with ``out`` bit for bit, with no second buffer and no copy of A (a streaming fleet's update).
         """
         c = self.config
         B, t, _ = x.shape
@@ -119,21 +140,29 @@ class ARMT(nn.Module):
         if out is not None and (out.num_layers != c.n_layers or out.batch_size != B):
             raise ValueError(f"segment_step out: expected {c.n_layers} layers of batch {B}, got "
                              f"{out.num_layers} layers of batch {out.batch_size}")
+        if defer and (out is not None or not write or torch.is_grad_enabled()):
+            raise ValueError("segment_step defer: an inference shortcut (no autograd) that excludes out and write=False")
         given = state
         first = state is None
         if first:
             state = MemoryState.zeros(c, B, device=x.device)
         h = self._segment_input(x)
         A, z = list(state.A), list(state.z)
+        terms = []
         for l, (block, memory) in enumerate(zip(self.blocks, self.memories)):
             if not first:
                 h = memory.read(h, A[l], z[l], key_ids)
             last = l == c.n_layers - 1
             h = block(h, q_from) if last and q_from else block(h)
-            if write:
+            if defer:
+                terms.append(memory.write(h[:, t - (q_from if last else 0):], A[l], z[l], first, key_ids,
+                                          defer=True))
+            elif write:
                 A[l], z[l] = memory.write(h[:, t - (q_from if last else 0):], A[l], z[l], first, key_ids,
                                           None if out is None else (out.A[l], out.z[l]))
         y = self.ln_f(h[:, :t - q_from])
+        if defer:
+            return y, PendingWrite(tuple(terms), self.memories[0].ops)
         if not write:
             return y, given
         return y, (MemoryState(tuple(A), tuple(z)) if out is None else out)

@@ -337,7 +337,6 @@ class StreamingForecaster:
         self._channel_index = {n: i for i, n in enumerate(names)}
         self.fingerprint = model_fingerprint(model)
         self.state = self._empty_state(())
-        self._spare: MemoryState | None = None  # scratch of the memory's shape: see _spare_memory
         self._rows: dict[Hashable, int] = {}
         self.join([0] if entities is None else entities)
 
@@ -391,17 +390,6 @@ class StreamingForecaster:
             last_write_step=torch.full((n,), -1, **i64), last_time=torch.full((n,), _NO_TIME, **i64),
             entities=entities,
         )
-
-    def _spare_memory(self) -> MemoryState:
-        """A second memory of the state's shape, never read as state: updates write the new memory into it and swap
-        (the fleet then holds two copies of A; a fresh A per update would cost page faults larger than the update).
-        (Re)allocated when the fleet's size changes."""
-        mem = self.state.memory
-        sp = self._spare
-        if sp is None or sp.batch_size != mem.batch_size or sp.A[0].device != mem.A[0].device:
-            self._spare = sp = MemoryState(tuple(torch.empty_like(a) for a in mem.A),
-                                           tuple(torch.empty_like(z) for z in mem.z))
-        return sp
 
     def join(self, entities: Sequence[Hashable]) -> None:
         """Add entities with an empty memory, buffer and statistics (new rows at the end)."""
@@ -655,14 +643,14 @@ class StreamingForecaster:
         # block and point pushes give bit-identical tokens
         tokens = torch.cat([self.model.embed(w, obs[:, self.S + j * GS:self.capacity + j * GS])[0]
                             for j, w in enumerate(windows)], dim=1)  # [g, n_seg * G * tpp, D]
-        # The backbone runs on chunks of at most FLEET_CHUNK entities: each chunk's new A is small enough for
-        # the allocator to reuse freed memory (a fleet-sized A is a fresh mmap whose page faults cost more than
-        # the update itself), and the commit copies the chunks into the state in place.
-        # A whole fleet advancing one segment (the lockstep update) writes its new memory straight into the spare
-        # buffers (ARMT.segment_step's ``out``), which the commit then swaps in: no new A per update, no copy back.
-        # Only the last patch's outputs are kept (``outputs``): the last layer skips the queries, MLP and norm of the
-        # segment's other rows.
-        spare = self._spare_memory() if every and n_seg == 1 else None
+        # The backbone runs on chunks of at most FLEET_CHUNK entities: each chunk's activations stay small enough for
+        # the allocator to reuse freed memory (fleet-sized ones would be fresh mmaps whose page faults cost more than
+        # the arithmetic). A whole fleet advancing one segment (the lockstep update) defers its memory writes
+        # (ARMT.segment_step's ``defer``): the commit adds them to the state's A and z in place, with no second
+        # copy of the memory and no copy of A per update; other groups get new (A, z) chunks that the commit copies
+        # in. Only the last patch's outputs are kept (``outputs``): the last layer skips the queries, MLP and norm
+        # of the segment's other rows.
+        lockstep = every and n_seg == 1
         chunks, reps = [], []
         for lo in range(0, rows.numel(), FLEET_CHUNK):
             hi = min(lo + FLEET_CHUNK, rows.numel())
@@ -670,15 +658,14 @@ class StreamingForecaster:
             pick = (lambda t: t[lo:hi]) if every else (lambda t: t.index_select(0, part))  # noqa: E731
             memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
                                                     tuple(pick(z) for z in st.memory.z))
-            if spare is not None:
-                out = MemoryState(tuple(a[lo:hi] for a in spare.A), tuple(z[lo:hi] for z in spare.z))
-                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, out=out,
-                                                             outputs=self.tokens_per_patch)
+            if lockstep:  # ``memory`` becomes the chunk's PendingWrite
+                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, outputs=self.tokens_per_patch,
+                                                             defer=True)
             else:
                 y, memory = self.model.backbone(tokens[lo:hi], memory, outputs=self.tokens_per_patch)
             chunks.append((lo, hi, memory))
             reps.append(y[:, -self.tokens_per_patch:])
-        up.update(stats=stats, memory=chunks, rep=torch.cat(reps), swap=spare)
+        up.update(stats=stats, memory=chunks, rep=torch.cat(reps), deferred=lockstep)
         keep = n_seg * GS
         new_fill = total - keep
         buf_v = torch.zeros(rows.numel(), self.capacity, self.C, device=self.device)
@@ -703,10 +690,10 @@ class StreamingForecaster:
             st.fill.index_fill_(0, rows, up["new_fill"])
             return 0
         if up["n_seg"]:
-            if up["swap"] is not None:  # the new memory is the whole spare; the old one becomes the spare
-                self._spare, new_memory = st.memory, up["swap"]
-                self.state = st = dataclasses.replace(st, memory=new_memory)
-            for lo, hi, mem in ([] if up["swap"] is not None else up["memory"]):
+            for lo, hi, mem in up["memory"]:
+                if up["deferred"]:  # rows lo:hi of the whole fleet (a first segment's are still zeros): in place
+                    mem.apply_(MemoryState(tuple(a[lo:hi] for a in st.memory.A), tuple(z[lo:hi] for z in st.memory.z)))
+                    continue
                 for old, new in zip((*st.memory.A, *st.memory.z), (*mem.A, *mem.z)):
                     if all_rows:
                         old[lo:hi].copy_(new)

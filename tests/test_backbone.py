@@ -318,3 +318,31 @@ def test_segment_step_outputs_is_checked():
                 model.segment_step(x, None, outputs=bad)
     with pytest.raises(ValueError, match="torch.no_grad"):  # training reads every row
         model.segment_step(x, None, outputs=1)
+
+
+@pytest.mark.parametrize("carried", [False, True])
+def test_segment_step_defer_applies_the_same_state_in_place(carried):
+    model = _model().eval()
+    g = torch.Generator().manual_seed(4)
+    state = model(torch.randn(3, 9, SMALL.d_model, generator=g))[1] if carried else None
+    x = torch.randn(3, SMALL.segment_length, SMALL.d_model, generator=g)
+    with torch.no_grad():
+        out = MemoryState.zeros(model.config, 3)
+        y_ref, _ = model.segment_step(x, state, out=out, outputs=2)
+        target = MemoryState.zeros(model.config, 3) if state is None else MemoryState(
+            tuple(a.clone() for a in state.A), tuple(z.clone() for z in state.z))
+        y, pending = model.segment_step(x, state, outputs=2, defer=True)
+        assert torch.equal(y, y_ref)
+        if state is not None:  # nothing written yet
+            assert all(torch.equal(a, b) for a, b in zip(state.A, target.A))
+        pending.apply_(target)
+    for l in range(SMALL.n_layers):
+        assert torch.equal(target.A[l], out.A[l]) and torch.equal(target.z[l], out.z[l])  # bit for bit
+    with torch.no_grad():
+        for kw in ({"out": out}, {"write": False}):
+            with pytest.raises(ValueError, match="defer"):
+                model.segment_step(x, state, defer=True, **kw)
+        with pytest.raises(ValueError, match="layers of writes"):
+            pending.apply_(MemoryState.zeros(SMALL.replace(n_layers=3), 3))
+    with pytest.raises(ValueError, match="defer"):
+        model.segment_step(x, state, defer=True)

@@ -158,3 +158,36 @@ def test_dpfp_slices_equal_rolls_for_any_order(nu, r):
     # the fused feature map takes shifted slices of a padded copy; orders nu >= 2r wrap around like torch.roll
     x = _phi_inputs(2, 3, 1, r, nu)
     assert torch.equal(naive.dpfp(x, nu), fused.dpfp(x, nu))
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_deferred_write_applied_in_place_equals_the_write(first, per_channel):
+    # delta_terms + apply_delta_ (a streaming fleet's update): fused bit for bit with delta_write; naive the same
+    # equations row by row
+    k, v, beta, A, z = _write_inputs(dtype=torch.float32, per_channel=per_channel)
+    for ops in (naive, fused):
+        ref_A, ref_z = ops.delta_write(k, v, beta, A, z, first=first, eps=EPS)
+        A1, z1 = A.clone(), z.clone()
+        with torch.no_grad():
+            terms = ops.delta_terms(k, v, beta, A1, z1, first, EPS)
+            assert torch.equal(A1, A) and torch.equal(z1, z)  # computing the terms changes nothing
+            ops.apply_delta_(A1, z1, terms)
+        if ops is fused:
+            assert torch.equal(A1, ref_A) and torch.equal(z1, ref_z)
+        else:
+            assert_close("naive A", ref_A, A1, 1e-6)
+            assert_close("naive z", ref_z, z1, 1e-6)
+    n_terms = naive.delta_terms(k, v, beta, A, z, first, EPS)
+    f_terms = fused.delta_terms(k, v, beta, A, z, first, EPS)
+    for name, a, b in zip(("kT", "u", "g"), n_terms, f_terms):
+        assert_close(f"terms {name}", a, b, 1e-6)
+
+
+def test_apply_delta_is_checked():
+    k, v, beta, A, z = _write_inputs(dtype=torch.float32)
+    terms = fused.delta_terms(k, v, beta, A, z, False, EPS)
+    with pytest.raises(ValueError, match="no gradient"):
+        fused.apply_delta_(A.clone().requires_grad_(), z.clone(), terms)
+    with torch.no_grad(), pytest.raises(ValueError, match="contiguous"):
+        fused.apply_delta_(A.transpose(2, 3).contiguous().transpose(2, 3), z.clone(), terms)

@@ -386,9 +386,9 @@ def test_staleness_counts_steps_since_the_last_memory_write():
         sf.staleness(["nobody"])
 
 
-def test_lockstep_fleet_in_chunks_with_spare_memory_equals_separate_streams(monkeypatch):
-    # the lockstep update writes into the spare memory chunk by chunk and swaps it in; with chunks of 2 rows, a
-    # fleet of 5 runs three chunks, and joins / leaves between updates resize the spare
+def test_lockstep_fleet_in_chunks_with_deferred_writes_equals_separate_streams(monkeypatch):
+    # the lockstep update defers its writes chunk by chunk and the commit applies them to the state in place (no
+    # second memory); with chunks of 2 rows a fleet of 5 runs three chunks, and joins / leaves come between updates
     import armt_ts.stream as stream_mod
 
     monkeypatch.setattr(stream_mod, "FLEET_CHUNK", 2)
@@ -396,24 +396,22 @@ def test_lockstep_fleet_in_chunks_with_spare_memory_equals_separate_streams(monk
     N, T = 5, 40
     x, m = series(T, B=N)
     fleet = StreamingForecaster(model, entities=list(range(N)))
+    ptrs = None
     for t in range(T):
         fleet.push(x[:, t].numpy(), m[:, t].numpy(), entities=list(range(N)))
-        if t == 25:
-            live = fleet.state.memory
-            assert fleet._spare is not None and all(
-                a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
-                for a in live.A for b in fleet._spare.A)
+        if t == 5:
+            ptrs = [a.data_ptr() for a in (*fleet.state.memory.A, *fleet.state.memory.z)]
     assert int(fleet.state.segments.min()) >= 3
+    assert ptrs == [a.data_ptr() for a in (*fleet.state.memory.A, *fleet.state.memory.z)]  # updated in place
     _assert_each_entity_equals_its_own_stream(model, fleet, x, m)
-    # leave and join between updates: the spare follows the fleet's size, the survivors keep their state
+    # leave and join between updates: the survivors keep their state
     kept = fleet.state.select(torch.tensor([0, 2, 4])).clone()
     fleet.leave([1, 3])
     for k, v in kept.tensors().items():
         assert torch.equal(v, fleet.state.tensors()[k]), k
     y, mm = series(12, B=4, seed=5)
-    for t in range(12):  # the three survivors are still in lockstep: the spare path, resized to 3 rows
+    for t in range(12):  # the three survivors are still in lockstep: deferred writes on the 3-row state
         fleet.push(y[:3, t].numpy(), mm[:3, t].numpy(), entities=[0, 2, 4])
-    assert fleet._spare.batch_size == 3
     for e, row in zip([0, 2, 4], range(3)):
         solo = pushed(model, torch.cat([x[e:e + 1], y[row:row + 1]], 1), torch.cat([m[e:e + 1], mm[row:row + 1]], 1), [1])
         assert_close(f"entity {e} after leave: A", solo.state.memory.A[1], fleet.state.memory.A[1][row:row + 1], 1e-5)

@@ -1,6 +1,7 @@
 """Memory operations: ``naive`` is the specification, ``fused`` the batched implementation.
 
-Both modules expose ``dpfp``, ``associative_read`` and ``delta_write`` with the same signatures.
+Both modules expose ``dpfp``, ``associative_read``, ``delta_write`` and its split form ``delta_terms`` /
+``apply_delta_`` (a write applied in place later) with the same signatures.
 """
 
 from types import ModuleType

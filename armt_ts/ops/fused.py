@@ -44,32 +44,52 @@ def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tens
     return (num / den).view(B, H, N, -1).transpose(1, 2)
 
 
+def delta_terms(
+    k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The delta-rule write of ``naive.delta_write`` as its low-rank terms: (kT [B*H, K, M], u [B*H, M, Dv],
+    g [B*H, M, 1]) with new A = A + kT @ u and new z = z + kT @ g (``apply_delta_``). Reads (A, z), changes nothing."""
+    B, M, H, K = k.shape
+    kh = _heads_first(k)  # [BH, M, K]
+    delta = _heads_first(v)  # [BH, M, Dv]
+    if first:
+        gamma = torch.ones(B * H, M, 1, dtype=k.dtype, device=k.device)
+    else:
+        Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
+        zk = torch.bmm(kh, z.reshape(B * H, K, 1)) + eps  # [BH, M, 1]
+        delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
+        gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach()
+    return kh.transpose(1, 2), _heads_first(beta) * delta, gamma
+
+
+def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> None:
+    """A += kT @ u and z += kT @ g in place (no autograd): ``delta_write``'s new state, bit for bit, without a
+    second buffer or a copy of A. A [B, H, K, Dv] and z [B, H, K] must be contiguous."""
+    kT, u, g = terms
+    B, H, K = z.shape
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (A, z, kT, u, g)):
+        raise ValueError("apply_delta_: an in-place update carries no gradient; call it under torch.no_grad()")
+    if not (A.is_contiguous() and z.is_contiguous()):
+        raise ValueError("apply_delta_: A and z must be contiguous (views of whole batch rows are)")
+    A.view(B * H, K, -1).baddbmm_(kT, u)
+    z.view(B * H, K, 1).baddbmm_(kT, g)
+
+
 def delta_write(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
     out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Batched delta-rule write; see ``naive.delta_write`` for the equations and ``out``.
 
-    With ``out`` the new state goes straight into the given buffers (one pass over A, no fresh allocation: a
-    streaming fleet reuses the same two buffers at every update instead of faulting in a new A each time).
+    With ``out`` the new state goes straight into the given buffers (one pass over A, no fresh allocation).
     """
     _check_out(out, A, z, k, v, beta)
     B, M, H, K = k.shape
-    kh = _heads_first(k)  # [BH, M, K]
-    Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
-    zh = z.reshape(B * H, K, 1)
-    delta = _heads_first(v)  # [BH, M, Dv]
-    if first:
-        gamma = torch.ones(B * H, 1, M, dtype=k.dtype, device=k.device)
-    else:
-        zk = torch.bmm(kh, zh) + eps  # [BH, M, 1]
-        delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
-        gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach().transpose(1, 2)
+    kT, u, g = delta_terms(k, v, beta, A, z, first, eps)
     # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
+    Ah, zh = A.reshape(B * H, K, -1), z.reshape(B * H, K, 1)
     if out is not None:
-        torch.baddbmm(Ah, kh.transpose(1, 2), _heads_first(beta) * delta, out=out[0].view(B * H, K, -1))
-        torch.baddbmm(zh, kh.transpose(1, 2), gamma.transpose(1, 2), out=out[1].view(B * H, K, 1))
+        torch.baddbmm(Ah, kT, u, out=out[0].view(B * H, K, -1))
+        torch.baddbmm(zh, kT, g, out=out[1].view(B * H, K, 1))
         return out
-    new_A = torch.baddbmm(Ah, kh.transpose(1, 2), _heads_first(beta) * delta)
-    new_z = torch.baddbmm(zh, kh.transpose(1, 2), gamma.transpose(1, 2))
-    return new_A.view(A.shape), new_z.view(z.shape)
+    return torch.baddbmm(Ah, kT, u).view(A.shape), torch.baddbmm(zh, kT, g).view(z.shape)

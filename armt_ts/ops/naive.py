@@ -97,6 +97,35 @@ def delta_write(
     return torch.stack(new_A), torch.stack(new_z)
 
 
+def delta_terms(
+    k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``delta_write`` as its terms (kT [B*H, K, M], u [B*H, M, Dv], g [B*H, M, 1]): new A = A + kT @ u, new
+    z = z + kT @ g, row by row from the equations above (u_i = beta_i (v_i - vbar_i), g_i = gamma_i)."""
+    B, M, H, K = k.shape
+    u = torch.zeros(B, H, M, v.shape[-1], dtype=v.dtype, device=v.device)
+    g = torch.ones(B, H, M, 1, dtype=k.dtype, device=k.device)
+    for b in range(B):
+        for h in range(H):
+            for i in range(M):
+                ki = k[b, i, h]
+                vbar = torch.zeros_like(v[b, i, h])
+                if not first:
+                    zk = z[b, h] @ ki + eps
+                    vbar = (ki @ A[b, h]) / zk
+                    g[b, h, i, 0] = torch.clamp(1 - zk / (ki @ ki + eps), 0.0, 1.0).detach()
+                u[b, h, i] = beta[b, i, h] * (v[b, i, h] - vbar)
+    kT = k.permute(0, 2, 3, 1).reshape(B * H, K, M)
+    return kT, u.reshape(B * H, M, -1), g.reshape(B * H, M, 1)
+
+
+def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> None:
+    """A += kT @ u and z += kT @ g, in place."""
+    kT, u, g = terms
+    A += (kT @ u).view(A.shape)
+    z += (kT @ g).view(z.shape)
+
+
 def _check_out(out: tuple[Tensor, Tensor] | None, A: Tensor, z: Tensor, *inputs: Tensor) -> None:
     """``delta_write``'s ``out``: two contiguous buffers shaped like A and z that overlap neither, and no autograd
     (both implementations; ``inputs`` are the other tensors of the call, checked for requires_grad)."""
