@@ -71,8 +71,11 @@ def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> 
         raise ValueError("apply_delta_: an in-place update carries no gradient; call it under torch.no_grad()")
     if not (A.is_contiguous() and z.is_contiguous()):
         raise ValueError("apply_delta_: A and z must be contiguous (views of whole batch rows are)")
-    A.view(B * H, K, -1).baddbmm_(kT, u)
-    z.view(B * H, K, 1).baddbmm_(kT, g)
+    Ah, zh = A.view(B * H, K, -1), z.view(B * H, K, 1)
+    # ``out=`` the input itself: the same in-place kernel as ``baddbmm_`` (no copy), which torch's FlopCounterMode,
+    # unlike for ``baddbmm_``, counts
+    torch.baddbmm(Ah, kT, u, out=Ah)
+    torch.baddbmm(zh, kT, g, out=zh)
 
 
 def delta_write(
