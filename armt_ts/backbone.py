@@ -121,8 +121,8 @@ class ARMT(nn.Module):
 
         key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
         out (inference only, no autograd): a MemoryState of the same shapes, not overlapping ``state``, whose tensors
-        receive the new state, which is then ``out`` itself; a streaming fleet alternates two such buffers instead
-        of allocating a new A per layer per update. The values are those without ``out``, bit for bit.
+        receive the new state, which is then ``out`` itself (no new A per layer). The values are those without
+        ``out``, bit for bit.
         write=False: read only (a forecast from memory): y is the same, bit for bit (a layer's write only reaches
         the next segment), and the state comes back unchanged (None stays None) without computing any write.
         outputs=k (inference shortcut, ``check_outputs``): y is only the last k content rows [B, k, D]; the last layer
@@ -141,7 +141,7 @@ class ARMT(nn.Module):
             raise ValueError(f"segment_step out: expected {c.n_layers} layers of batch {B}, got "
                              f"{out.num_layers} layers of batch {out.batch_size}")
         if defer and (out is not None or not write or torch.is_grad_enabled()):
-            raise ValueError("segment_step defer: an inference shortcut (no autograd) that excludes out and write=False")
+            raise ValueError("segment_step defer: an inference shortcut (no autograd), not with out or write=False")
         given = state
         first = state is None
         if first:
