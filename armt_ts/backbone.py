@@ -28,12 +28,9 @@ from .state import MemoryState
 
 
 def check_outputs(outputs: int, t: int) -> int:
-    """``outputs`` of a segment with t content rows: an int in [0, t], and not under autograd (an inference
-    shortcut; training reads every row)."""
+    """``outputs`` of a segment with t content rows: an int in [0, t]."""
     if isinstance(outputs, bool) or not isinstance(outputs, int) or not 0 <= outputs <= t:
         raise ValueError(f"outputs: expected an int in [0, {t}] (the segment's content rows), got {outputs!r}")
-    if torch.is_grad_enabled():
-        raise ValueError("outputs: an inference shortcut; call it under torch.no_grad()")
     return outputs
 
 
@@ -67,7 +64,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, q_from: int = 0) -> Tensor:
         """x [B, N, D] -> [B, N - q_from, D]: the outputs of rows q_from.. only (keys and values still come from
-        every row; q_from > 0 is an inference shortcut for a last layer whose earlier rows nobody reads)."""
+        every row; q_from > 0 skips the work of a last layer whose earlier rows nobody reads)."""
         B, N, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
         # (B, nh, N, hs)
@@ -125,9 +122,10 @@ class ARMT(nn.Module):
         ``out``, bit for bit.
         write=False: read only (a forecast from memory): y is the same, bit for bit (a layer's write only reaches
         the next segment), and the state comes back unchanged (None stays None) without computing any write.
-        outputs=k (inference shortcut, ``check_outputs``): y is only the last k content rows [B, k, D]; the last layer
-        computes its attention queries, MLP and the final norm only for those rows and the memory rows (a stream
-        reads one patch's outputs), and the new state equals the full step's to float rounding.
+        outputs=k (``check_outputs``): y is only the last k content rows [B, k, D]; the last layer computes its
+        attention queries, MLP and the final norm only for those rows and the memory rows (a stream and the
+        forecaster's head read one patch's outputs). The kept rows, the new state and their gradients equal the full
+        step's to float rounding.
         defer=True (inference only): the state is not updated; the second value is a ``PendingWrite`` whose
         ``apply_(state)`` later updates ``state`` (or its zeros, on a first segment) in place to the new state, the
         values with ``out`` bit for bit, with no second buffer and no copy of A (a streaming fleet's update).
@@ -172,8 +170,8 @@ class ARMT(nn.Module):
         """x [B, S, D] -> (y [B, S, D], state after the last segment), segments in the order of config.schedule.
 
         key_ids [B, n_segments] (keyed memory only): the entity id of each segment of each row.
-        outputs=k (inference shortcut, see ``segment_step``): y [B, n_segments * k, D] holds the last k content rows
-        of every segment; each segment (the last included) must have at least k content rows.
+        outputs=k (see ``segment_step``): y [B, n_segments * k, D] holds the last k content rows of every segment;
+        each segment (the last included) must have at least k content rows.
 
         With config.tbptt_segments = k the carried state is detached every k segments of this call
         (truncated backpropagation through time); the values are unchanged.

@@ -131,10 +131,13 @@ class ARMTForecaster(nn.Module):
         Returns:
             ForecasterOutput(params, loc, scale, state).
         """
-        y, loc, scale, state = self.encode(past_values, past_observed, state, loc, scale)
         C = self.config.patch.n_channels
         # "independent": the last time patch's tokens are the last C (index n * C + c); "mixing": the last token.
-        rep = y[:, -C:] if self.config.patch.mode == "independent" else y[:, -1]  # [B, C, D] or [B, D]
+        # Only those reach the head, so the backbone's last layer computes only them (and the memory rows).
+        independent = self.config.patch.mode == "independent"
+        y, loc, scale, state = self.encode(past_values, past_observed, state, loc, scale,
+                                           outputs=C if independent else 1)
+        rep = y[:, -C:] if independent else y[:, -1]  # [B, C, D] or [B, D]
         return ForecasterOutput(self.head(rep), loc, scale, state)
 
     def encode(
@@ -144,9 +147,11 @@ class ARMTForecaster(nn.Module):
         state: MemoryState | None = None,
         loc: Tensor | None = None,
         scale: Tensor | None = None,
+        outputs: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, MemoryState]:
         """``forward`` up to the head: -> (backbone outputs y [B, tokens, D], loc, scale, state). Arguments as in
-        ``forward``; y holds every context token's output ("independent": token n * C + c is patch n, channel c)."""
+        ``forward``; y holds every context token's output ("independent": token n * C + c is patch n, channel c), or
+        with ``outputs`` = k the last k of every segment (``ARMT.forward``)."""
         if (loc is None) != (scale is None):
             raise ValueError("loc and scale: pass both or neither")
         past_values, past_observed = self.impute(past_values, past_observed)
@@ -157,7 +162,7 @@ class ARMTForecaster(nn.Module):
         else:
             loc, scale = own_loc, own_scale
         tokens, _ = self.embed(x, keep)  # [B, N*C, D] or [B, N, D]
-        y, state = self.backbone(tokens, state)
+        y, state = self.backbone(tokens, state, outputs=outputs)
         return y, loc, scale, state
 
     def loss(

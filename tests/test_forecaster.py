@@ -169,3 +169,32 @@ def test_config_validation_and_round_trip():
         ForecasterConfig.build(H, armt=ARMT, scaling="minmax")
     with pytest.raises(ConfigError, match=r"ForecasterConfig: unknown fields \['bogus'\]"):
         ForecasterConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("schedule", ["sequential", "diagonal"])
+def test_forward_computes_only_the_rows_the_head_reads(mode, schedule):
+    # forward asks the backbone for the last patch's outputs only (ARMT.forward's ``outputs``); the forecast, the
+    # state and every gradient equal those of the full backbone output to float rounding
+    model = _forecaster("student_t", mode)
+    model.backbone.config = model.backbone.config.replace(schedule=schedule)
+    for memory in model.backbone.memories:  # a live memory (W_v = 0 at init would make the reads add 0)
+        torch.nn.init.normal_(memory.W_v.weight, std=0.3)
+    x, m = _series(37)
+    out = model(x, m)
+    y, loc, scale, state = model.encode(x, m)
+    rep = y[:, -C:] if mode == "independent" else y[:, -1]
+    ref = model.head(rep)
+    for a, b in zip(out.params, ref):
+        assert_close("params", b, a, 1e-5)
+    for l in range(ARMT.n_layers):
+        assert_close(f"A[{l}]", state.A[l], out.state.A[l], 1e-5)
+    w = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(ref)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_out = torch.autograd.grad(sum((p * wi).sum() for p, wi in zip(out.params, w)), params, allow_unused=True)
+    g_ref = torch.autograd.grad(sum((p * wi).sum() for p, wi in zip(ref, w)), params, allow_unused=True)
+    for (name, _), a, b in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], g_out, g_ref):
+        if a is None or b is None:
+            assert a is None and b is None, name
+            continue
+        assert_close(f"grad {name}", b, a, 1e-4)
