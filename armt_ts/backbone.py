@@ -150,13 +150,12 @@ class ARMT(nn.Module):
         for l, (block, memory) in enumerate(zip(self.blocks, self.memories)):
             if not first:
                 h = memory.read(h, A[l], z[l], key_ids)
-            last = l == c.n_layers - 1
-            h = block(h, q_from) if last and q_from else block(h)
+            h = block(h, q_from) if l == c.n_layers - 1 and q_from else block(h)
+            mem_rows = h[:, -c.num_mem_tokens:]  # the memory tokens are the last M rows (M >= 1), pruned or not
             if defer:
-                terms.append(memory.write(h[:, t - (q_from if last else 0):], A[l], z[l], first, key_ids,
-                                          defer=True))
+                terms.append(memory.write(mem_rows, A[l], z[l], first, key_ids, defer=True))
             elif write:
-                A[l], z[l] = memory.write(h[:, t - (q_from if last else 0):], A[l], z[l], first, key_ids,
+                A[l], z[l] = memory.write(mem_rows, A[l], z[l], first, key_ids,
                                           None if out is None else (out.A[l], out.z[l]))
         y = self.ln_f(h[:, :t - q_from])
         if defer:

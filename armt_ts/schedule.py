@@ -216,16 +216,11 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
             # alone computes only the rows kept (Block.forward's q_from); one batched with other layers computes
             # every row (splitting it off would cost the batching the schedule is for) and its rows are cut below
             q_last = t - outputs if outputs is not None and ls == [L - 1] else 0
-            if q_last:
-                h = _block(lin, W, hr, a, b_, B, N, nh, q_last).reshape(1, B, N - q_last, D)
-                hs, mem_rows = list(h), h[:, :, -M:]
-            else:
-                h = _block(lin, W, hr, a, b_, B, N, nh, 0).reshape(n, B, N, D)
-                hs, mem_rows = list(h), h[:, :, t:]
+            h = _block(lin, W, hr, a, b_, B, N, nh, q_last).reshape(n, B, N - q_last, D)
 
-            # write from the memory positions, all layers of the group at once
+            # write from the memory positions (the last M rows), all layers of the group at once
             # one bmm for W_k | W_v | W_beta of every layer of the group
-            kvb = _linear(mem_rows.reshape(n, B * M, D), W["kvb_w"][a:b_], W["kvb_b"][a:b_])
+            kvb = _linear(h[:, :, -M:].reshape(n, B * M, D), W["kvb_w"][a:b_], W["kvb_b"][a:b_])
             k, v, bt = kvb.split([H * r, D, kvb.shape[-1] - H * r - D], dim=-1)
             with torch.autocast(device_type=x.device.type, enabled=False):
                 k = mem0._phi(k.float().reshape(n * B, M, H * r))
@@ -246,9 +241,10 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
             nA, nz = nA.view(n, B, *nA.shape[1:]), nz.view(n, B, *nz.shape[1:])
             for i, l in enumerate(ls):
                 A[l], z[l] = nA[i], nz[i]
-                if l == L - 1:
-                    ys[d - l] = model.ln_f(hs[i][:, t - q_last - (t if outputs is None else outputs):t - q_last])
+                if l == L - 1:  # the last ``keep`` of the cell's t - q_last content rows
+                    keep = t if outputs is None else outputs
+                    ys[d - l] = model.ln_f(h[i, :, t - q_last - keep:t - q_last])
                 else:
-                    new_carry[l] = hs[i]
+                    new_carry[l] = h[i]
         carry = new_carry
     return torch.cat(ys, dim=1), MemoryState(tuple(A), tuple(z))
