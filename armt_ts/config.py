@@ -140,6 +140,7 @@ class PatchConfig(_ConfigMethods):
     # Learned per-channel vector added to each token. None picks the mode's default: on for "independent"
     # (tokens of different channels must differ), off for "mixing", which has no per-channel tokens and
     # identifies a channel by its input columns; True with "mixing" is rejected rather than ignored.
+    # None stays None (``embeds_channels`` resolves it), so ``replace(mode=...)`` picks the new mode's default.
     channel_embedding: bool | None = None
 
     def __post_init__(self) -> None:
@@ -153,8 +154,11 @@ class PatchConfig(_ConfigMethods):
                f"must be None, True or False, got {self.channel_embedding!r}")
         _check(not (self.mode == "mixing" and self.channel_embedding is True), c, "channel_embedding",
                "mode='mixing' has one token per patch, so there is no channel token to embed; use None or False")
-        if self.channel_embedding is None:
-            object.__setattr__(self, "channel_embedding", self.mode == "independent")
+
+    @property
+    def embeds_channels(self) -> bool:
+        """Whether tokens get the per-channel vector: ``channel_embedding``, or the mode's default when None."""
+        return self.mode == "independent" if self.channel_embedding is None else self.channel_embedding
 
 
 @dataclass(frozen=True)

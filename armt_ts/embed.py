@@ -44,7 +44,7 @@ class PatchEmbedder(nn.Module):
     Modes:
       - "independent": one token per (patch n, channel c), at index ``n * C + c`` (time-major), so a contiguous
         run of G * C tokens covers G time patches of every channel. All channels share the projection; a learned
-        channel embedding (``config.channel_embedding``) tells them apart.
+        channel embedding (``config.embeds_channels``) tells them apart.
       - "mixing": one token per patch n: all channels' values and masks are projected together.
 
     Length rule: when T is not of the form ``P + k * S`` the series is LEFT-padded with unobserved steps so that
@@ -59,7 +59,7 @@ class PatchEmbedder(nn.Module):
         # Each patch contributes its P values (zero where unobserved) and its P mask bits.
         in_features = 2 * c.patch_len if c.mode == "independent" else 2 * c.patch_len * c.n_channels
         self.proj = nn.Linear(in_features, c.d_model)
-        self.channel_emb = nn.Parameter(torch.randn(c.n_channels, c.d_model) * 0.02) if c.channel_embedding else None
+        self.channel_emb = nn.Parameter(torch.randn(c.n_channels, c.d_model) * 0.02) if c.embeds_channels else None
 
     def num_patches(self, length: int) -> int:
         """N, the number of patches for a series of ``length`` steps (at least 1 step)."""

@@ -170,8 +170,14 @@ def test_channel_embedding_distinguishes_channels():
 
 
 def test_patch_config_validation_names_the_field():
-    assert PatchConfig().channel_embedding is True
-    assert PatchConfig(mode="mixing").channel_embedding is False
+    assert PatchConfig().embeds_channels is True
+    assert PatchConfig(mode="mixing").embeds_channels is False
+    # the default follows the mode, also through replace (an explicit True with "mixing" is still refused)
+    assert PatchConfig(n_channels=3).replace(mode="mixing").embeds_channels is False
+    assert PatchConfig(n_channels=3, mode="mixing").replace(mode="independent").embeds_channels is True
+    assert PatchConfig(channel_embedding=False).embeds_channels is False
+    with pytest.raises(ConfigError, match="PatchConfig.channel_embedding"):
+        PatchConfig(channel_embedding=True).replace(mode="mixing")
     cfg = PatchConfig(n_channels=3, mode="mixing")
     assert PatchConfig.from_dict(cfg.to_dict()) == cfg
     for kwargs, field in [
