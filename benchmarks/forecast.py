@@ -30,6 +30,7 @@ Results: ``benchmarks/results/forecast_<dataset>.json`` and ``.md``
 with the same budget into one table (each row keeps its run and its run's ARMT choice; ``B.json@192`` takes only that
 horizon of a run; no training; see ``merge_results``). ``--grid choices --armt-from A.json B.json`` lets the
 validation split decide between earlier choices; ``--armt-set FIELD=VALUE`` changes fields of the given choice.
+``--seed-mean-from A.json B.json --out NAME`` averages tables that differ only in their seed (``seed_mean``).
 """
 
 from __future__ import annotations
@@ -1167,6 +1168,123 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     return payload
 
 
+SEED_MEAN_MUST_AGREE = ("dataset", "budget", "baseline_settings")
+
+
+def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
+    """The mean over seeds of result files (runs or merges) that differ only in their seed: the same models at the
+    same horizons, the same budget, baseline settings, context length and ARMT choice per horizon (no training).
+
+    One wall-clock-budgeted run is one sample: the seed moves every model's initial weights and batches, and the
+    budget's cut moves its step count. Per (horizon, model): the mean MSE / MAE / CRPS over the seeds and each seed's
+    value (``*_by_seed``, in the order of ``seeds``); per model its four-horizon average per seed; and for ARMT in how
+    many seeds its average was below each same-run baseline's (each seed's peers being that seed's runs). Writes
+    ``<name>.json`` / ``.md`` / ``.png`` and returns the payload."""
+    if len(paths) < 2:
+        raise ValueError("--seed-mean-from: give at least two result files")
+    runs = []
+    for path in map(Path, paths):
+        payload = json.loads(path.read_text())
+        if payload.get("benchmark") != "forecast" or payload.get("partial"):
+            raise ValueError(f"{path}: not a complete benchmarks.forecast result")
+        runs.append((path, payload))
+    first_path, first = runs[0]
+    for path, payload in runs[1:]:
+        for key in SEED_MEAN_MUST_AGREE:
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"{path}: field {key!r} is {payload.get(key)!r}, but {first_path} has "
+                                 f"{first.get(key)!r}; a mean over seeds needs every other setting equal")
+    seeds = [payload.get("seed") for _, payload in runs]
+    if None in seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seed-mean-from: the files' seeds are {seeds}; each file needs its own seed")
+
+    def table(path: Path, payload: dict) -> dict[tuple[int, str], dict]:
+        out = {}
+        for r in payload["rows"]:
+            if r.get("source") == "same-run" and r.get("table", "main") in ("main", "ablation"):
+                out[(r["horizon"], r["model"])] = r
+        return out
+
+    def choice(payload: dict, r: dict) -> dict | None:  # the row's ARMT settings, with this version's defaults
+        h = r.get("hyperparameters") or payload.get("armt_chosen")
+        return None if h is None else ARMTHyper(**h).__dict__
+
+    tables = [table(path, payload) for path, payload in runs]
+    keys = list(tables[0])
+    for (path, payload), t in zip(runs[1:], tables[1:]):
+        if set(t) != set(keys):
+            missing, extra = sorted(set(keys) - set(t)), sorted(set(t) - set(keys))
+            raise ValueError(f"{path}: its (horizon, model) rows differ from {first_path}'s (missing {missing}, "
+                             f"extra {extra}); every seed needs the same table")
+        for k in keys:
+            if k[1].startswith("ARMT") and choice(payload, t[k]) != choice(first, tables[0][k]):
+                raise ValueError(f"{path}: H={k[0]} {k[1]} used other ARMT settings than {first_path}; a mean over "
+                                 f"seeds needs the same choice")
+    contexts = {t[k].get("context_length") for t in tables for k in keys if t[k].get("table", "main") == "main"}
+    if len(contexts) > 1:
+        raise ValueError(f"--seed-mean-from: the files used different context lengths {sorted(contexts)}")
+
+    def mean(vals: list) -> float | None:
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+    rows = []
+    for k in sorted(keys, key=lambda k: k[0]):
+        rs = [t[k] for t in tables]
+        r0 = rs[0]
+        row_ = {f: r0.get(f) for f in ("dataset", "horizon", "model", "source", "table", "context_length", "params")}
+        for f in ("mse", "mae", "crps", "train_seconds", "train_steps"):
+            vals = [r.get(f) for r in rs]
+            row_[f] = mean(vals)
+            row_[f"{f}_by_seed"] = vals
+        row_["mse_min"], row_["mse_max"] = min(r["mse"] for r in rs), max(r["mse"] for r in rs)
+        row_["seeds"] = seeds
+        rows.append(row_)
+    horizons = sorted({k[0] for k in keys})
+    pub = [dict(r, table="main", verified=True) for r in published_rows(first["dataset"], horizons)]
+    summ = summary(rows + pub, horizons)
+    per_seed = [summary(list(t.values()), horizons)["average_mse_over_horizons"] for t in tables]
+    models = [m for m in dict.fromkeys(k[1] for k in keys)
+              if all(f"{m} (same-run)" in a for a in per_seed)]
+    averages = {m: [a[f"{m} (same-run)"] for a in per_seed] for m in models}
+    below = ({b: sum(x < y for x, y in zip(averages["ARMT"], averages[b])) for b in models
+              if not b.startswith("ARMT")} if "ARMT" in averages else {})
+    payload = {
+        "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
+        "command": command_line("forecast", ["--seed-mean-from", *map(str, paths), "--out", name]),
+        "git_commit": git_commit(), "machine": first.get("machine"), "seed": None, "seeds": seeds,
+        "budget": first["budget"], "baseline_settings": first.get("baseline_settings"),
+        "published_note": PUBLISHED_NOTE, "summary": summ,
+        "average_mse_by_seed": averages, "armt_average_below_baseline_in_seeds": below,
+        "mean_of": [{"file": str(path), "seed": payload.get("seed"), "command": payload.get("command"),
+                     "git_commit": payload.get("git_commit")} for path, payload in runs],
+        "rows": rows + pub,
+    }
+    head = ["model"] + [f"H={h}" for h in horizons] + ["avg", "avg per seed"]
+    lines = []
+    for m in dict.fromkeys(k[1] for k in keys):
+        by_h = {r["horizon"]: r for r in rows if r["model"] == m}
+        cells = {f"H={h}": (f"{by_h[h]['mse']:.4f} ({by_h[h]['mse_min']:.4f}-{by_h[h]['mse_max']:.4f})"
+                            if h in by_h else "") for h in horizons}
+        avg = averages.get(m)
+        lines.append({"model": m, **cells, "avg": f"{np.mean(avg):.4f}" if avg else "",
+                      "avg per seed": " / ".join(f"{a:.4f}" for a in avg) if avg else ""})
+    n = len(seeds)
+    md = [f"# Forecast accuracy: {first['dataset']}, mean over {n} seeds ({', '.join(map(str, seeds))})", "",
+          f"Protocol: DESIGN.md section 7, exactly. Budget in every run: {first['budget'].get('train_seconds'):g} wall "
+          f"seconds of training per model, {first['budget'].get('threads')} thread(s). Every file has the same "
+          f"settings but its seed (the seed moves every model's initial weights and batches; the wall-clock cut "
+          f"moves its step count). No training happened here.",
+          f"Command: `{payload['command']}`  ", f"Commit: {payload['git_commit']}.", "", "Files:", ""]
+    md += [f"- `{m['file']}` (seed {m['seed']}): `{m['command']}`" for m in payload["mean_of"]]
+    md += ["", "Test MSE, mean over the seeds (min-max over the seeds):", "", markdown_table(lines, head), ""]
+    if below:
+        md += ["ARMT's four-horizon average below the same-run baseline's, in how many of the "
+               f"{n} seeds: " + ", ".join(f"{b} {k}/{n}" for b, k in below.items()) + ".", ""]
+    md += [markdown_table(pub, COLUMNS[:8]), "", PUBLISHED_NOTE]
+    write_results(name, payload, "\n".join(md))
+    plot(rows + pub, first["dataset"], RESULTS / f"{name}.png")
+    return payload
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="path of ETTh1.csv / ETTm1.csv / weather.csv (required unless --merge-from)")
@@ -1204,6 +1322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-from", nargs="+", default=None, metavar="JSON",
                    help="only redraw <out>.png from result files (no training): the first file's rows plus the "
                         "context-length rows of the others")
+    p.add_argument("--seed-mean-from", nargs="+", default=None, metavar="JSON",
+                   help="only average result files that differ in their seed alone into <out> (no training; see "
+                        "seed_mean)")
     p.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
                    help="only merge result files of runs with the same budget, each with its own horizons, into one "
                         "table <out> (no training; see merge_results); JSON@H1,H2 takes only those horizons of a run")
@@ -1221,6 +1342,13 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.seed_mean_from:
+        if not args.out:
+            p.error("--seed-mean-from needs --out NAME")
+        try:
+            return seed_mean(args.seed_mean_from, args.out)
+        except ValueError as e:
+            p.error(str(e))
     if args.merge_from:
         if not args.out:
             p.error("--merge-from needs --out NAME")

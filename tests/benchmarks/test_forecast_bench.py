@@ -891,3 +891,53 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
         ("window", 1e-3, 8), ("last", 1e-3, 8), ("last", 0.05, 8), ("last", 0.2, 8)]
     with pytest.raises(ValueError, match="normcross"):
         grid_candidates("normcross", ARMTHyper(), from_file=True)
+
+
+def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    hs = [96, 192]
+    a = _run_file(tmp_path / "s0.json", hs)
+    payload = json.loads(a.read_text())
+    for r in payload["rows"]:  # seed 1: ARMT worse than DLinear at H=192, so its average is above DLinear's there
+        if r["source"] == "same-run":
+            r["mse"] += 0.05 if (r["model"], r["horizon"]) == ("ARMT", 192) else 0.002
+            r["train_steps"] = 12
+    b = tmp_path / "s1.json"
+    b.write_text(json.dumps(dict(payload, seed=1)))
+    out = fc.main(["--seed-mean-from", str(a), str(b), "--out", "mean"])
+    assert out["seeds"] == [0, 1]
+    same = {(r["horizon"], r["model"]): r for r in out["rows"] if r["source"] == "same-run"}
+    s0 = {(r["horizon"], r["model"]): r["mse"] for r in json.loads(a.read_text())["rows"] if r["source"] == "same-run"}
+    s1 = {(r["horizon"], r["model"]): r["mse"] for r in payload["rows"] if r["source"] == "same-run"}
+    assert set(same) == set(s0)
+    for k, r in same.items():
+        assert r["mse_by_seed"] == [s0[k], s1[k]]
+        assert r["mse"] == pytest.approx((s0[k] + s1[k]) / 2)
+        assert (r["mse_min"], r["mse_max"]) == (min(s0[k], s1[k]), max(s0[k], s1[k]))
+        assert r["train_steps_by_seed"] == [10, 12] and r["crps"] is None
+    avg = out["average_mse_by_seed"]
+    assert avg["ARMT"] == pytest.approx([np.mean([s0[(h, "ARMT")] for h in hs]), np.mean([s1[(h, "ARMT")] for h in hs])])
+    # ARMT (+0.01 over DLinear in both seeds) is below DLinear in neither seed
+    assert out["armt_average_below_baseline_in_seeds"] == {"DLinear": 0}
+    assert out["summary"]["average_mse_over_horizons"]["ARMT (same-run)"] == pytest.approx(np.mean(avg["ARMT"]))
+    assert any(r["source"] == "published" for r in out["rows"])
+    md = (tmp_path / "mean.md").read_text()
+    assert "mean over 2 seeds (0, 1)" in md and "DLinear 0/2" in md and (tmp_path / "mean.png").exists()
+    # refused: the same seed twice, other settings, other rows, another ARMT choice, one file
+    with pytest.raises(ValueError, match="each file needs its own seed"):
+        fc.seed_mean([a, a], "x")
+    c = _run_file(tmp_path / "c.json", hs, seed=2, budget={"kind": "x", "train_seconds": 60.0})
+    with pytest.raises(ValueError, match="field 'budget'"):
+        fc.seed_mean([a, c], "x")
+    d = _run_file(tmp_path / "d.json", [96], seed=2)
+    with pytest.raises(ValueError, match=r"missing \[\(192, 'ARMT'\), \(192, 'DLinear'\)\]"):
+        fc.seed_mean([a, d], "x")
+    e = _run_file(tmp_path / "e.json", hs, seed=2, armt_chosen={"linear_skip": True, "lr_schedule": "cosine",
+                                                                 "lr": 0.123})
+    with pytest.raises(ValueError, match="other ARMT settings"):
+        fc.seed_mean([a, e], "x")
+    with pytest.raises(SystemExit):
+        fc.main(["--seed-mean-from", str(a), "--out", "x"])
