@@ -1342,22 +1342,17 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.seed_mean_from:
-        if not args.out:
-            p.error("--seed-mean-from needs --out NAME")
-        try:
-            return seed_mean(args.seed_mean_from, args.out)
-        except ValueError as e:
-            p.error(str(e))
-    if args.merge_from:
-        if not args.out:
-            p.error("--merge-from needs --out NAME")
-        try:
-            return merge_results(args.merge_from, args.out)
-        except ValueError as e:
-            p.error(str(e))
+    for flag, combine in (("--seed-mean-from", seed_mean), ("--merge-from", merge_results)):  # no training
+        files = getattr(args, flag[2:].replace("-", "_"))
+        if files:
+            if not args.out:
+                p.error(f"{flag} needs --out NAME")
+            try:
+                return combine(files, args.out)
+            except ValueError as e:
+                p.error(str(e))
     if not (args.data and args.dataset):
-        p.error("--data and --dataset are required (except with --merge-from)")
+        p.error("--data and --dataset are required (except with --merge-from or --seed-mean-from)")
     if args.plot_from:
         # the first file's rows as they are; from the others only their context-length tables
         files = [json.loads(Path(f).read_text())["rows"] for f in args.plot_from]
