@@ -377,12 +377,12 @@ def _is_long(args: argparse.Namespace) -> bool:
     if args.target is not None and len(args.target) > 1:
         return False
     # The long reader's own column names, so that detection and reading cannot disagree.
-    from armt_ts.data.readers import _ID_NAMES, _VALUE_NAMES
+    from armt_ts.data.readers import ID_NAMES, VALUE_NAMES
 
     names = _column_names(Path(args.file))
     lower = {n.lower() for n in names}
-    has_value = args.target[0] in names if args.target else any(a in lower for a in _VALUE_NAMES)
-    return has_value and any(a in lower for a in _ID_NAMES)
+    has_value = args.target[0] in names if args.target else any(a in lower for a in VALUE_NAMES)
+    return has_value and any(a in lower for a in ID_NAMES)
 
 
 def _column_names(path: Path) -> list[str]:

@@ -66,9 +66,10 @@ Aggregate = Literal["mean", "last", "first", "sum"]
 
 _MISSING_TEXT = ["", "nan", "-nan", "+nan", "na", "n/a", "null", "none"]
 _TIME_NAMES = ("timestamp", "datetime", "date", "time")
-_ID_NAMES = ("series_id", "series", "entity_id", "entity", "item_id", "id")
+# the id and value column names the long reader looks for (public: the CLI detects a long file by them)
+ID_NAMES = ("series_id", "series", "entity_id", "entity", "item_id", "id")
 _CHANNEL_NAMES = ("channel", "variable", "feature", "metric")
-_VALUE_NAMES = ("value", "target")
+VALUE_NAMES = ("value", "target")
 _EVENT_TYPE_NAMES = ("event_type", "type", "event")
 _AGGREGATES = ("mean", "last", "first", "sum")
 _CSV_SUFFIXES = (".csv",)
@@ -174,9 +175,9 @@ def read_long(source: Source, *, timestamp: str | None = None, series_id: str | 
     given = parse_freq(freq) if freq is not None else None
     table = _open(source)
     ts = _timestamp_column(table, timestamp)
-    sid = _find(table, series_id, _ID_NAMES, "series id", "series_id")
+    sid = _find(table, series_id, ID_NAMES, "series id", "series_id")
     ch = _find(table, channel, _CHANNEL_NAMES, "channel", "channel", required=False)
-    val = _find(table, value, _VALUE_NAMES, "value", "value")
+    val = _find(table, value, VALUE_NAMES, "value", "value")
     used = [c for c in (ts, sid, ch, val) if c is not None]
     _check_columns(table, used, "timestamp, series id, [channel], value")
     df = _collect(table, used)
@@ -221,9 +222,9 @@ def read_events(source: Source, *, timestamp: str | None = None, entity: str | N
     """
     table = _open(source)
     ts = _timestamp_column(table, timestamp)
-    ent = _find(table, entity, _ID_NAMES, "entity", "entity")
+    ent = _find(table, entity, ID_NAMES, "entity", "entity")
     typ = _find(table, event_type, _EVENT_TYPE_NAMES, "event type", "event_type")
-    val = _find(table, value, _VALUE_NAMES, "value", "value", required=False)
+    val = _find(table, value, VALUE_NAMES, "value", "value", required=False)
     used = [c for c in (ts, ent, typ, val) if c is not None]
     _check_columns(table, used, "timestamp, entity, event_type, [value]")
     df = _collect(table, used)
