@@ -112,14 +112,11 @@ class ARMT(nn.Module):
         return torch.cat([x, mem.unsqueeze(0).expand(B, -1, -1)], dim=1)
 
     def segment_step(self, x: Tensor, state: MemoryState | None, key_ids: Tensor | None = None,
-                     out: MemoryState | None = None, write: bool = True,
+                     write: bool = True,
                      outputs: int | None = None, defer: bool = False) -> tuple[Tensor, MemoryState | PendingWrite]:
         """One segment: x [B, t, D], t <= T -> (y [B, t, D], new state). Reads, then writes, every layer.
 
         key_ids [B]: the segment's entity id per row (needed by config.key_mode "identity" / "mixed").
-        out (inference only, no autograd): a MemoryState of the same shapes, not overlapping ``state``, whose tensors
-        receive the new state, which is then ``out`` itself (no new A per layer). The values are those without
-        ``out``, bit for bit.
         write=False: read only (a forecast from memory): y is the same, bit for bit (a layer's write only reaches
         the next segment), and the state comes back unchanged (None stays None) without computing any write.
         outputs=k (``check_outputs``): y is only the last k content rows [B, k, D]; the last layer computes its
@@ -128,18 +125,15 @@ class ARMT(nn.Module):
         step's to float rounding.
         defer=True (inference only): the state is not updated; the second value is a ``PendingWrite`` whose
         ``apply_(state)`` later updates ``state`` (or its zeros, on a first segment) in place to the new state, the
-        values with ``out`` bit for bit, with no second buffer and no copy of A (a streaming fleet's update).
+        values without ``defer`` bit for bit, with no second buffer and no copy of A (a streaming fleet's update).
         """
         c = self.config
         B, t, _ = x.shape
         if t > c.segment_length:
             raise ValueError(f"segment has {t} tokens, more than segment_length={c.segment_length}")
         q_from = 0 if outputs is None else t - check_outputs(outputs, t)
-        if out is not None and (out.num_layers != c.n_layers or out.batch_size != B):
-            raise ValueError(f"segment_step out: expected {c.n_layers} layers of batch {B}, got "
-                             f"{out.num_layers} layers of batch {out.batch_size}")
-        if defer and (out is not None or not write or torch.is_grad_enabled()):
-            raise ValueError("segment_step defer: an inference shortcut (no autograd), not with out or write=False")
+        if defer and (not write or torch.is_grad_enabled()):
+            raise ValueError("segment_step defer: an inference shortcut (no autograd), not with write=False")
         given = state
         first = state is None
         if first:
@@ -155,14 +149,13 @@ class ARMT(nn.Module):
             if defer:
                 terms.append(memory.write(mem_rows, A[l], z[l], first, key_ids, defer=True))
             elif write:
-                A[l], z[l] = memory.write(mem_rows, A[l], z[l], first, key_ids,
-                                          None if out is None else (out.A[l], out.z[l]))
+                A[l], z[l] = memory.write(mem_rows, A[l], z[l], first, key_ids)
         y = self.ln_f(h[:, :t - q_from])
         if defer:
             return y, PendingWrite(tuple(terms), self.memories[0].ops)
         if not write:
             return y, given
-        return y, (MemoryState(tuple(A), tuple(z)) if out is None else out)
+        return y, MemoryState(tuple(A), tuple(z))
 
     def forward(self, x: Tensor, state: MemoryState | None = None, key_ids: Tensor | None = None,
                 outputs: int | None = None) -> tuple[Tensor, MemoryState]:

@@ -98,11 +98,10 @@ class AssociativeMemory(nn.Module):
         return h + out.reshape(h.shape).to(h.dtype)
 
     def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool, key_ids: Tensor | None = None,
-              out: tuple[Tensor, Tensor] | None = None, defer: bool = False) -> tuple[Tensor, ...]:
+              defer: bool = False) -> tuple[Tensor, ...]:
         """m [B, M, D]: this layer's outputs at the memory positions -> new (A, z), fp32.
 
         key_ids [B] (keyed modes): all M writes of batch row b go under entity key_ids[b]'s key.
-        out (inference only): buffers shaped like (A, z) that receive the new state (``ops.delta_write``).
         defer=True: the write's terms instead (``ops.delta_terms``), for ``ops.apply_delta_`` on (A, z) later.
         """
         c = self.config
@@ -117,7 +116,7 @@ class AssociativeMemory(nn.Module):
             beta = torch.sigmoid(b.float()).view(B, M, c.memory_heads, c.d_head if c.beta_per_channel else 1)
             if defer:
                 return self.ops.delta_terms(k, v, beta, A, z, first, c.eps)
-            return self.ops.delta_write(k, v, beta, A, z, first, c.eps, out=out)
+            return self.ops.delta_write(k, v, beta, A, z, first, c.eps)
 
     def forget(self, A: Tensor, z: Tensor, key_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Erase each row's entity association: -> new (A, z); key_mode="identity" only.

@@ -265,20 +265,14 @@ def test_read_norm_cap_bounds_what_a_read_adds():
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_segment_step_out_buffers_and_read_only_step_are_exact(first):
+def test_read_only_segment_step_is_exact(first):
     model = _model().eval()
     x = torch.randn(3, SMALL.segment_length, SMALL.d_model)
     with torch.no_grad():
         state = None if first else model(torch.randn(3, 12, SMALL.d_model))[1]
-        y_ref, s_ref = model.segment_step(x, state)
-        out = MemoryState.zeros(SMALL, 3)
-        y, s = model.segment_step(x, state, out=out)
-        assert s is out
-        assert torch.equal(y, y_ref) and s.equal(s_ref)  # bit for bit
+        y_ref, _ = model.segment_step(x, state)
         y_ro, s_ro = model.segment_step(x, state, write=False)  # a forecast: the same outputs, no write
         assert torch.equal(y_ro, y_ref) and s_ro is state
-        with pytest.raises(ValueError, match="batch 3"):
-            model.segment_step(x, state, out=MemoryState.zeros(SMALL, 2))
 
 
 @pytest.mark.parametrize("t", [SMALL.segment_length, 2])
@@ -298,9 +292,6 @@ def test_segment_step_outputs_keeps_the_last_rows_and_the_state(t, carried):
             for l in range(3):
                 assert_close(f"A[{l}] k={k}", s_full.A[l], s.A[l], 1e-6)
                 assert_close(f"z[{l}] k={k}", s_full.z[l], s.z[l], 1e-6)
-            out = MemoryState.zeros(model.config, 2)
-            y_out, s_out = model.segment_step(x, state, out=out, outputs=k)
-            assert s_out is out and torch.equal(y_out, y) and all(torch.equal(a, b) for a, b in zip(out.A, s.A))
             y_read, s_read = model.segment_step(x, state, write=False, outputs=k)
             assert torch.equal(y_read, y) and s_read is state
         # the block alone: rows q_from.. of the full block, keys and values from every row
@@ -325,8 +316,7 @@ def test_segment_step_defer_applies_the_same_state_in_place(carried):
     state = model(torch.randn(3, 9, SMALL.d_model, generator=g))[1] if carried else None
     x = torch.randn(3, SMALL.segment_length, SMALL.d_model, generator=g)
     with torch.no_grad():
-        out = MemoryState.zeros(model.config, 3)
-        y_ref, _ = model.segment_step(x, state, out=out, outputs=2)
+        y_ref, ref = model.segment_step(x, state, outputs=2)
         target = MemoryState.zeros(model.config, 3) if state is None else MemoryState(
             tuple(a.clone() for a in state.A), tuple(z.clone() for z in state.z))
         y, pending = model.segment_step(x, state, outputs=2, defer=True)
@@ -335,11 +325,10 @@ def test_segment_step_defer_applies_the_same_state_in_place(carried):
             assert all(torch.equal(a, b) for a, b in zip(state.A, target.A))
         pending.apply_(target)
     for l in range(SMALL.n_layers):
-        assert torch.equal(target.A[l], out.A[l]) and torch.equal(target.z[l], out.z[l])  # bit for bit
+        assert torch.equal(target.A[l], ref.A[l]) and torch.equal(target.z[l], ref.z[l])  # bit for bit
     with torch.no_grad():
-        for kw in ({"out": out}, {"write": False}):
-            with pytest.raises(ValueError, match="defer"):
-                model.segment_step(x, state, defer=True, **kw)
+        with pytest.raises(ValueError, match="defer"):
+            model.segment_step(x, state, defer=True, write=False)
         with pytest.raises(ValueError, match="layers of writes"):
             pending.apply_(MemoryState.zeros(SMALL.replace(n_layers=3), 3))
     with pytest.raises(ValueError, match="defer"):

@@ -45,10 +45,12 @@ def test_fused_ops_on_cuda_equal_the_cpu_specification(first):
                  1e-12)
     x = torch.randn(2, 3, 2, 5, dtype=torch.float64)
     assert_close("dpfp", naive.dpfp(x, 3), fused.dpfp(x.cuda(), 3).cpu(), 1e-12)
-    # the out= path on the device
-    bufs = (torch.empty_like(A_gpu), torch.empty_like(z_gpu))
-    fused.delta_write(*gpu, first=first, out=bufs)
-    assert torch.equal(bufs[0], A_gpu) and torch.equal(bufs[1], z_gpu)
+    # the deferred write applied in place (a streaming fleet's update) on the device
+    k, v, beta, A, z = gpu
+    A1, z1 = A.clone(), z.clone()
+    with torch.no_grad():
+        fused.apply_delta_(A1, z1, fused.delta_terms(k, v, beta, A, z, first))
+    assert torch.equal(A1, A_gpu) and torch.equal(z1, z_gpu)
 
 
 def _model(seed=0) -> ARMT:

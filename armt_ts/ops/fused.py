@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .naive import _check_out
-
 
 def dpfp(x: Tensor, nu: int = 3, l2norm: bool = False) -> Tensor:
     """DPFP-nu from shifted slices of one padded copy of u; equal (bit for bit) to ``naive.dpfp``.
@@ -80,19 +78,10 @@ def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> 
 
 def delta_write(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
-    out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Batched delta-rule write; see ``naive.delta_write`` for the equations and ``out``.
-
-    With ``out`` the new state goes straight into the given buffers (one pass over A, no fresh allocation).
-    """
-    _check_out(out, A, z, k, v, beta)
+    """Batched delta-rule write; see ``naive.delta_write`` for the equations."""
     B, M, H, K = k.shape
     kT, u, g = delta_terms(k, v, beta, A, z, first, eps)
     # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
     Ah, zh = A.reshape(B * H, K, -1), z.reshape(B * H, K, 1)
-    if out is not None:
-        torch.baddbmm(Ah, kT, u, out=out[0].view(B * H, K, -1))
-        torch.baddbmm(zh, kT, g, out=out[1].view(B * H, K, 1))
-        return out
     return torch.baddbmm(Ah, kT, u).view(A.shape), torch.baddbmm(zh, kT, g).view(z.shape)

@@ -54,7 +54,6 @@ def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tens
 
 def delta_write(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
-    out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Delta-rule write of M memory tokens, all against the pre-update state (A, z).
 
@@ -64,10 +63,8 @@ def delta_write(
         A <- A + sum_i beta_i k_i (v_i - vbar_i)^T ;  z <- z + sum_i gamma_i k_i
     gamma ~ 0 when k_i is already stored, so rewriting a key does not grow z (paper App. F.1); it is
     detached, as in the official code, so it acts as a data-dependent constant.
-    Returns the new (A, z); the inputs are not modified. ``out`` (no autograd): buffers of A's and z's shapes,
-    not overlapping A or z, that receive the result and are returned.
+    Returns the new (A, z); the inputs are not modified (``delta_terms`` / ``apply_delta_``: the same write in place).
     """
-    _check_out(out, A, z, k, v, beta)
     B, M, H, _ = k.shape
     new_A, new_z = [], []
     for b in range(B):
@@ -90,10 +87,6 @@ def delta_write(
             z_b.append(z[b, h] + dz)
         new_A.append(torch.stack(A_b))
         new_z.append(torch.stack(z_b))
-    if out is not None:
-        out[0].copy_(torch.stack(new_A))
-        out[1].copy_(torch.stack(new_z))
-        return out
     return torch.stack(new_A), torch.stack(new_z)
 
 
@@ -124,25 +117,3 @@ def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> 
     kT, u, g = terms
     A += (kT @ u).view(A.shape)
     z += (kT @ g).view(z.shape)
-
-
-def _check_out(out: tuple[Tensor, Tensor] | None, A: Tensor, z: Tensor, *inputs: Tensor) -> None:
-    """``delta_write``'s ``out``: two contiguous buffers shaped like A and z that overlap neither, and no autograd
-    (both implementations; ``inputs`` are the other tensors of the call, checked for requires_grad)."""
-    if out is None:
-        return
-    oA, oz = out
-    if oA.shape != A.shape or oz.shape != z.shape or oA.dtype != A.dtype or oz.dtype != z.dtype:
-        raise ValueError(f"delta_write out: expected buffers {tuple(A.shape)} / {tuple(z.shape)} ({A.dtype}), got "
-                         f"{tuple(oA.shape)} / {tuple(oz.shape)} ({oA.dtype}, {oz.dtype})")
-    if not (oA.is_contiguous() and oz.is_contiguous()):
-        raise ValueError("delta_write out: the buffers must be contiguous")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (A, z, *inputs)):
-        raise ValueError("delta_write out: writes into buffers carry no gradient; call it under torch.no_grad()")
-    for o in out:
-        for t in (A, z):
-            if o.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() and o.numel() and t.numel():
-                lo, hi = o.data_ptr(), o.data_ptr() + o.numel() * o.element_size()
-                tlo, thi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-                if lo < thi and tlo < hi:
-                    raise ValueError("delta_write out: the output buffers overlap the input state (A, z)")
