@@ -124,6 +124,37 @@ def test_dpfp_slices_equal_rolls_for_any_order(nu, r):
     assert torch.equal(naive.dpfp(x, nu), fused.dpfp(x, nu))
 
 
+@pytest.mark.parametrize("nu", [1, 3, 5, 9])
+@pytest.mark.parametrize("r", [1, 2, 4, 32])
+def test_dpfp_without_autograd_equals_the_autograd_path(nu, r):
+    # without autograd the products go straight into the output's blocks (no cat): the same values, bit for bit,
+    # and the autograd path still carries gradients
+    x = _phi_inputs(3, 4, 2, r, nu).float()
+    with torch.no_grad():
+        fast = fused.dpfp(x, nu)
+    xg = x.clone().requires_grad_()
+    slow = fused.dpfp(xg, nu)
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.equal(fast, slow.detach())
+    assert torch.equal(fast, naive.dpfp(x, nu))
+    slow.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_normaliser_products_equal_the_bmm_they_replace():
+    # ops.fused computes q . z (the read's denominator, the write's z_k) and kT @ g (the z update) as product and sum;
+    # equal to the bmm to float rounding, and the same for a row alone as inside a batch (a bmm is not, for K = 192)
+    g = torch.Generator().manual_seed(3)
+    q, z = torch.randn(64, 12, 192, generator=g), torch.rand(64, 1, 192, generator=g)
+    kT, gam = torch.randn(64, 4, 192, generator=g).transpose(1, 2), torch.rand(64, 4, 1, generator=g)
+    den = fused._dot_z(q, z)
+    assert_close("q . z", torch.bmm(q, z.transpose(1, 2)), den, 1e-6)
+    assert torch.equal(den[5:6], fused._dot_z(q[5:6], z[5:6]))
+    zt = fused._z_terms(kT, gam)
+    assert_close("kT @ g", torch.bmm(kT, gam), zt, 1e-6)
+    assert torch.equal(zt[7:9], fused._z_terms(kT[7:9], gam[7:9]))
+
+
 @pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_deferred_write_applied_in_place_equals_the_write(first, per_channel):

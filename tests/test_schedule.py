@@ -3,7 +3,8 @@ counts that do not divide evenly, with and without an initial state:
 
 - outputs, final state and gradients within 1e-5 (fp32). One configuration with random weights is ill-conditioned
   (beta_per_channel: a 1-ulp change of the input moves the sequential schedule's own state by ~1e-4); there the
-  bound is the sequential schedule's own 1-ulp sensitivity, measured in the test;
+  bound is the sequential schedule's own 1-ulp sensitivity (the largest over several perturbations), measured in
+  the test;
 - ARMT.forward's "auto" choice; refusals where the diagonal schedule cannot run.
 """
 
@@ -28,12 +29,23 @@ def make(seed=0, **kw):
     return model
 
 
-def sensitivity(model, x):
-    """Relative change of the sequential schedule's output and last-layer state under a 1-ulp change of the input."""
+def sensitivity(model, x, draws=4):
+    """Relative change of the sequential schedule's output and state under 1-ulp changes of the input: x scaled by
+    1 +- 2^-23, and ``draws`` seeded patterns of +-1 ulp per element; the largest. One draw is too few for a noise
+    floor: with the old single scaling, 2-3 of 20 random inputs put the diagonal schedule's (unchanged) difference
+    above it in this configuration."""
+    g = torch.Generator().manual_seed(0)
+    out = 0.0
     with torch.no_grad():
         y1, s1 = run_sequential(model, x, None)
-        y2, s2 = run_sequential(model, x * (1 + 2**-23), None)
-    return max(relative_error(y1, y2), relative_error(s1.A[-1], s2.A[-1]))
+        for i in range(draws + 2):
+            if i < 2:
+                f = 1 + (-1) ** i * 2**-23
+            else:
+                f = 1 + (torch.randint(0, 2, x.shape, generator=g) * 2 - 1) * 2**-23
+            y2, s2 = run_sequential(model, x * f, None)
+            out = max([out, relative_error(y1, y2)] + [relative_error(a, b) for a, b in zip(s1.A + s1.z, s2.A + s2.z)])
+    return out
 
 
 def check(model, x, state=None, grads=False, tol=TOL):
@@ -78,7 +90,7 @@ def test_diagonal_equals_sequential(length, B):
 def test_diagonal_equals_sequential_options(kw):
     model = make(**kw)
     x = torch.randn(2, 6 * 7 + 2, 32)
-    check(model, x, tol=max(TOL, sensitivity(model, x)))
+    check(model, x, tol=max(TOL, sensitivity(model, x)) if kw.get("beta_per_channel") else TOL)
 
 
 def test_diagonal_continues_from_a_state_and_gradients_match():

@@ -15,13 +15,28 @@ def dpfp(x: Tensor, nu: int = 3, l2norm: bool = False) -> Tensor:
 
     With s = j mod 2r and P = min(nu, 2r): roll(u, j)[i] = u[(i - s) mod 2r] = up[i - s + P] for up = [u[2r - P:], u],
     so block j is u times the slice up[P - s : P - s + 2r]: nu products of views, no gather (an index_select along
-    the last dimension was 5x slower).
+    the last dimension was 5x slower). Without autograd the products go straight into their blocks of the output
+    (no ``cat``) and up is built from relu(x) and relu(-x) in one ``cat``: 1.3-1.6x faster for a fleet chunk's
+    queries (256 x 12 rows); the same values.
     """
-    u = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
-    R = u.shape[-1]
+    r = x.shape[-1]
+    R = 2 * r
     P = min(nu, R)
-    up = torch.cat([u[..., R - P:], u], dim=-1)
-    feat = torch.cat([u * up[..., P - j % R: P - j % R + R] for j in range(1, nu + 1)], dim=-1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        u = torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
+        up = torch.cat([u[..., R - P:], u], dim=-1)
+        feat = torch.cat([u * up[..., P - j % R: P - j % R + R] for j in range(1, nu + 1)], dim=-1)
+    else:
+        neg = torch.relu(-x)
+        if P <= r:  # up = [u[2r - P:], u] = [relu(-x)[r - P:], relu(x), relu(-x)]
+            up = torch.cat([neg[..., r - P:], torch.relu(x), neg], dim=-1)
+        else:  # u[2r - P:] reaches into relu(x)
+            u = torch.cat([torch.relu(x), neg], dim=-1)
+            up = torch.cat([u[..., R - P:], u], dim=-1)
+        u = up[..., P:]
+        feat = x.new_empty(*x.shape[:-1], nu * R)
+        for j in range(1, nu + 1):
+            torch.mul(u, up[..., P - j % R: P - j % R + R], out=feat[..., (j - 1) * R:j * R])
     if l2norm:
         feat = feat / (feat.norm(dim=-1, keepdim=True) + 1e-6)
     return feat
@@ -33,12 +48,23 @@ def _heads_first(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B * H, N, X)
 
 
+def _dot_z(x: Tensor, z: Tensor) -> Tensor:
+    """x [BH, N, K] . z [BH, 1, K] -> [BH, N, 1]. A bmm with one output column ran at a fifth of this product and
+    sum's speed (a fleet chunk's 256 x 12 queries: 211 against 43 us on this CPU)."""
+    return (x * z).sum(-1, keepdim=True)
+
+
+def _z_terms(kT: Tensor, g: Tensor) -> Tensor:
+    """sum_m kT[:, :, m] g[:, m]: kT [BH, K, M], g [BH, M, 1] -> [BH, K, 1] (the bmm kT @ g, 3x faster)."""
+    return (kT * g.transpose(1, 2)).sum(-1, keepdim=True)
+
+
 def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tensor:
     """q [B, N, H, K], A [B, H, K, Dv], z [B, H, K] -> [B, N, H, Dv]."""
     B, N, H, K = q.shape
     qh = _heads_first(q)  # [BH, N, K]
     num = torch.bmm(qh, A.reshape(B * H, K, -1))  # [BH, N, Dv]
-    den = torch.bmm(qh, z.reshape(B * H, K, 1)) + eps  # [BH, N, 1]
+    den = _dot_z(qh, z.reshape(B * H, 1, K)) + eps  # [BH, N, 1]
     return (num / den).view(B, H, N, -1).transpose(1, 2)
 
 
@@ -54,7 +80,7 @@ def delta_terms(
         gamma = torch.ones(B * H, M, 1, dtype=k.dtype, device=k.device)
     else:
         Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
-        zk = torch.bmm(kh, z.reshape(B * H, K, 1)) + eps  # [BH, M, 1]
+        zk = _dot_z(kh, z.reshape(B * H, 1, K)) + eps  # [BH, M, 1]
         delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
         gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach()
     return kh.transpose(1, 2), _heads_first(beta) * delta, gamma
@@ -73,7 +99,7 @@ def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> 
     # ``out=`` the input itself: the same in-place kernel as ``baddbmm_`` (no copy), which torch's FlopCounterMode,
     # unlike for ``baddbmm_``, counts
     torch.baddbmm(Ah, kT, u, out=Ah)
-    torch.baddbmm(zh, kT, g, out=zh)
+    zh.add_(_z_terms(kT, g))
 
 
 def delta_write(
@@ -84,4 +110,4 @@ def delta_write(
     kT, u, g = delta_terms(k, v, beta, A, z, first, eps)
     # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
     Ah, zh = A.reshape(B * H, K, -1), z.reshape(B * H, K, 1)
-    return torch.baddbmm(Ah, kT, u).view(A.shape), torch.baddbmm(zh, kT, g).view(z.shape)
+    return torch.baddbmm(Ah, kT, u).view(A.shape), (zh + _z_terms(kT, g)).view(z.shape)
