@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "ops", "shapes": {"batch": B, "M": M, "read_rows": N, "D": D, "d_mem": r, "K": K, "memory_heads": H},
         "rows": rows, "speedup_fused_over_naive": speedups, "target": "fused write+read >= 10x faster than naive",
         "seed": args.seed, "git_commit": commit, "machine": machine_info(dev), "args": vars(args),
+        "wall_seconds": time.perf_counter() - t_start,
     }
     md = [
         "# Memory ops: naive reference vs fused",
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Shapes: batch {B}, K={K}, D={D}, M={M}, read rows {N}, one memory head. Median of timed calls "
         f"({args.repeats} fused, {args.naive_repeats} naive) after warm-up, no autograd. Device {dev} "
         f"({payload['machine'].get('device_name', payload['machine'].get('cpu_model', '?'))}, "
-        f"{payload['machine']['torch_threads']} threads); commit {payload['git_commit']}.",
+        f"{payload['machine']['torch_threads']} threads); commit {payload['git_commit']}; seed {args.seed}; "
+        f"wall time {payload['wall_seconds']:.0f} s.",
         "",
         markdown_table(rows, ["op", "impl", "us"]),
         "",
