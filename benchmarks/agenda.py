@@ -40,14 +40,17 @@ EXPERIMENTS: dict[str, list[str]] = {
 CANDIDATES: dict[str, list[str]] = {
     "associative_retrieval": ["associative_retrieval", "agenda_associative_retrieval", "associative_retrieval_quick"],
     "ops": ["ops", "agenda_ops"],
-    "forecast": ["forecast_ETTh1", "agenda_forecast", "forecast_ETTh1_quick"],
-    "missing_channels": ["missing_channels", "agenda_missing_channels", "missing_channels_quick"],
+    # the current ETTh1 table (150 s per model, mean of three seeds) before the early 45 s run with DeepAR
+    "forecast": ["forecast_ETTh1_150s_pruned_seeds", "forecast_ETTh1", "agenda_forecast", "forecast_ETTh1_quick"],
+    # the full run with the current H=96 choice (150 s per model) before the early 45 s run
+    "missing_channels": ["missing_channels_150s_last", "missing_channels", "agenda_missing_channels",
+                         "missing_channels_quick"],
     "streaming": ["streaming", "agenda_streaming", "streaming_quick"],
     "state_tracking": ["state_tracking", "agenda_state_tracking", "state_tracking_quick"],
     "reliability": ["reliability", "agenda_reliability"],
 }
 # question 2's 21-channel rows: the first of these Weather forecast results that exists
-WEATHER_STEMS = ["forecast_Weather", "forecast_Weather_h96_360s", "forecast_Weather_h96_150s_schedule",
+WEATHER_STEMS = ["forecast_Weather_150s_pruned_seeds", "forecast_Weather", "forecast_Weather_h96_360s", "forecast_Weather_h96_150s_schedule",
                  "forecast_Weather_h96_150s", "forecast_Weather_quick"]
 
 
@@ -156,6 +159,11 @@ def generic_table(rows: list[dict], max_rows: int = 12, max_cols: int = 9) -> st
     return markdown_table(rows[:max_rows], cols) + (f"\n\n({len(rows) - max_rows} more rows in the file)" if len(rows) > max_rows else "")
 
 
+def _seeds_note(payload: dict) -> str:
+    seeds = payload.get("seeds")
+    return f"; mean over seeds {', '.join(map(str, seeds))}" if isinstance(seeds, list) and len(seeds) > 1 else ""
+
+
 def source_line(stem: str | None, payload: dict | None, name: str, status: dict) -> str:
     if stem is None:
         st = status.get(name, {})
@@ -164,6 +172,37 @@ def source_line(stem: str | None, payload: dict | None, name: str, status: dict)
     quick = "quick" in stem or bool((payload.get("args") or {}).get("quick"))
     return (f"- **{name}**: `benchmarks/results/{stem}.json`{' (quick run)' if quick else ''}, commit "
             f"{payload.get('git_commit', payload.get('commit', '?'))}; command: `{command_of(stem, payload)}`")
+
+
+def forecast_table(payload: dict) -> str:
+    """MSE by model and horizon, with the average over the horizons, of a benchmarks.forecast result (its main
+    table; a seed mean's rows carry the mean over its seeds)."""
+    rows = [r for r in rows_of(payload) if r.get("table", "main") == "main" and r.get("mse") is not None]
+    horizons = sorted({r["horizon"] for r in rows})
+    models: dict[str, dict[int, float]] = {}
+    for r in rows:
+        name = r["model"] + (" (published)" if r.get("source") == "published" else "")
+        models.setdefault(name, {})[r["horizon"]] = r["mse"]
+    table = []
+    for name, by_h in models.items():
+        row = {"model": name, **{str(h): round(by_h[h], 4) if h in by_h else None for h in horizons}}
+        row["avg"] = round(sum(by_h.values()) / len(by_h), 4) if len(by_h) == len(horizons) else None
+        table.append(row)
+    return markdown_table(table, ["model", *map(str, horizons), "avg"])
+
+
+def missing_channels_goal(payload: dict) -> list[str]:
+    """The goal line of a benchmarks.missing_channels result: the relative MSE increase at 30% hidden channels."""
+    goal = payload.get("goal") or {}
+    inc = goal.get("relative_increase_at_30pct") or {}
+    if not inc:
+        return []
+    table = [{"model": m, "increase_at_30pct_hidden": f"{v * 100:+.1f}%", "goal_met": (goal.get("met") or {}).get(m)}
+             for m, v in inc.items()]
+    best = goal.get("best_baseline_increase")
+    head = (f"Goal: ARMT's increase at most half the best baseline's ({goal.get('best_baseline')}: {best * 100:+.1f}%, "
+            f"so at most {best * 50:+.1f}%)." if best is not None else "Goal: at most half the best baseline's.")
+    return [head, "", markdown_table(table, ["model", "increase_at_30pct_hidden", "goal_met"]), ""]
 
 
 # ---------------------------------------------------------------- the four questions
@@ -206,17 +245,13 @@ def q2_channels(res: dict, status: dict) -> list[str]:
     out = ["## 2. High-channel multivariate encoding: accuracy and cost as channels grow", ""]
     stem_f, f = res["forecast"]
     if f:
-        cols = [c for c in ("dataset", "horizon", "model", "mse", "mae", "params", "train_seconds", "n_channels")
-                if any(c in r for r in rows_of(f))]
-        out += ["Forecast accuracy (ETTh1, 7 channels):", "", markdown_table(rows_of(f)[:20], cols), ""]
+        out += [f"Forecast MSE ({f.get('dataset', 'ETTh1')}, 7 channels{_seeds_note(f)}):", "", forecast_table(f), ""]
     stem_m, m = res["missing_channels"]
     if m:
-        out += ["Missing channels:", "", generic_table(rows_of(m)), ""]
+        out += ["Missing channels:", "", *missing_channels_goal(m), generic_table(rows_of(m)), ""]
     stem_w, w = next((r for r in map(load_result, WEATHER_STEMS) if r[0] is not None), (None, None))
     if w:
-        cols = ["dataset", "horizon", "model", "mse", "mae", "params", "train_seconds", "train_steps"]
-        out += ["Forecast accuracy (Weather, 21 channels):", "",
-                markdown_table([r for r in rows_of(w) if r.get("source") == "same-run"], cols), ""]
+        out += [f"Forecast MSE (Weather, 21 channels{_seeds_note(w)}):", "", forecast_table(w), ""]
     if not f and not m and not w:
         out += ["No result file answers this question yet.", ""]
     out += ["Not measured here: scaling to 1000s of channels"
@@ -275,8 +310,12 @@ def q4_efficiency(res: dict, status: dict) -> list[str]:
                 markdown_table(table, list(table[0]) if table else []), ""]
     stem_f, f = res["forecast"]
     if f:
-        cols = [c for c in ("model", "horizon", "mse", "params", "train_seconds") if any(c in r for r in rows_of(f))]
-        out += ["Forecasting cost (same wall-clock budget per model):", "", markdown_table(rows_of(f)[:20], cols), ""]
+        rows = [r for r in rows_of(f) if r.get("source") == "same-run" and r.get("table", "main") == "main"]
+        first = min((r["horizon"] for r in rows), default=None)
+        cols = [c for c in ("model", "horizon", "mse", "params", "train_seconds", "train_steps")
+                if any(c in r for r in rows)]
+        out += [f"Forecasting cost at H={first} (same wall-clock budget per model{_seeds_note(f)}):", "",
+                markdown_table([r for r in rows if r["horizon"] == first], cols), ""]
     out += ["Sources:", "", source_line(stem, st, "state_tracking", status), source_line(stem_f, f, "forecast", status), ""]
     return out
 

@@ -52,3 +52,25 @@ def test_results_are_read_with_their_commands(results):
     assert "def456" in agenda.source_line("agenda_state_tracking", other, "state_tracking", {})
     text = agenda.build_agenda({}, prefer_agenda=False).read_text()
     assert "Keyed ARMT carries 792 floats per stream" in text and "0.97 at 320" in text
+
+
+def test_forecast_and_missing_channel_answers_are_tables_of_the_current_files(results):
+    rows = [{"dataset": "ETTh1", "horizon": h, "model": m, "source": "same-run", "table": "main", "mse": v,
+             "params": 10, "train_seconds": 150.0, "train_steps": 900}
+            for h, vals in ((96, (0.37, 0.38)), (192, (0.41, 0.40))) for m, v in zip(("ARMT", "DLinear"), vals)]
+    rows += [{"dataset": "ETTh1", "horizon": 96, "model": "ARMT: fit alone", "source": "same-run",
+              "table": "ablation", "mse": 0.1},
+             {"dataset": "ETTh1", "horizon": 96, "model": "PatchTST/64", "source": "published", "mse": 0.370}]
+    (results / "forecast_ETTh1_150s_pruned_seeds.json").write_text(
+        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "abc"}))
+    (results / "forecast_ETTh1.json").write_text(json.dumps({"rows": [], "git_commit": "old"}))
+    goal = {"relative_increase_at_30pct": {"SeasonalNaive": 0.33, "ARMT (impute)": 0.2},
+            "best_baseline": "SeasonalNaive", "best_baseline_increase": 0.33, "met": {"ARMT (impute)": False}}
+    (results / "missing_channels_150s_last.json").write_text(json.dumps({"rows": [], "goal": goal}))
+    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_pruned_seeds"
+    text = agenda.build_agenda({}, prefer_agenda=False).read_text()
+    # one row per model with its average over the horizons; the ablation row stays out, published rows are marked
+    assert "| ARMT | 0.37 | 0.41 | 0.39 |" in text and "| DLinear | 0.38 | 0.4 | 0.39 |" in text
+    assert "fit alone" not in text and "| PatchTST/64 (published) | 0.37 |  |  |" in text
+    assert "mean over seeds 0, 1, 2" in text
+    assert "at most +16.5%" in text and "| ARMT (impute) | +20.0% | False |" in text
