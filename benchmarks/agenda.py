@@ -50,8 +50,14 @@ CANDIDATES: dict[str, list[str]] = {
     "reliability": ["reliability", "agenda_reliability"],
 }
 # question 2's 21-channel rows: the first of these Weather forecast results that exists
-WEATHER_STEMS = ["forecast_Weather_150s_pruned_seeds", "forecast_Weather", "forecast_Weather_h96_360s", "forecast_Weather_h96_150s_schedule",
-                 "forecast_Weather_h96_150s", "forecast_Weather_quick"]
+WEATHER_STEMS = [
+    "forecast_Weather_150s_pruned_seeds",
+    "forecast_Weather",
+    "forecast_Weather_h96_360s",
+    "forecast_Weather_h96_150s_schedule",
+    "forecast_Weather_h96_150s",
+    "forecast_Weather_quick",
+]
 
 
 def script_help(name: str) -> str | None:
