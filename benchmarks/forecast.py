@@ -1364,7 +1364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.horizons, args.train_seconds, args.grid = args.horizons[:1], min(args.train_seconds, 15.0), "none"
         args.context_lengths = args.context_lengths[:2]
-        args.deepar_horizons = []  # DeepAR's sampling over all 2785 windows take ~40 s on top of its training
+        args.deepar_horizons = []  # DeepAR's sampling over all 2785 windows takes ~40 s on top of its training
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)

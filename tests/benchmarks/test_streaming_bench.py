@@ -41,3 +41,15 @@ def test_a_latency_report_shows_flops_and_the_reference_rate():
 
 def test_reference_matmul_rate_is_a_positive_rate():
     assert reference_matmul_rate("cpu", n=64, repeats=2) > 0
+
+
+def test_a_cost_report_has_the_per_update_and_the_per_step_tables():
+    rows = []
+    for clock in ("wall", "cpu"):
+        for metric, ours in (("cost_per_update", 0.05), ("cost_per_step", 0.005)):
+            for impl, v in (("ours", ours), ("window_rerun", 0.25), ("patchtst", 0.5)):
+                rows.append({"metric": metric, "entities": 1000, "clock": clock, "impl": impl, "value": v})
+    md = render_markdown(_payload(rows, {"cost"}), [], [], [])
+    per_update, per_step = md.split("## Cost per step")
+    assert "## Cost per update" in per_update and "| 1000 | wall | 0.05 | 0.25 | 0.5 | 10 | 5 |" in per_update
+    assert "| 1000 | wall | 0.005 | 0.25 | 0.5 | 100 | 50 |" in per_step
