@@ -1,7 +1,8 @@
 """Streaming runtime (issue 5, DESIGN.md section 4): per-update latency and throughput for fleets of 1 ... 10000
 entities, peak RSS against stream length (10^3 ... 10^7 steps, one fresh process per length), cost per update
-against re-running a 512-step window and against a gluonts PatchTST predictor, diagonal vs sequential schedule,
-and a long run (max |A|, max z, finiteness) over a 10^7-step stream of one entity and of a fleet.
+(and per step, when a forecast follows every step) against re-running a 512-step window and against a gluonts
+PatchTST predictor, diagonal vs sequential schedule, and a long run (max |A|, max z, finiteness) over a 10^7-step
+stream of one entity and of a fleet.
 
     python -m benchmarks.streaming [--quick] [--device cpu|cuda] [--bf16]
 
