@@ -162,7 +162,8 @@ def generic_table(rows: list[dict], max_rows: int = 12, max_cols: int = 9) -> st
     if not rows:
         return "(no rows)"
     cols = [c for c in rows[0] if not isinstance(rows[0][c], (dict, list))][:max_cols]
-    return markdown_table(rows[:max_rows], cols) + (f"\n\n({len(rows) - max_rows} more rows in the file)" if len(rows) > max_rows else "")
+    more = f"\n\n({len(rows) - max_rows} more rows in the file)" if len(rows) > max_rows else ""
+    return markdown_table(rows[:max_rows], cols) + more
 
 
 def _seeds_note(payload: dict) -> str:
@@ -233,8 +234,8 @@ def q1_streaming(res: dict, status: dict) -> list[str]:
         for r in rows:
             lat.setdefault(r["model"], (r["update_latency_us"], r.get("state_floats_per_stream")))
         if lat:
-            out.append(markdown_table([{"model": m, "update_latency_us": v[0], "state_floats_per_stream": v[1]}
-                                       for m, v in lat.items()], ["model", "update_latency_us", "state_floats_per_stream"]))
+            cols = ["model", "update_latency_us", "state_floats_per_stream"]
+            out.append(markdown_table([dict(zip(cols, (m, *v))) for m, v in lat.items()], cols))
             out.append("")
     stem_s, s = res["streaming"]
     if s:
@@ -271,7 +272,8 @@ def q2_channels(res: dict, status: dict) -> list[str]:
 
 
 def q3_events(res: dict, status: dict) -> list[str]:
-    out = ["## 3. Event streams and mutable state: does keyed memory track the latest value per entity at 100x and 1000x?", ""]
+    out = ["## 3. Event streams and mutable state: does keyed memory track the latest value per entity at 100x and "
+           "1000x?", ""]
     stem, st = res["state_tracking"]
     if st:
         out += [f"- {g}" for g in st.get("goals", [])] + [""]
@@ -280,8 +282,9 @@ def q3_events(res: dict, status: dict) -> list[str]:
         out += [markdown_table(rows, cols), ""]
         stale = [r for r in rows_of(st) if r.get("experiment") == "stale"]
         if stale:
-            out += ["Stale-key test:", "", markdown_table(stale, ["model", "layout", "eval_length", "hot_rewrites",
-                                                                   "hot_query_accuracy_last10pct", "max_abs_A", "max_z"]), ""]
+            cols = ["model", "layout", "eval_length", "hot_rewrites", "hot_query_accuracy_last10pct", "max_abs_A",
+                    "max_z"]
+            out += ["Stale-key test:", "", markdown_table(stale, cols), ""]
     stem_a, a = res["associative_retrieval"]
     if a:
         rw = [r for r in rows_of(a) if r.get("task") == "rewrite"]
@@ -322,7 +325,8 @@ def q4_efficiency(res: dict, status: dict) -> list[str]:
                 if any(c in r for r in rows)]
         out += [f"Forecasting cost at H={first} (same wall-clock budget per model{_seeds_note(f)}):", "",
                 markdown_table([r for r in rows if r["horizon"] == first], cols), ""]
-    out += ["Sources:", "", source_line(stem, st, "state_tracking", status), source_line(stem_f, f, "forecast", status), ""]
+    out += ["Sources:", "", source_line(stem, st, "state_tracking", status),
+            source_line(stem_f, f, "forecast", status), ""]
     return out
 
 
@@ -368,15 +372,16 @@ def build_agenda(status: dict, prefer_agenda: bool, out_name: str = "agenda") ->
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Every number below is read from the result file "
           "named under it, with the command that produced that file.", ""]
     if status:
-        md += ["## Runs", "", markdown_table([{"experiment": k, **{c: v.get(c) for c in ("status", "seconds", "command")}}
-                                              for k, v in status.items()], ["experiment", "status", "seconds", "command"]), ""]
+        cols = ["experiment", "status", "seconds", "command"]
+        md += ["## Runs", "", markdown_table([{"experiment": k, **{c: v.get(c) for c in cols[1:]}}
+                                              for k, v in status.items()], cols), ""]
         for k, v in status.items():
             if v.get("log_tail"):
                 md += [f"`{k}` log tail:", "", "```", v["log_tail"].strip(), "```", ""]
     missing = [n for n in EXPERIMENTS if res[n][0] is None]
     if missing:
         md += ["Experiments with no result file: " + ", ".join(
-            f"{n} ({'no script benchmarks/' + n + '.py' if not (ROOT / 'benchmarks' / f'{n}.py').is_file() else 'not run'})"
+            f"{n} ({'not run' if (ROOT / 'benchmarks' / f'{n}.py').is_file() else f'no script benchmarks/{n}.py'})"
             for n in missing) + ".", ""]
     md += q1_streaming(res, status) + q2_channels(res, status) + q3_events(res, status) + q4_efficiency(res, status)
     if has_plot:
