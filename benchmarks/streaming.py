@@ -547,7 +547,20 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
             lines += [f"MFLOP: matmul-type FLOPs of one update (torch FlopCounterMode); GFLOP/s at p50 = those / "
                       f"the p50 wall latency. Reference: one 2048^3 fp32 matmul runs at {ref[0]['value']:.0f} "
                       f"GFLOP/s here.", ""]
-    def cost_table(metric: str) -> list[dict]:
+
+    captions = {
+        "cost_per_update": (
+            "Cost per update: ours vs re-running a 512-step window vs gluonts PatchTST",
+            "ours = the segment-completing push + the forecast read after it; (a) = our model re-reading the last "
+            "512 steps (4 segments) at every update; (b) = gluonts PatchTST (context 512, patch 16, stride 8), "
+            "`predictor.predict` at every update. Per entity; milliseconds."),
+        "cost_per_step": (
+            "Cost per step when a forecast is wanted after every step",
+            "ours = one segment cycle of single-step pushes (the cheap buffered ones and the one update), divided by "
+            "its steps, + one forecast; (a) and (b) re-read their window at every step, so their cost is the table "
+            "above's. The issue's goal is stated per update (the table above)."),
+    }
+    for metric, (heading, caption) in captions.items():
         table = []
         for n in sorted({r["entities"] for r in sel(metric=metric)}):
             for clock in ("wall", "cpu"):
@@ -555,22 +568,8 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
                 table.append({"entities": n, "clock": clock, "ours": g["ours"],
                               "window re-run (a)": g["window_rerun"], "patchtst (b)": g["patchtst"],
                               "(b) / ours": g["patchtst"] / g["ours"], "(a) / ours": g["window_rerun"] / g["ours"]})
-        return table
-
-    table = cost_table("cost_per_update")
-    if table:
-        lines += ["## Cost per update: ours vs re-running a 512-step window vs gluonts PatchTST", "",
-                  "ours = the segment-completing push + the forecast read after it; (a) = our model re-reading the "
-                  "last 512 steps (4 segments) at every update; (b) = gluonts PatchTST (context 512, patch 16, "
-                  "stride 8), `predictor.predict` at every update. Per entity; milliseconds.", "",
-                  markdown_table(table, list(table[0])), ""]
-    table = cost_table("cost_per_step")
-    if table:
-        lines += ["## Cost per step when a forecast is wanted after every step", "",
-                  "ours = one segment cycle of single-step pushes (the cheap buffered ones and the one update), "
-                  "divided by its steps, + one forecast; (a) and (b) re-read their window at every step, so their "
-                  "cost is the table above's. The issue's goal is stated per update (the table above).", "",
-                  markdown_table(table, list(table[0])), ""]
+        if table:
+            lines += [f"## {heading}", "", caption, "", markdown_table(table, list(table[0])), ""]
     if sched:
         lines += ["## Diagonal vs sequential schedule (backbone only, offline long sequence)", "",
                   "128 steps per segment; best of the repeats; max relative difference of the outputs.", "",
