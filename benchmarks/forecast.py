@@ -146,6 +146,14 @@ def eval_windows(prep: Prepared, horizon: int, part: str = "test") -> Windows:
     return w
 
 
+def val_subset(prep: Prepared, horizon: int, stride: int) -> Windows:
+    """Every ``stride``-th stride-1 validation window (the windows the grid and early stopping score)."""
+    wv = eval_windows(prep, horizon, "val")
+    idx = np.arange(0, len(wv), stride)
+    return Windows(wv.past_values[idx], wv.past_observed[idx], wv.future_values[idx], wv.future_observed[idx],
+                   wv.start[idx])
+
+
 # -------------------------------------------------------------------------------------------- metrics
 
 
@@ -215,6 +223,10 @@ class ARMTHyper:
     # ARMTConfig.read_norm_cap: each retrieved row's norm bounded (None: the paper's read, DESIGN section 2). A
     # guard for long contexts: where q^T z is 0 but q^T A is not, the paper's read divides by its 1e-5 epsilon
     read_norm_cap: float | None = None
+    # > 0: early stopping by checkpoint. train_armt scores the validation windows it is given before the first step
+    # and every ``val_every`` optimiser steps (and after the last), and ends with the weights that scored best
+    # (the untrained model, the least-squares fit with "ols*", included); the checks count against the budget
+    val_every: int = 0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -246,6 +258,12 @@ class ARMTHyper:
             raise ValueError(f"ARMTHyper.skip_ridge: expected >= 0, got {self.skip_ridge!r}")
         if self.read_norm_cap is not None and not self.read_norm_cap > 0:
             raise ValueError(f"ARMTHyper.read_norm_cap: expected None or > 0, got {self.read_norm_cap!r}")
+        if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+            raise ValueError(f"ARMTHyper.val_every: expected an int >= 0 (0: no early stopping), "
+                             f"got {self.val_every!r}")
+        if self.val_every and self.ema:
+            raise ValueError("ARMTHyper.val_every with ema: the checks score the iterates, not the moving average the "
+                             "model would end with; use one or the other")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -261,7 +279,8 @@ class ARMTHyper:
                 f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}"
                 f"{'-last' if self.skip_norm == 'last' else ''}"
                 f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}"
-                f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}")
+                f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}"
+                f"{f'-ve{self.val_every}' if self.val_every else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -493,7 +512,8 @@ def pointwise_loss(err: Tensor, kind: str) -> Tensor:
 
 def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, horizon: int, budget_s: float,
                seed: int, device: str, bf16: bool, max_steps: int | None = None,
-               augment: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+               augment: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
+               val: Windows | None = None) -> dict[str, Any]:
     """Train on random stride-1 train windows for ``budget_s`` wall seconds (or ``max_steps``); AdamW, MSE
     (or ``hyper.loss``). With ``hyper.skip_init`` "ols*" the least-squares skip fit (``ARMTBench.fit_skip`` on all
     train windows) comes first, inside the wall budget; ``max_steps=0`` leaves the model at that fit.
@@ -504,7 +524,15 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     A non-finite training loss stops training before that step's update (logged; ``nonfinite_step`` in the result
     is its 0-based index, None when every loss was finite): the model keeps its last finite weights instead of
     turning them all into NaN, and the evaluation reports whatever those weights give.
+
+    With ``hyper.val_every`` = k > 0, ``val`` (validation windows, e.g. every ``--val-stride``-th) is scored before
+    the first step, every k steps and after the last step, inside the wall budget; the model ends with the weights
+    of the best (lowest MSE) check, the earliest on a tie. ``best_step`` / ``best_val_mse`` / ``val_checks`` in the
+    result say which (None without early stopping).
     """
+    if model.hyper.val_every and val is None:
+        raise ValueError(f"train_armt: ARMTHyper.val_every={model.hyper.val_every} (early stopping) needs the "
+                         f"validation windows (val=...)")
     gen = np.random.default_rng(seed)
     torch.manual_seed(seed)
     imputer = model.forecaster.imputer
@@ -520,6 +548,20 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     # EMA of the weights (hyper.ema > 0), evaluated in place of the last iterate; the decay is warmed up as
     # min(ema, (1 + t) / (10 + t)) so the first steps' random weights do not linger in the average
     ema = [p.detach().clone() for p in params] if model.hyper.ema else None
+    every = model.hyper.val_every
+    best: dict[str, Any] = {"step": None, "mse": None, "state": None, "checks": 0}
+
+    def check() -> None:  # score the current weights on ``val``; keep them if they beat every earlier check
+        model.eval()
+        pred = predict_armt(model, val.past_values, val.past_observed, device, bf16)
+        model.train()
+        mse = masked_errors(pred, val.future_values, val.future_observed)["mse"]
+        best["checks"] += 1
+        if math.isfinite(mse) and (best["mse"] is None or mse < best["mse"]):
+            best.update(step=steps, mse=mse, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    if every:
+        check()
     while time.perf_counter() - start < budget_s and (max_steps is None or steps < max_steps):
         if model.hyper.lr_schedule == "cosine":  # f: the used fraction of the budget (time, or steps if capped)
             f = (time.perf_counter() - start) / budget_s
@@ -556,6 +598,12 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
             with torch.no_grad():
                 for e, p in zip(ema, params):
                     e.lerp_(p, 1.0 - decay)
+        if every and steps % every == 0:
+            check()
+    if every and steps % every:  # the last weights, when the loop did not end on a check
+        check()
+    if every and best["state"] is not None:
+        model.load_state_dict(best["state"])
     if ema is not None and steps:
         with torch.no_grad():
             for p, e in zip(params, ema):
@@ -563,7 +611,8 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     model.eval()
     return {"steps": steps, "train_seconds": time.perf_counter() - start,
             "final_train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "skip_fit_seconds": None if skip_fit is None else skip_fit["seconds"], "nonfinite_step": nonfinite}
+            "skip_fit_seconds": None if skip_fit is None else skip_fit["seconds"], "nonfinite_step": nonfinite,
+            "best_step": best["step"], "best_val_mse": best["mse"], "val_checks": best["checks"] if every else None}
 
 
 @torch.no_grad()
@@ -745,6 +794,7 @@ def log(msg: str) -> None:
 def fitted_skip_alone(prep: Prepared, hyper: ARMTHyper, horizon: int, seed: int, device: str,
                       bf16: bool) -> tuple[ARMTBench, dict[str, Any]]:
     """The ablation of an "ols*" choice: its model right after the least-squares skip fit, no optimiser step."""
+    hyper = dataclasses.replace(hyper, val_every=0)  # no step to stop early from
     model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
     return model, train_armt(model, prep.train, prep.context_length, horizon, math.inf, seed, device, bf16, 0)
 
@@ -757,7 +807,8 @@ def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: f
     scores = []
     for hyper in grid:
         model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
-        info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, max_steps)
+        info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, max_steps,
+                          val=val_subset(prep, horizon, val_stride) if hyper.val_every else None)
         pred = predict_armt(model, wv.past_values[idx], wv.past_observed[idx], device, bf16)
         m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
         scores.append({"candidate": hyper.name(), **hyper.__dict__, "val_mse": m["mse"], "val_mae": m["mae"],
@@ -865,8 +916,11 @@ class PartialRows:
 def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str], budget_s: float, seed: int,
                 device: str, bf16: bool, max_steps: int | None, label: str = "ARMT",
                 deepar_horizons: tuple[int, ...] = (96, 192, 336, 720),
-                on_row: Callable[[dict], None] | None = None, val_stride: int | None = None) -> list[dict]:
+                on_row: Callable[[dict], None] | None = None, val_stride: int | None = None,
+                check_stride: int = 4) -> list[dict]:
     """Train and test every model at one horizon; the rows in order (ARMT's ablation row right after its own).
+
+    An ARMT choice with ``val_every`` (early stopping) scores every ``check_stride``-th validation window.
 
     With ``val_stride`` the ARMT rows (the trained model and its least-squares fit alone) also carry ``val_mse`` /
     ``val_mae`` on every ``val_stride``-th validation window: the context-length table records them, so that a
@@ -900,7 +954,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
         elif name == "ARMT":
             model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
             info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16,
-                              max_steps)
+                              max_steps, val=val_subset(prep, horizon, check_stride) if hyper.val_every else None)
             with Timer() as tp:
                 pred = predict_armt(model, w.past_values, w.past_observed, device, bf16)
             m = masked_errors(pred, w.future_values, w.future_observed)
@@ -908,6 +962,8 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                             train_steps=info["steps"], predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
                             segments=model.forecaster.num_segments(prep.context_length),
                             hyperparameters=hyper.__dict__, nonfinite_step=info["nonfinite_step"],
+                            **({"best_step": info["best_step"], "best_val_mse": info["best_val_mse"],
+                                "val_checks": info["val_checks"]} if hyper.val_every else {}),
                             **val_scores(model)))
             if hyper.skip_init != "random":  # ablation: the least-squares skip alone, before any optimiser step
                 r = rows[-1]
@@ -1301,7 +1357,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
                             "ols", "residual", "cross", "norm", "normcross", "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
-    p.add_argument("--val-stride", type=int, default=4, help="score every k-th val window in the grid")
+    p.add_argument("--val-stride", type=int, default=4,
+                   help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")
     p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
                    help="horizons at which DeepAR runs: its autoregressive sampling over every stride-1 window "
                         "costs 15 / 24 / 43 / 124 ms per window at H=96 / 192 / 336 / 720 on one CPU thread "
@@ -1412,7 +1469,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for h in args.horizons:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
                             args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add,
-                            val_stride=args.val_stride if args.context_lengths and h == args.horizons[0] else None)
+                            val_stride=args.val_stride if args.context_lengths and h == args.horizons[0] else None,
+                            check_stride=args.val_stride)
     for r in rows:
         r.setdefault("table", "main")  # run_horizon marks its ablation rows
     if args.context_lengths and args.context_length not in args.context_lengths:
@@ -1422,7 +1480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for L in args.context_lengths:
         prep_l = prepare(args.data, args.dataset, L)
         for r in run_horizon(prep_l, args.horizons[0], hyper, ["ARMT"], args.train_seconds, args.seed, args.device,
-                             args.bf16, args.max_steps, val_stride=args.val_stride,
+                             args.bf16, args.max_steps, val_stride=args.val_stride, check_stride=args.val_stride,
                              on_row=lambda r: partial.add(dict(r, table=r.get("table", "context")))):
             r.setdefault("table", "context")
             rows.append(r)

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hyper = ARMTHyper()
     if args.armt_from:
         hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
+    if hyper.val_every:
+        raise SystemExit(f"{args.armt_from}: its ARMT choice stops early (val_every={hyper.val_every}), which this "
+                         f"benchmark does not do (its validation split has hidden channels); use a choice without it")
     prep = prepare(args.data, args.dataset, args.context_length)
     H, C = args.horizon, prep.n_channels
     w = eval_windows(prep, H)

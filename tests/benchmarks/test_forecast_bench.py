@@ -758,6 +758,12 @@ def test_a_least_squares_skip_run_reports_the_skip_alone_as_an_ablation(tmp_path
     assert [(r["model"], r.get("table", "main"), r["train_steps"]) for r in rows] == [
         ("ARMT", "main", 2), ("ARMT: least-squares skip alone", "ablation", 0)]
     assert rows[1]["params"] == 336 * 24 + 24 and rows[1]["mse"] != rows[0]["mse"]
+    assert "best_step" not in rows[0]
+    # with early stopping the row says which check it kept; the ablation is the same fit, with no step to stop at
+    es = run_horizon(etth1_like, 24, dataclasses.replace(hyper, val_every=1), ["ARMT"], budget_s=1e9, seed=0,
+                     device="cpu", bf16=False, max_steps=2, check_stride=50)
+    assert es[0]["val_checks"] == 3 and es[0]["best_step"] in (0, 1, 2) and es[0]["best_val_mse"] > 0
+    assert es[1]["mse"] == rows[1]["mse"] and es[1]["hyperparameters"]["val_every"] == 1
     # kept by a merge, outside the averages
     monkeypatch.setattr(fc, "RESULTS", tmp_path)
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
@@ -941,3 +947,54 @@ def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, 
         fc.seed_mean([a, e], "x")
     with pytest.raises(SystemExit):
         fc.main(["--seed-mean-from", str(a), "--out", "x"])
+
+
+def test_early_stopping_ends_with_the_weights_of_the_best_validation_check(etth1_like):
+    from benchmarks.forecast import val_subset
+    # lr 0.1 overshoots after a few steps on this data: the best check is neither the first nor the last
+    small = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, lr=0.1)
+    val = val_subset(etth1_like, 24, 50)
+    assert len(val) == len(range(0, len(eval_windows(etth1_like, 24, "val")), 50))
+
+    def train(hyper, steps, **kw):
+        model = ARMTBench(hyper, 7, 24, 336, seed=0)
+        info = train_armt(model, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False,
+                          max_steps=steps, **kw)
+        return model, info
+
+    def val_mse(model):
+        return masked_errors(predict_armt(model, val.past_values, val.past_observed, "cpu", False),
+                             val.future_values, val.future_observed)["mse"]
+
+    # checks before the first step, after steps 2, 4 and 6, and after the last (7); a constant learning rate, so
+    # a run stopped at the best check's step follows the same path and must give the same weights
+    es = dataclasses.replace(small, val_every=2)
+    assert es.name().endswith("-ve2")
+    model, info = train(es, 7, val=val)
+    assert info["steps"] == 7 and info["val_checks"] == 5 and info["best_step"] == 2
+    assert info["best_val_mse"] == pytest.approx(val_mse(model), rel=1e-6)
+    ref, ref_info = train(small, info["best_step"])
+    assert ref_info["best_step"] is None and ref_info["val_checks"] is None
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for steps in (0, 4, 6, 7):  # every other check scored above the one kept
+        assert val_mse(train(small, steps)[0]) > info["best_val_mse"]
+    # an absurd learning rate ruins a least-squares fit: the check before the first step (the fit) is kept
+    ols = dataclasses.replace(small, linear_skip=True, skip_init="ols")
+    wild, wild_info = train(dataclasses.replace(ols, val_every=2, lr=10.0), 4, val=val)
+    assert wild_info["best_step"] == 0
+    alone, _ = train(ols, 0)
+    for a, b in zip(wild.state_dict().values(), alone.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_early_stopping_needs_validation_windows_and_a_valid_interval(etth1_like):
+    es = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, val_every=3)
+    with pytest.raises(ValueError, match="val_every=3 .*needs the validation windows"):
+        train_armt(ARMTBench(es, 7, 24, 336), etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu",
+                   bf16=False, max_steps=1)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="val_every"):
+            ARMTHyper(val_every=bad)
+    with pytest.raises(ValueError, match="val_every with ema"):
+        ARMTHyper(val_every=10, ema=0.9)
