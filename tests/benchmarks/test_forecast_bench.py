@@ -925,7 +925,7 @@ def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, 
         assert (r["mse_min"], r["mse_max"]) == (min(s0[k], s1[k]), max(s0[k], s1[k]))
         assert r["train_steps_by_seed"] == [10, 12] and r["crps"] is None
     avg = out["average_mse_by_seed"]
-    assert avg["ARMT"] == pytest.approx([np.mean([s0[(h, "ARMT")] for h in hs]), np.mean([s1[(h, "ARMT")] for h in hs])])
+    assert avg["ARMT"] == pytest.approx([np.mean([s[(h, "ARMT")] for h in hs]) for s in (s0, s1)])
     # ARMT (+0.01 over DLinear in both seeds) is below DLinear in neither seed
     assert out["armt_average_below_baseline_in_seeds"] == {"DLinear": 0}
     assert out["summary"]["average_mse_over_horizons"]["ARMT (same-run)"] == pytest.approx(np.mean(avg["ARMT"]))
