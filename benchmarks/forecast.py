@@ -1074,6 +1074,19 @@ def ablation_section(rows: list[dict]) -> list[str]:
                            + (["run"] if any("run" in r for r in rows) else [])), ""]
 
 
+def early_stopping_section(rows: list[dict]) -> list[str]:
+    """Markdown lines naming the check each early-stopped ARMT row kept (no such row: no lines)."""
+    rows = [r for r in rows if r.get("best_step") is not None]
+    if not rows:
+        return []
+    return ["## Early stopping (ARMTHyper.val_every)", "",
+            "The validation check whose weights each ARMT row kept, out of the checks before the first step, every "
+            "val_every steps and after the last; step 0 is the untrained network (with a least-squares skip: the "
+            "fit alone). Validation MSE on every --val-stride-th window.", "",
+            markdown_table(rows, ["horizon", "model", "train_steps", "val_checks", "best_step", "best_val_mse"]
+                           + (["run"] if any("run" in r for r in rows) else [])), ""]
+
+
 MERGE_MUST_AGREE = ("dataset", "budget", "baseline_settings", "seed")
 
 
@@ -1214,6 +1227,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     md += ["", markdown_table([r for r in rows if r["source"] == "same-run" and r.get("table", "main") == "main"],
                               COLUMNS[:3] + ["run"] + COLUMNS[4:]), "", markdown_table(pub, COLUMNS[:8]), ""]
     md += ablation_section([r for r in rows if r.get("table") == "ablation"])
+    md += early_stopping_section(rows)
     md += ["## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
                           ["model", "avg_mse"]), "",
@@ -1292,6 +1306,8 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
             row_[f] = mean(vals)
             row_[f"{f}_by_seed"] = vals
         row_["mse_min"], row_["mse_max"] = min(r["mse"] for r in rs), max(r["mse"] for r in rs)
+        if any(r.get("best_step") is not None for r in rs):  # early stopping: the check each seed kept
+            row_["best_step_by_seed"] = [r.get("best_step") for r in rs]
         row_["seeds"] = seeds
         rows.append(row_)
     horizons = sorted({k[0] for k in keys})
@@ -1332,6 +1348,13 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
           f"Command: `{payload['command']}`  ", f"Commit: {payload['git_commit']}.", "", "Files:", ""]
     md += [f"- `{m['file']}` (seed {m['seed']}): `{m['command']}`" for m in payload["mean_of"]]
     md += ["", "Test MSE, mean over the seeds (min-max over the seeds):", "", markdown_table(lines, head), ""]
+    stopped = [dict(r, **{"best step by seed": " / ".join(map(str, r["best_step_by_seed"])),
+                          "steps by seed": " / ".join(f"{v:.0f}" for v in r["train_steps_by_seed"])})
+               for r in rows if "best_step_by_seed" in r]
+    if stopped:
+        md += ["Early stopping (ARMTHyper.val_every): the step whose validation check each seed's weights come from "
+               "(0: the untrained network, with a least-squares skip the fit alone), of the steps it trained:", "",
+               markdown_table(stopped, ["horizon", "model", "best step by seed", "steps by seed"]), ""]
     if below:
         md += ["ARMT's four-horizon average below the same-run baseline's, in how many of the "
                f"{n} seeds: " + ", ".join(f"{b} {k}/{n}" for b, k in below.items()) + ".", ""]
@@ -1520,6 +1543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                markdown_table(ctx_rows, ["context_length", "segments", "mse", "mae", "val_mse", "params",
                                          "train_seconds", "train_steps", "predict_ms_per_window"]), ""]
     md += ablation_section(ablation_rows)
+    md += early_stopping_section(main_rows)
     md += ["## Average MSE over horizons", "",
            markdown_table([{"model": k, "avg_mse": v} for k, v in summ["average_mse_over_horizons"].items()],
                           ["model", "avg_mse"]), ""]

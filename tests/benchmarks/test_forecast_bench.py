@@ -949,6 +949,33 @@ def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, 
         fc.main(["--seed-mean-from", str(a), "--out", "x"])
 
 
+def test_merged_and_seed_mean_tables_say_which_check_early_stopping_kept(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    files = []
+    for seed, best in ((0, 400), (1, 0)):
+        payload = json.loads(_run_file(tmp_path / f"s{seed}.json", [96], seed=seed).read_text())
+        for r in payload["rows"]:
+            if r["model"] == "ARMT":
+                r.update(best_step=best, best_val_mse=0.65, val_checks=11)
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(payload))
+    fc.merge_results([files[0], _run_file(tmp_path / "h192.json", [192])], "merged")
+    md = (tmp_path / "merged.md").read_text()
+    assert "## Early stopping" in md and "| 96 | ARMT | 10 | 11 | 400 | 0.65 | s0 |" in md
+    assert "| 192 | ARMT |" not in md.split("## Early stopping")[1]
+    out = fc.seed_mean(files, "mean")
+    armt = next(r for r in out["rows"] if r["model"] == "ARMT")
+    assert armt["best_step_by_seed"] == [400, 0]
+    assert not any("best_step_by_seed" in r for r in out["rows"] if r["model"] != "ARMT")
+    assert "| 96 | ARMT | 400 / 0 | 10 / 10 |" in (tmp_path / "mean.md").read_text()
+    # a table without early stopping has no such section
+    fc.merge_results([_run_file(tmp_path / "plain.json", [96]), tmp_path / "h192.json"], "plain_merged")
+    assert "Early stopping" not in (tmp_path / "plain_merged.md").read_text()
+
+
 def test_early_stopping_ends_with_the_weights_of_the_best_validation_check(etth1_like):
     from benchmarks.forecast import val_subset
     # lr 0.1 overshoots after a few steps on this data: the best check is neither the first nor the last
