@@ -74,3 +74,7 @@ def test_forecast_and_missing_channel_answers_are_tables_of_the_current_files(re
     assert "fit alone" not in text and "| PatchTST/64 (published) | 0.37 |  |  |" in text
     assert "mean over seeds 0, 1, 2" in text
     assert "at most +16.5%" in text and "| ARMT (impute) | +20.0% | False |" in text
+    # the early-stopping table, once there, comes before the one without it
+    (results / "forecast_ETTh1_150s_es_seeds.json").write_text(
+        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "def"}))
+    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_seeds"
