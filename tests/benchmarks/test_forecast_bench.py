@@ -1025,3 +1025,11 @@ def test_early_stopping_needs_validation_windows_and_a_valid_interval(etth1_like
             ARMTHyper(val_every=bad)
     with pytest.raises(ValueError, match="val_every with ema"):
         ARMTHyper(val_every=10, ema=0.9)
+
+
+def test_the_missing_channel_benchmark_refuses_an_early_stopping_choice(tmp_path):
+    import benchmarks.missing_channels as mc
+    choice = tmp_path / "choice.json"
+    choice.write_text(json.dumps({"armt_chosen": {"linear_skip": True, "val_every": 100}}))
+    with pytest.raises(SystemExit, match=r"choice.json: its ARMT choice stops early \(val_every=100\)"):
+        mc.main(["--data", str(tmp_path / "never_read.csv"), "--armt-from", str(choice), "--out", "x"])
