@@ -802,21 +802,20 @@ def fitted_skip_alone(prep: Prepared, hyper: ARMTHyper, horizon: int, seed: int,
 def select_armt(prep: Prepared, horizon: int, grid: list[ARMTHyper], budget_s: float, seed: int, device: str,
                 bf16: bool, val_stride: int, max_steps: int | None) -> tuple[ARMTHyper, list[dict]]:
     """Train every candidate with the same budget and keep the one with the lowest val MSE (val split only)."""
-    wv = eval_windows(prep, horizon, "val")
-    idx = np.arange(0, len(wv), val_stride)
+    wv = val_subset(prep, horizon, val_stride)
     scores = []
     for hyper in grid:
         model = ARMTBench(hyper, prep.n_channels, horizon, prep.context_length, seed=seed)
         info = train_armt(model, prep.train, prep.context_length, horizon, budget_s, seed, device, bf16, max_steps,
-                          val=val_subset(prep, horizon, val_stride) if hyper.val_every else None)
-        pred = predict_armt(model, wv.past_values[idx], wv.past_observed[idx], device, bf16)
-        m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
+                          val=wv if hyper.val_every else None)
+        pred = predict_armt(model, wv.past_values, wv.past_observed, device, bf16)
+        m = masked_errors(pred, wv.future_values, wv.future_observed)
         scores.append({"candidate": hyper.name(), **hyper.__dict__, "val_mse": m["mse"], "val_mae": m["mae"],
-                       "train_steps": info["steps"], "val_windows": len(idx), "nonfinite_step": info["nonfinite_step"]})
+                       "train_steps": info["steps"], "val_windows": len(wv), "nonfinite_step": info["nonfinite_step"]})
         if hyper.skip_init != "random":  # what the network's training changed: the same skip fit, no steps
             alone, _ = fitted_skip_alone(prep, hyper, horizon, seed, device, bf16)
-            pred = predict_armt(alone, wv.past_values[idx], wv.past_observed[idx], device, bf16)
-            alone_m = masked_errors(pred, wv.future_values[idx], wv.future_observed[idx])
+            pred = predict_armt(alone, wv.past_values, wv.past_observed, device, bf16)
+            alone_m = masked_errors(pred, wv.future_values, wv.future_observed)
             scores[-1]["val_mse_skip_alone"] = alone_m["mse"]
         log(f"  val {hyper.name()}: mse {m['mse']:.4f} ({info['steps']} steps)"
             + (f", least-squares skip alone {scores[-1]['val_mse_skip_alone']:.4f}" if hyper.skip_init != "random"
@@ -927,17 +926,14 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
     context can be chosen on validation, not on the test numbers beside them."""
     w = eval_windows(prep, horizon)
     W = len(w)
-    wv, iv = None, None
-    if val_stride is not None:
-        wv = eval_windows(prep, horizon, "val")
-        iv = np.arange(0, len(wv), val_stride)
+    wv = None if val_stride is None else val_subset(prep, horizon, val_stride)
 
     def val_scores(model: ARMTBench) -> dict[str, Any]:
         if wv is None:
             return {}
-        pred = predict_armt(model, wv.past_values[iv], wv.past_observed[iv], device, bf16)
-        mv = masked_errors(pred, wv.future_values[iv], wv.future_observed[iv])
-        return {"val_mse": mv["mse"], "val_mae": mv["mae"], "val_windows": len(iv)}
+        pred = predict_armt(model, wv.past_values, wv.past_observed, device, bf16)
+        mv = masked_errors(pred, wv.future_values, wv.future_observed)
+        return {"val_mse": mv["mse"], "val_mae": mv["mae"], "val_windows": len(wv)}
     rows = []
     for name in models:
         if name == "DeepAR" and horizon not in deepar_horizons:

@@ -49,7 +49,7 @@ from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, git_
                                write_results)
 from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, log, masked_errors,
                                  n_params, predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows,
-                                 train_armt, train_gluonts)
+                                 train_armt, train_gluonts, val_subset)
 from armt_ts.data import Windows
 from armt_ts.impute import GaussianChannelImputer
 
@@ -303,10 +303,7 @@ def select_aug_p(prep, hyper: ARMTHyper, variant: str, args: argparse.Namespace)
     """Each ``--aug-p`` value trains ``variant`` with the same budget and seed; scored on every 4th validation
     window with round(0.3 * C) channels hidden (seed VAL_SEED); the lowest val MSE over all channels wins."""
     H, C = args.horizon, prep.n_channels
-    wv = eval_windows(prep, H, part="val")
-    idx = np.arange(0, len(wv), 4)
-    wv = Windows(wv.past_values[idx], wv.past_observed[idx], wv.future_values[idx], wv.future_observed[idx],
-                 wv.start[idx])
+    wv = val_subset(prep, H, 4)
     hidden = hidden_channel_mask(len(wv), C, VAL_FRACTION, args.seed + VAL_SEED)
     obs = np.where(hidden[:, None, :], 0.0, wv.past_observed).astype(np.float32)
     grid = []
