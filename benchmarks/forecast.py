@@ -1057,30 +1057,33 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
-def ablation_section(rows: list[dict]) -> list[str]:
-    """Markdown lines for the ablation rows (none: no lines)."""
+def _section(title: str, text: str, rows: list[dict], columns: list[str]) -> list[str]:
+    """Markdown lines: a heading, a paragraph and the rows' table, with each row's run where a merge names it (no
+    rows: no lines)."""
     if not rows:
         return []
-    return ["## Ablation: ARMT's least-squares skip alone (no optimiser step; not a peer in the averages)", "",
-            "The chosen ARMT's linear skip (and its cross-channel term, where the choice has one) right after the "
-            "least-squares fit on the train windows, with the network's zero-initialised output: how much of the "
-            "forecast the linear part carries and what training adds.", "",
-            markdown_table(rows, ["horizon", "context_length", "model", "mse", "mae", "params", "train_seconds"]
-                           + (["val_mse"] if any("val_mse" in r for r in rows) else [])
-                           + (["run"] if any("run" in r for r in rows) else [])), ""]
+    return [f"## {title}", "", text, "",
+            markdown_table(rows, columns + (["run"] if any("run" in r for r in rows) else [])), ""]
+
+
+def ablation_section(rows: list[dict]) -> list[str]:
+    """Markdown lines for the ablation rows (none: no lines)."""
+    return _section("Ablation: ARMT's least-squares skip alone (no optimiser step; not a peer in the averages)",
+                    "The chosen ARMT's linear skip (and its cross-channel term, where the choice has one) right after "
+                    "the least-squares fit on the train windows, with the network's zero-initialised output: how much "
+                    "of the forecast the linear part carries and what training adds.", rows,
+                    ["horizon", "context_length", "model", "mse", "mae", "params", "train_seconds"]
+                    + (["val_mse"] if any("val_mse" in r for r in rows) else []))
 
 
 def early_stopping_section(rows: list[dict]) -> list[str]:
     """Markdown lines naming the check each early-stopped ARMT row kept (no such row: no lines)."""
-    rows = [r for r in rows if r.get("best_step") is not None]
-    if not rows:
-        return []
-    return ["## Early stopping (ARMTHyper.val_every)", "",
-            "The validation check whose weights each ARMT row kept, out of the checks before the first step, every "
-            "val_every steps and after the last; step 0 is the untrained network (with a least-squares skip: the "
-            "fit alone). Validation MSE on every --val-stride-th window.", "",
-            markdown_table(rows, ["horizon", "model", "train_steps", "val_checks", "best_step", "best_val_mse"]
-                           + (["run"] if any("run" in r for r in rows) else [])), ""]
+    return _section("Early stopping (ARMTHyper.val_every)",
+                    "The validation check whose weights each ARMT row kept, out of the checks before the first step, "
+                    "every val_every steps and after the last; step 0 is the untrained network (with a least-squares "
+                    "skip: the fit alone). Validation MSE on every --val-stride-th window.",
+                    [r for r in rows if r.get("best_step") is not None],
+                    ["horizon", "model", "train_steps", "val_checks", "best_step", "best_val_mse"])
 
 
 MERGE_MUST_AGREE = ("dataset", "budget", "baseline_settings", "seed")
