@@ -877,6 +877,12 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         other = "ols" if base.skip_init == "ols-frozen" else "ols-frozen"
         return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
                           for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
+    if kind == "ridge":  # the cross-channel term's ridge (the given choice's lags and skip); with --max-steps 0 the
+        # candidates differ in the least-squares fit alone, so the fit's ridge is chosen at no training cost
+        if not hyper.cross_lags:
+            raise ValueError("--grid ridge: the given choice has no cross-channel term (cross_lags 0); use cross")
+        return [hyper] + [dataclasses.replace(hyper, cross_ridge=r) for r in (0.3, 0.1, 0.03)
+                          if r != hyper.cross_ridge]
     if kind == "norm":  # the least-squares skip anchored at each channel's last value (NLinear), and its ridge
         base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
                                                                              skip_init="ols-frozen")
@@ -1190,7 +1196,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     budget = first["budget"]
     chosen = {path.stem: field(payload, "armt_chosen") for path, payload in runs}
     one_choice = all(c == chosen[first_path.stem] for c in chosen.values())
-    cap = f" or {budget['max_steps']} optimiser steps, whichever comes first" if budget.get("max_steps") else ""
+    steps = budget.get("max_steps")
+    cap = f" or {steps} optimiser steps, whichever comes first" if steps is not None else ""
     payload = {
         "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
         "command": command_line("forecast", ["--merge-from", *map(str, paths), "--out", name]),
@@ -1377,7 +1384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "norm", "normcross", "choices"],
+                            "ols", "residual", "cross", "ridge", "norm", "normcross", "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
     p.add_argument("--val-stride", type=int, default=4,
                    help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")
@@ -1414,7 +1421,7 @@ def build_parser() -> argparse.ArgumentParser:
 def budget_of(args: argparse.Namespace) -> dict[str, Any]:
     """The training budget a run's arguments set (the ``budget`` of its result file)."""
     return {"kind": "wall seconds per trained model" + (" or optimiser steps, whichever comes first"
-                                                        if args.max_steps else ""),
+                                                        if args.max_steps is not None else ""),
             "train_seconds": args.train_seconds, "max_steps": args.max_steps, "threads": args.threads,
             "bf16": args.bf16}
 
@@ -1530,7 +1537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [f"# Forecast accuracy: {args.dataset}{' (--quick)' if args.quick else ''}", "",
           f"Protocol: DESIGN.md section 7, exactly (train-statistics z-scores, all {len(main_rows) and 'stride-1'} "
           f"test windows, none dropped). Budget: {args.train_seconds:g} wall seconds of training per model"
-          f"{f' or {args.max_steps} optimiser steps, whichever comes first' if args.max_steps else ''}, "
+          f"{f' or {args.max_steps} optimiser steps, whichever comes first' if args.max_steps is not None else ''}, "
           f"{args.threads} thread(s), device {args.device}{' bf16' if args.bf16 else ''}. Seed {args.seed}.",
           f"Command: `{payload['command']}`  ", f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s; "
           f"machine: {payload['machine'].get('cpu_model', '')} ({payload['machine'].get('device_name', args.device)}).",

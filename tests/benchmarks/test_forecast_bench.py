@@ -897,6 +897,20 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
         ("window", 1e-3, 8), ("last", 1e-3, 8), ("last", 0.05, 8), ("last", 0.2, 8)]
     with pytest.raises(ValueError, match="normcross"):
         grid_candidates("normcross", ARMTHyper(), from_file=True)
+    # the ridge grid: the given term's ridge first, then 0.3 / 0.1 / 0.03 (no duplicate of the given one)
+    assert [(h.cross_lags, h.cross_ridge) for h in grid_candidates("ridge", given, from_file=True)] == [
+        (8, 1.0), (8, 0.3), (8, 0.1), (8, 0.03)]
+    given = dataclasses.replace(given, cross_ridge=0.1)
+    assert [h.cross_ridge for h in grid_candidates("ridge", given, from_file=True)] == [0.1, 0.3, 0.03]
+    with pytest.raises(ValueError, match="no cross-channel term"):
+        grid_candidates("ridge", ARMTHyper(linear_skip=True, skip_init="ols"), from_file=True)
+    # a stronger ridge shrinks the fitted term
+    norms = []
+    for r in (0.01, 100.0):
+        m = ARMTBench(dataclasses.replace(hyper, cross_ridge=r), 7, 24, 336, seed=0)
+        train_armt(m, etth1_like.train, 336, 24, budget_s=1e9, seed=0, device="cpu", bf16=False, max_steps=0)
+        norms.append(float(m.cross.detach().norm()))
+    assert norms[1] < norms[0]
 
 
 def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, monkeypatch):
