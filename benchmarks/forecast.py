@@ -1196,8 +1196,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     budget = first["budget"]
     chosen = {path.stem: field(payload, "armt_chosen") for path, payload in runs}
     one_choice = all(c == chosen[first_path.stem] for c in chosen.values())
-    steps = budget.get("max_steps")
-    cap = f" or {steps} optimiser steps, whichever comes first" if steps is not None else ""
+    cap = step_cap(budget.get("max_steps"))
     payload = {
         "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
         "command": command_line("forecast", ["--merge-from", *map(str, paths), "--out", name]),
@@ -1418,6 +1417,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def step_cap(max_steps: int | None) -> str:
+    """The budget line's step cap: " or N optimiser steps, whichever comes first" ("" without a cap; 0 is a cap)."""
+    return f" or {max_steps} optimiser steps, whichever comes first" if max_steps is not None else ""
+
+
 def budget_of(args: argparse.Namespace) -> dict[str, Any]:
     """The training budget a run's arguments set (the ``budget`` of its result file)."""
     return {"kind": "wall seconds per trained model" + (" or optimiser steps, whichever comes first"
@@ -1537,7 +1541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = [f"# Forecast accuracy: {args.dataset}{' (--quick)' if args.quick else ''}", "",
           f"Protocol: DESIGN.md section 7, exactly (train-statistics z-scores, all {len(main_rows) and 'stride-1'} "
           f"test windows, none dropped). Budget: {args.train_seconds:g} wall seconds of training per model"
-          f"{f' or {args.max_steps} optimiser steps, whichever comes first' if args.max_steps is not None else ''}, "
+          f"{step_cap(args.max_steps)}, "
           f"{args.threads} thread(s), device {args.device}{' bf16' if args.bf16 else ''}. Seed {args.seed}.",
           f"Command: `{payload['command']}`  ", f"Commit: {commit}; wall time {payload['wall_seconds']:.0f} s; "
           f"machine: {payload['machine'].get('cpu_model', '')} ({payload['machine'].get('device_name', args.device)}).",
