@@ -655,6 +655,8 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
                         "(default: 'value')")
     p.add_argument("--out", metavar="CSV", default="-", help="where forecasts go (default: stdout)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for the embedder and the backbone (the memory state and the head stay fp32)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                    help="CPU threads per torch operation (default: %(default)s)")
     p.set_defaults(run=run_stream)
@@ -738,8 +740,8 @@ def run_stream(args: argparse.Namespace) -> int:
             raise CLIError(f"--horizon {horizon}: the model forecasts at most {model.config.head.horizon} steps")
         resumed = args.state is not None and Path(args.state).exists()
         try:
-            sf = (StreamingForecaster.load(args.state, model, device=args.device) if resumed
-                  else StreamingForecaster(model, entities=[], device=args.device))
+            sf = (StreamingForecaster.load(args.state, model, device=args.device, bf16=args.bf16) if resumed
+                  else StreamingForecaster(model, entities=[], device=args.device, bf16=args.bf16))
         except StateFileError as err:
             raise CLIError(f"--state {args.state!r}: {err}") from None
         try:

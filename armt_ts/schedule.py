@@ -136,12 +136,11 @@ def _block(lin: Callable[[Tensor, str, int, int], Tensor], W: dict[str, Tensor],
     n, _, D = hr.shape
     qkv = lin(_layer_norm(hr, W["ln1_w"][a:b], W["ln1_b"][a:b]), "qkv", a, b)
     qh, kh, vh = (u.reshape(n * B, N, nh, D // nh).transpose(1, 2) for u in qkv.split(D, dim=-1))
-    if q_from:  # only rows q_from.. (see Block.forward)
-        mask = torch.ones(N - q_from, N, dtype=torch.bool, device=hr.device).tril(diagonal=q_from)
-        att = F.scaled_dot_product_attention(qh[:, :, q_from:], kh, vh, attn_mask=mask)
+    from .backbone import causal_attention  # (backbone imports this module)
+
+    att = causal_attention(qh, kh, vh, q_from)  # [n*B, nh, N - q_from, hs]; only rows q_from.. (Block.forward)
+    if q_from:
         hr = hr.reshape(n, B, N, D)[:, :, q_from:].reshape(n, B * (N - q_from), D)
-    else:
-        att = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # [n*B, nh, N, hs]
     hr = hr + lin(att.transpose(1, 2).reshape(n, B * (N - q_from), D), "proj", a, b)
     ff = F.gelu(lin(_layer_norm(hr, W["ln2_w"][a:b], W["ln2_b"][a:b]), "fc1", a, b))
     return hr + lin(ff, "fc2", a, b)

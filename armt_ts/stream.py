@@ -298,6 +298,9 @@ class StreamingForecaster:
         entities: ids of the initial fleet (default: one entity, id 0).
         channels: names of the model's C channels (default "0", "1", ...).
         device: where the state lives and the model runs (default: the model's device).
+        bf16: run the patch embedder and the backbone under bf16 autocast (the memory math, the state, the scaler
+            statistics and the head stay fp32). Forecasts differ from fp32 ones by bf16 rounding; the streaming
+            contract (block and point pushes give the same state, save / load) holds as in fp32.
 
     The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
     of thousands of entities at every update would cost more than the update); ``state.clone()`` is a snapshot.
@@ -309,6 +312,7 @@ class StreamingForecaster:
         entities: Sequence[Hashable] | None = None,
         channels: Sequence[str] | None = None,
         device: torch.device | str | None = None,
+        bf16: bool = False,
     ):
         if not isinstance(model, ARMTForecaster):
             raise TypeError(f"model: expected an ARMTForecaster, got {type(model).__name__}")
@@ -318,6 +322,9 @@ class StreamingForecaster:
             raise ValueError("model: its channel imputer (config.impute='gaussian') is not fitted; call "
                              "model.fit_imputer(train_values, train_observed) first")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if not isinstance(bf16, bool):
+            raise TypeError(f"bf16: expected a bool, got {bf16!r}")
+        self.bf16 = bf16
         self.model.to(self.device)
         self.C = c.patch.n_channels
         self.P, self.S = c.patch.patch_len, c.patch.stride
@@ -609,6 +616,10 @@ class StreamingForecaster:
             st.last_time.index_copy_(0, rows, t[:, -1])
         return completed
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast where ``bf16`` is set (the memory modules keep their math in fp32 inside it)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _all_rows(self, rows: Tensor) -> bool:
         n = self.state.num_entities
         return rows.numel() == n and bool((rows == torch.arange(n, device=self.device)).all())
@@ -641,8 +652,9 @@ class StreamingForecaster:
             start = end
         # one embedder call per segment, with the shapes a point-by-point push uses: the same kernels, so
         # block and point pushes give bit-identical tokens
-        tokens = torch.cat([self.model.embed(w, obs[:, self.S + j * GS:self.capacity + j * GS])[0]
-                            for j, w in enumerate(windows)], dim=1)  # [g, n_seg * G * tpp, D]
+        with self._autocast():
+            tokens = torch.cat([self.model.embed(w, obs[:, self.S + j * GS:self.capacity + j * GS])[0]
+                                for j, w in enumerate(windows)], dim=1)  # [g, n_seg * G * tpp, D]
         # The backbone runs on chunks of at most FLEET_CHUNK entities: each chunk's activations stay small enough for
         # the allocator to reuse freed memory (fleet-sized ones would be fresh mmaps whose page faults cost more than
         # the arithmetic). A whole fleet advancing one segment (the lockstep update) defers its memory writes
@@ -658,13 +670,14 @@ class StreamingForecaster:
             pick = (lambda t: t[lo:hi]) if every else (lambda t: t.index_select(0, part))  # noqa: E731
             memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
                                                     tuple(pick(z) for z in st.memory.z))
-            if lockstep:  # ``memory`` becomes the chunk's PendingWrite
-                y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory, outputs=self.tokens_per_patch,
-                                                             defer=True)
-            else:
-                y, memory = self.model.backbone(tokens[lo:hi], memory, outputs=self.tokens_per_patch)
+            with self._autocast():
+                if lockstep:  # ``memory`` becomes the chunk's PendingWrite
+                    y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory,
+                                                                 outputs=self.tokens_per_patch, defer=True)
+                else:
+                    y, memory = self.model.backbone(tokens[lo:hi], memory, outputs=self.tokens_per_patch)
             chunks.append((lo, hi, memory))
-            reps.append(y[:, -self.tokens_per_patch:])
+            reps.append(y[:, -self.tokens_per_patch:].to(st.rep.dtype))
         up.update(stats=stats, memory=chunks, rep=torch.cat(reps), deferred=lockstep)
         keep = n_seg * GS
         new_fill = total - keep
@@ -780,17 +793,19 @@ class StreamingForecaster:
             v, o = vals.index_select(0, run), obs.index_select(0, run)
             lc, sc = loc.index_select(0, run).unsqueeze(1), scale.index_select(0, run).unsqueeze(1)
             normed = (v - lc) / sc
-            tokens, _ = self.model.embed(normed[:, S:], o[:, S:])  # [r, G * tpp, D]: the segment's patches
+            with self._autocast():
+                tokens, _ = self.model.embed(normed[:, S:], o[:, S:])  # [r, G * tpp, D]: the segment's patches
             # tail patch: the last P steps, left-padded with unobserved steps where the stream is shorter
             padded_v = torch.cat([torch.zeros_like(normed[:, :P]), normed], dim=1)
             padded_o = torch.cat([torch.zeros_like(o[:, :P]), o], dim=1)
             idx = (f[:, None] + torch.arange(P, device=self.device)[None]).unsqueeze(-1).expand(-1, -1, self.C)
-            tail_tok, _ = self.model.embed(padded_v.gather(1, idx), padded_o.gather(1, idx))  # [r, tpp, D]
+            with self._autocast():
+                tail_tok, _ = self.model.embed(padded_v.gather(1, idx), padded_o.gather(1, idx))  # [r, tpp, D]
             tok_group = torch.arange(tokens.shape[1], device=self.device) // tpp  # [G * tpp]
             put = tail[:, None] & (tok_group[None] == k[:, None])  # [r, G * tpp]
             tokens = torch.where(put.unsqueeze(-1), tail_tok.repeat(1, self.G, 1), tokens)
             r_first = first.index_select(0, run)
-            y = torch.empty_like(tokens)
+            y = torch.empty_like(tokens, dtype=rep.dtype)
             for is_first in (True, False):
                 sel_all = torch.nonzero(r_first == is_first).squeeze(1)
                 for lo in range(0, sel_all.numel(), FLEET_CHUNK):  # chunks: see _advance_group
@@ -798,8 +813,9 @@ class StreamingForecaster:
                     state_rows = rows.index_select(0, run.index_select(0, sel))
                     mem = None if is_first else MemoryState(tuple(a.index_select(0, state_rows) for a in st.memory.A),
                                                             tuple(z.index_select(0, state_rows) for z in st.memory.z))
-                    y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem, write=False)
-                    y.index_copy_(0, sel, y_sel)
+                    with self._autocast():
+                        y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem, write=False)
+                    y.index_copy_(0, sel, y_sel.to(y.dtype))
             gather = (group[:, None] * tpp + torch.arange(tpp, device=self.device)[None])
             rep.index_copy_(0, run, y.gather(1, gather.unsqueeze(-1).expand(-1, -1, y.shape[-1])))
         return rep, loc, scale
@@ -817,8 +833,10 @@ class StreamingForecaster:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: ARMTForecaster,
-             device: torch.device | str | None = None) -> "StreamingForecaster":
-        """A forecaster saved by ``save``, for the same ``model``; raises StreamFileError / ModelMismatchError."""
+             device: torch.device | str | None = None, bf16: bool = False) -> "StreamingForecaster":
+        """A forecaster saved by ``save``, for the same ``model``; raises StreamFileError / ModelMismatchError.
+        ``bf16`` (see the constructor) is a setting of the run, not of the state: a state saved with either loads
+        with either."""
         try:
             tensors, meta = load_safetensors(path, _FORMAT)
         except StateFileError as e:
@@ -829,7 +847,7 @@ class StreamingForecaster:
         ents, chans = meta.get("entities"), meta.get("channels")
         if not isinstance(ents, list) or not isinstance(chans, list):
             raise StreamFileError(f"{path}: metadata lacks the entity / channel lists")
-        sf = cls(model, entities=[], channels=chans, device=device)
+        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16)
         if meta.get("fingerprint") != sf.fingerprint:
             raise ModelMismatchError(f"{path}: the state was written for another model (weights or configuration "
                                      "differ); load it with the model it was made with")

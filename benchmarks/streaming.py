@@ -20,6 +20,7 @@ included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -86,20 +87,22 @@ def train_model(directory: Path, quick: bool) -> float:
     return time.perf_counter() - t0
 
 
-def load_stream(model_dir: Path, device: str, entities):
+def load_stream(model_dir: Path, device: str, entities, bf16: bool = False):
     from armt_ts.stream import StreamingForecaster
 
-    return StreamingForecaster.from_directory(model_dir, device=device, entities=entities)
+    return StreamingForecaster.from_directory(model_dir, device=device, entities=entities, bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------------
 # 1. latency and throughput
 
 
-def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, device: str, seed: int) -> dict:
-    """Single-step pushes for a fleet in lockstep, ``warmup + updates`` full segment cycles; every push is timed."""
+def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, device: str, seed: int,
+                  bf16: bool = False) -> dict:
+    """Single-step pushes for a fleet in lockstep, ``warmup + updates`` full segment cycles; every push is timed.
+    bf16: the stream's bf16 autocast (``StreamingForecaster(bf16=True)``); the same values are pushed either way."""
     ids = list(range(n_entities))
-    sf = load_stream(model_dir, device, ids)
+    sf = load_stream(model_dir, device, ids, bf16)
     rng = np.random.default_rng(seed)
     steps = sf.G * sf.S
     # one block of values reused for every cycle (generating 10000 x 128 fresh values per cycle is not the point)
@@ -131,6 +134,7 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
             fc_w.append(w)
             fc_c.append(c)
     assert len(upd_w) == updates, f"expected one segment completion per cycle, got {len(upd_w)} in {updates}"
+    last_point = sf.forecast(HORIZON).point  # after the last timed cycle: compared across precisions
     # matmul-type FLOPs (torch.utils.flop_counter: mm, bmm, addmm, attention; elementwise ops not counted) of the
     # next segment-completing push, untimed
     from torch.utils.flop_counter import FlopCounterMode
@@ -145,7 +149,7 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
     return {"update_flops": update_flops, "update_wall": upd_w, "update_cpu": upd_c, "cheap_wall": cheap_w,
             "cheap_cpu": cheap_c,
             "forecast_wall": fc_w, "forecast_cpu": fc_c, "cycle_wall": cycle_w, "cycle_cpu": cycle_c,
-            "steps_per_cycle": steps, "state_bytes": sf.state.nbytes()}
+            "steps_per_cycle": steps, "state_bytes": sf.state.nbytes(), "last_point": last_point}
 
 
 def reference_matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
@@ -260,8 +264,31 @@ def train_patchtst(quick: bool, device: str):
     return predictor, time.perf_counter() - t0
 
 
-def bench_patchtst(predictor, n_entities: int, repeats: int, seed: int) -> list[tuple[float, float]]:
-    """(b): one predict call per update for every entity's latest 512-step window (a ListDataset of N series)."""
+@contextlib.contextmanager
+def _bf16_network(predictor, device: str):
+    """The predictor's network under bf16 autocast, its outputs (distribution parameters) cast back to fp32 for
+    gluonts' distribution code (numpy has no bf16), as the stream's head stays fp32."""
+    from torch.utils._pytree import tree_map
+
+    net = predictor.prediction_net
+    forward = net.forward
+
+    def bf16_forward(*a, **k):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            out = forward(*a, **k)
+        return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
+
+    net.forward = bf16_forward
+    try:
+        yield
+    finally:
+        del net.forward  # back to the class's forward
+
+
+def bench_patchtst(predictor, n_entities: int, repeats: int, seed: int, bf16: bool = False,
+                   device: str = "cpu") -> list[tuple[float, float]]:
+    """(b): one predict call per update for every entity's latest 512-step window (a ListDataset of N series).
+    bf16: the network under bf16 autocast (``_bf16_network``)."""
     from gluonts.dataset.common import ListDataset
 
     rng = np.random.default_rng(seed)
@@ -269,12 +296,13 @@ def bench_patchtst(predictor, n_entities: int, repeats: int, seed: int) -> list[
     data = ListDataset([{"start": "2024-01-01 00:00", "target": x[i]} for i in range(n_entities)], freq="h")
     predictor.batch_size = max(predictor.batch_size, min(n_entities, 1024))
     times = []
-    for i in range(repeats + 2):
-        t0 = _clock()
-        for f in predictor.predict(data):
-            f.quantile(0.5)
-        if i >= 2:
-            times.append(_since(t0))
+    with _bf16_network(predictor, device) if bf16 else contextlib.nullcontext():
+        for i in range(repeats + 2):
+            t0 = _clock()
+            for f in predictor.predict(data):
+                f.quantile(0.5)
+            if i >= 2:
+                times.append(_since(t0))
     return times
 
 
@@ -394,35 +422,40 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. latency / throughput
     fleets = [(1, 20, 2), (100, 10, 2)] if quick else [(1, 200, 3), (100, 60, 2), (1000, 20, 2), (10000, 8, 1)]
-    lat = {}
+    # every fleet twice: fp32 (the default) and the stream's bf16 autocast (``StreamingForecaster(bf16=True)``)
+    lat, lat_bf16 = {}, {}
     for n, updates, warmup in fleets if "latency" in parts else []:
-        print(f"latency: {n} entities, {updates} updates ...", flush=True)
-        r = bench_latency(model_dir, n, updates, warmup, args.device, args.seed)
-        lat[n] = r
-        for clock in ("wall", "cpu"):
-            p50, p99 = _quantiles(r[f"update_{clock}"])
-            row("p50_latency", n, None, "ours", p50 * 1e3, "ms", clock=clock, kind="update", samples=updates)
-            row("p99_latency", n, None, "ours", p99 * 1e3, "ms", clock=clock, kind="update", samples=updates)
-            row("p99_latency_per_entity", n, None, "ours", p99 / n * 1e6, "us", clock=clock, kind="update",
-                samples=updates)
-            c50, c99 = _quantiles(r[f"cheap_{clock}"])
-            row("p50_latency", n, None, "ours", c50 * 1e3, "ms", clock=clock, kind="buffered",
-                samples=len(r[f"cheap_{clock}"]))
-            row("p99_latency", n, None, "ours", c99 * 1e3, "ms", clock=clock, kind="buffered",
-                samples=len(r[f"cheap_{clock}"]))
-            f50, f99 = _quantiles(r[f"forecast_{clock}"])
-            row("p50_latency", n, None, "ours", f50 * 1e3, "ms", clock=clock, kind="forecast", samples=updates)
-            if clock == "wall" and r["update_flops"] is not None:
-                row("flops_per_update", n, None, "ours", r["update_flops"] / n / 1e6, "MFLOP",
-                    kind="matmul-type FLOPs of a segment-completing update, per entity (torch FlopCounterMode)")
-                row("achieved_flop_rate", n, None, "ours", r["update_flops"] / p50 / 1e9, "GFLOP/s",
-                    kind="those FLOPs / p50 wall latency of the update")
-            tput = n * r["steps_per_cycle"] / statistics.median(r[f"cycle_{clock}"])
-            row("throughput", n, None, "ours", tput, "entity-steps/s", clock=clock, kind="single-step pushes")
-        print(f"  update p50/p99 {np.percentile(r['update_wall'], 50) * 1e3:.2f}/"
-              f"{np.percentile(r['update_wall'], 99) * 1e3:.2f} ms wall, "
-              f"{np.percentile(r['update_cpu'], 50) * 1e3:.2f}/{np.percentile(r['update_cpu'], 99) * 1e3:.2f} ms cpu",
-              flush=True)
+        for impl, bf16, store in (("ours", False, lat), ("ours_bf16", True, lat_bf16)):
+            print(f"latency ({impl}): {n} entities, {updates} updates ...", flush=True)
+            r = bench_latency(model_dir, n, updates, warmup, args.device, args.seed, bf16)
+            store[n] = r
+            for clock in ("wall", "cpu"):
+                p50, p99 = _quantiles(r[f"update_{clock}"])
+                row("p50_latency", n, None, impl, p50 * 1e3, "ms", clock=clock, kind="update", samples=updates)
+                row("p99_latency", n, None, impl, p99 * 1e3, "ms", clock=clock, kind="update", samples=updates)
+                row("p99_latency_per_entity", n, None, impl, p99 / n * 1e6, "us", clock=clock, kind="update",
+                    samples=updates)
+                c50, c99 = _quantiles(r[f"cheap_{clock}"])
+                row("p50_latency", n, None, impl, c50 * 1e3, "ms", clock=clock, kind="buffered",
+                    samples=len(r[f"cheap_{clock}"]))
+                row("p99_latency", n, None, impl, c99 * 1e3, "ms", clock=clock, kind="buffered",
+                    samples=len(r[f"cheap_{clock}"]))
+                f50, f99 = _quantiles(r[f"forecast_{clock}"])
+                row("p50_latency", n, None, impl, f50 * 1e3, "ms", clock=clock, kind="forecast", samples=updates)
+                if clock == "wall" and r["update_flops"] is not None:
+                    row("flops_per_update", n, None, impl, r["update_flops"] / n / 1e6, "MFLOP",
+                        kind="matmul-type FLOPs of a segment-completing update, per entity (torch FlopCounterMode)")
+                    row("achieved_flop_rate", n, None, impl, r["update_flops"] / p50 / 1e9, "GFLOP/s",
+                        kind="those FLOPs / p50 wall latency of the update")
+                tput = n * r["steps_per_cycle"] / statistics.median(r[f"cycle_{clock}"])
+                row("throughput", n, None, impl, tput, "entity-steps/s", clock=clock, kind="single-step pushes")
+            print(f"  update p50/p99 {np.percentile(r['update_wall'], 50) * 1e3:.2f}/"
+                  f"{np.percentile(r['update_wall'], 99) * 1e3:.2f} ms wall, "
+                  f"{np.percentile(r['update_cpu'], 50) * 1e3:.2f}/"
+                  f"{np.percentile(r['update_cpu'], 99) * 1e3:.2f} ms cpu", flush=True)
+        ref, got = lat[n]["last_point"], lat_bf16[n]["last_point"]
+        row("bf16_forecast_rel_diff", n, None, "ours_bf16", float((got - ref).abs().max() / ref.abs().max()), "",
+            kind="max |bf16 - fp32| / max |fp32| over the point forecasts after the last timed cycle")
 
     if "latency" in parts:
         rate = reference_matmul_rate(args.device)
@@ -439,30 +472,34 @@ def main(argv: list[str] | None = None) -> None:
         patchtst, patchtst_train_s = train_patchtst(quick, args.device)
     for n in cost_entities if "cost" in parts else []:
         reps = 10 if n == 1 else 3
-        ours_src = lat.get(n)
-        if ours_src is None:
-            ours_src = bench_latency(model_dir, n, 5, 1, args.device, args.seed)
-        # ours: the update push plus the forecast read right after it, per entity
-        steps = ours_src["steps_per_cycle"]
-        for clock in ("wall", "cpu"):
-            forecast = statistics.median(ours_src[f"forecast_{clock}"])
-            ours = (statistics.median(ours_src[f"update_{clock}"]) + forecast) / n
-            row("cost_per_update", n, None, "ours", ours * 1e3, "ms", clock=clock,
-                kind="segment-completing push + forecast, per entity")
-            # a forecast after every step: a cycle's single-step pushes (one of them the update) spread over its steps
-            per_step = (statistics.median(ours_src[f"cycle_{clock}"]) / steps + forecast) / n
-            row("cost_per_step", n, None, "ours", per_step * 1e3, "ms", clock=clock,
-                kind=f"a forecast after every step: one cycle's {steps} single-step pushes (one of them the "
-                     f"segment-completing update) / {steps} + the forecast, per entity")
+        for impl, bf16, store in (("ours", False, lat), ("ours_bf16", True, lat_bf16)):
+            ours_src = store.get(n)
+            if ours_src is None:
+                ours_src = bench_latency(model_dir, n, 5, 1, args.device, args.seed, bf16)
+            # ours: the update push plus the forecast read right after it, per entity
+            steps = ours_src["steps_per_cycle"]
+            for clock in ("wall", "cpu"):
+                forecast = statistics.median(ours_src[f"forecast_{clock}"])
+                ours = (statistics.median(ours_src[f"update_{clock}"]) + forecast) / n
+                row("cost_per_update", n, None, impl, ours * 1e3, "ms", clock=clock,
+                    kind="segment-completing push + forecast, per entity")
+                # a forecast after every step: a cycle's single-step pushes (one the update) spread over its steps
+                per_step = (statistics.median(ours_src[f"cycle_{clock}"]) / steps + forecast) / n
+                row("cost_per_step", n, None, impl, per_step * 1e3, "ms", clock=clock,
+                    kind=f"a forecast after every step: one cycle's {steps} single-step pushes (one of them the "
+                         f"segment-completing update) / {steps} + the forecast, per entity")
         win = bench_window_rerun(model_dir, n, reps, args.device, args.seed)
-        pt = bench_patchtst(patchtst, n, reps, args.seed)
+        peers = [("window_rerun", win, f"our model re-reading the last {WINDOW} steps, per entity")]
+        for impl, bf16 in (("patchtst", False), ("patchtst_bf16", True)):
+            pt = bench_patchtst(patchtst, n, reps, args.seed, bf16, args.device)
+            peers.append((impl, pt, f"gluonts PatchTST predict on the last {WINDOW} steps, per entity"
+                                    f"{' (network under bf16 autocast)' if bf16 else ''} "
+                                    f"(trained {patchtst_train_s:.0f} s: cost only)"))
         for clock, k in (("wall", 0), ("cpu", 1)):
             for metric in ("cost_per_update", "cost_per_step"):  # the peers re-read their window at every step
-                row(metric, n, None, "window_rerun", statistics.median(t[k] for t in win) / n * 1e3, "ms",
-                    clock=clock, kind=f"our model re-reading the last {WINDOW} steps, per entity")
-                row(metric, n, None, "patchtst", statistics.median(t[k] for t in pt) / n * 1e3, "ms",
-                    clock=clock, kind=f"gluonts PatchTST predict on the last {WINDOW} steps, per entity "
-                                      f"(trained {patchtst_train_s:.0f} s: cost only)")
+                for impl, times, kind in peers:
+                    row(metric, n, None, impl, statistics.median(t[k] for t in times) / n * 1e3, "ms",
+                        clock=clock, kind=kind)
         print(f"  cost per update, {n} entities: done", flush=True)
 
     # 4. diagonal vs sequential
@@ -491,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
     md = render_markdown(payload, rss, long_runs, sched)
     write_results(name, payload, md)
     if lat and rss:
-        plot(RESULTS / f"{name}.png", lat, rss)
+        plot(RESULTS / f"{name}.png", lat, rss, lat_bf16)
     print(f"wrote {RESULTS / name}.json / .md in {wall:.0f} s", flush=True)
 
 
@@ -521,39 +558,50 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
     rows = payload["rows"]
     sel = lambda **kw: [r for r in rows if all(r.get(k) == v for k, v in kw.items())]  # noqa: E731
     lines = []
-    table = []
-    for n in sorted({r["entities"] for r in sel(metric="p50_latency", kind="update")}):
-        d = {"entities": n}
-        for clock in ("wall", "cpu"):
-            g = lambda m, kind="update": next(r["value"] for r in sel(metric=m, entities=n, clock=clock, kind=kind))  # noqa
-            d[f"update p50 / p99 ms ({clock})"] = f"{g('p50_latency'):.2f} / {g('p99_latency'):.2f}"
-            d[f"p99 per entity us ({clock})"] = f"{g('p99_latency_per_entity'):.1f}"
-            d[f"buffered push p50 / p99 ms ({clock})"] = (f"{g('p50_latency', 'buffered'):.3f} / "
-                                                          f"{g('p99_latency', 'buffered'):.3f}")
-            d[f"forecast p50 ms ({clock})"] = f"{g('p50_latency', 'forecast'):.2f}"
-            d[f"entity-steps/s ({clock})"] = f"{g('throughput', 'single-step pushes'):.0f}"
-        for metric, col, fmt in (("flops_per_update", "MFLOP per entity-update", "{:.2f}"),
-                                 ("achieved_flop_rate", "GFLOP/s at p50", "{:.1f}")):
-            got = sel(metric=metric, entities=n)
-            if got:
-                d[col] = fmt.format(got[0]["value"])
-        d["samples"] = next(r["samples"] for r in sel(metric="p50_latency", entities=n, kind="update"))
-        table.append(d)
-    if table:
-        lines += ["## Per-update latency (a push that completes a segment) and throughput", "",
-                  markdown_table(table, list(table[0])), ""]
-        ref = sel(metric="reference_matmul_rate")
-        if ref:
-            lines += [f"MFLOP: matmul-type FLOPs of one update (torch FlopCounterMode); GFLOP/s at p50 = those / "
-                      f"the p50 wall latency. Reference: one 2048^3 fp32 matmul runs at {ref[0]['value']:.0f} "
-                      f"GFLOP/s here.", ""]
+    titles = {"ours": "", "ours_bf16": ", bf16 autocast (`StreamingForecaster(bf16=True)`)"}
+    for impl, title in titles.items():
+        table = []
+        for n in sorted({r["entities"] for r in sel(metric="p50_latency", kind="update", impl=impl)}):
+            d = {"entities": n}
+            for clock in ("wall", "cpu"):
+                g = lambda m, kind="update": next(r["value"] for r in sel(metric=m, entities=n, clock=clock,  # noqa
+                                                                          kind=kind, impl=impl))
+                d[f"update p50 / p99 ms ({clock})"] = f"{g('p50_latency'):.2f} / {g('p99_latency'):.2f}"
+                d[f"p99 per entity us ({clock})"] = f"{g('p99_latency_per_entity'):.1f}"
+                d[f"buffered push p50 / p99 ms ({clock})"] = (f"{g('p50_latency', 'buffered'):.3f} / "
+                                                              f"{g('p99_latency', 'buffered'):.3f}")
+                d[f"forecast p50 ms ({clock})"] = f"{g('p50_latency', 'forecast'):.2f}"
+                d[f"entity-steps/s ({clock})"] = f"{g('throughput', 'single-step pushes'):.0f}"
+            for metric, col, fmt in (("flops_per_update", "MFLOP per entity-update", "{:.2f}"),
+                                     ("achieved_flop_rate", "GFLOP/s at p50", "{:.1f}"),
+                                     ("bf16_forecast_rel_diff", "forecast rel. diff. from fp32", "{:.1e}")):
+                got = sel(metric=metric, entities=n, impl=impl)
+                if got:
+                    d[col] = fmt.format(got[0]["value"])
+            d["samples"] = next(r["samples"] for r in sel(metric="p50_latency", entities=n, kind="update", impl=impl))
+            table.append(d)
+        if table:
+            lines += [f"## Per-update latency (a push that completes a segment) and throughput{title}", "",
+                      markdown_table(table, list(table[0])), ""]
+            ref = sel(metric="reference_matmul_rate")
+            if ref and impl == "ours":
+                lines += [f"MFLOP: matmul-type FLOPs of one update (torch FlopCounterMode); GFLOP/s at p50 = those / "
+                          f"the p50 wall latency. Reference: one 2048^3 fp32 matmul runs at {ref[0]['value']:.0f} "
+                          f"GFLOP/s here.", ""]
+            if impl == "ours_bf16":
+                lines += ["The embedder and the backbone's matmuls run in bf16 (the memory math, the state, the "
+                          "statistics, attention on the CPU and the head stay fp32); the same values are pushed as "
+                          "in the fp32 table. Forecast rel. diff.: max |bf16 - fp32| / max |fp32| of the point "
+                          "forecasts after the last timed cycle.", ""]
 
     captions = {
         "cost_per_update": (
             "Cost per update: ours vs re-running a 512-step window vs gluonts PatchTST",
-            "ours = the segment-completing push + the forecast read after it; (a) = our model re-reading the last "
-            "512 steps (4 segments) at every update; (b) = gluonts PatchTST (context 512, patch 16, stride 8), "
-            "`predictor.predict` at every update. Per entity; milliseconds."),
+            "ours = the segment-completing push + the forecast read after it (fp32; bf16: the stream's bf16 "
+            "autocast); (a) = our model re-reading the last 512 steps (4 segments) at every update; (b) = gluonts "
+            "PatchTST (context 512, patch 16, stride 8), `predictor.predict` at every update; (b') = the same with "
+            "its network under bf16 autocast. Per entity; milliseconds. The bf16 ratio divides the cheaper of "
+            "(b) and (b') by ours in bf16."),
         "cost_per_step": (
             "Cost per step when a forecast is wanted after every step",
             "ours = one segment cycle of single-step pushes (the cheap buffered ones and the one update), divided by "
@@ -565,9 +613,13 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
         for n in sorted({r["entities"] for r in sel(metric=metric)}):
             for clock in ("wall", "cpu"):
                 g = {r["impl"]: r["value"] for r in sel(metric=metric, entities=n, clock=clock)}
-                table.append({"entities": n, "clock": clock, "ours": g["ours"],
-                              "window re-run (a)": g["window_rerun"], "patchtst (b)": g["patchtst"],
-                              "(b) / ours": g["patchtst"] / g["ours"], "(a) / ours": g["window_rerun"] / g["ours"]})
+                d = {"entities": n, "clock": clock, "ours": g["ours"], "window re-run (a)": g["window_rerun"],
+                     "patchtst (b)": g["patchtst"], "(b) / ours": g["patchtst"] / g["ours"],
+                     "(a) / ours": g["window_rerun"] / g["ours"]}
+                if "ours_bf16" in g and "patchtst_bf16" in g:  # (files from before the bf16 rows have neither)
+                    d.update({"ours bf16": g["ours_bf16"], "patchtst bf16 (b')": g["patchtst_bf16"],
+                              "min(b, b') / ours bf16": min(g["patchtst"], g["patchtst_bf16"]) / g["ours_bf16"]})
+                table.append(d)
         if table:
             lines += [f"## {heading}", "", caption, "", markdown_table(table, list(table[0])), ""]
     if sched:
@@ -602,7 +654,7 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
     return lines
 
 
-def plot(path: Path, lat: dict, rss: list) -> None:
+def plot(path: Path, lat: dict, rss: list, lat_bf16: dict | None = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -615,6 +667,10 @@ def plot(path: Path, lat: dict, rss: list) -> None:
                  label=f"p50 per entity ({clock})")
         ax1.plot(ns, [np.percentile(lat[n][f"update_{clock}"], 99) / n * 1e6 for n in ns], style,
                  label=f"p99 per entity ({clock})")
+    if lat_bf16:
+        nb = sorted(lat_bf16)
+        ax1.plot(nb, [np.percentile(lat_bf16[n]["update_wall"], 50) / n * 1e6 for n in nb], ":^",
+                 label="p50 per entity (wall), bf16 autocast")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ax1.set_xlabel("entities updated per push")

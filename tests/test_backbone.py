@@ -222,6 +222,28 @@ def test_bf16_autocast_keeps_the_memory_state_fp32():
     assert_close("bf16 A[-1]", state_ref.A[-1], state.A[-1], 0.1)
 
 
+@pytest.mark.parametrize("q_from", [0, 3])
+def test_attention_under_cpu_autocast_runs_in_fp32(q_from):
+    # CPU flash attention is slower in bf16 than in fp32 at these sizes: under CPU autocast causal_attention casts
+    # its inputs up and computes exactly what fp32 attention computes on them
+    import torch.nn.functional as F
+
+    from armt_ts.backbone import causal_attention
+
+    q, k, v = (torch.randn(3, 2, 7, 8).bfloat16() for _ in range(3))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        att = causal_attention(q, k, v, q_from)
+    assert att.dtype == torch.float32 and att.shape == (3, 2, 7 - q_from, 8)
+    mask = torch.ones(7 - q_from, 7, dtype=torch.bool).tril(diagonal=q_from)
+    ref = F.scaled_dot_product_attention(q.float()[:, :, q_from:], k.float(), v.float(), attn_mask=mask)
+    assert torch.equal(att, ref)
+    # outside autocast nothing changes: the fp32 inputs' own attention, the causal kernel where q_from = 0
+    qf, kf, vf = q.float(), k.float(), v.float()
+    ref32 = (F.scaled_dot_product_attention(qf, kf, vf, is_causal=True) if not q_from else
+             F.scaled_dot_product_attention(qf[:, :, q_from:], kf, vf, attn_mask=mask))
+    assert torch.equal(causal_attention(qf, kf, vf, q_from), ref32)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_matches_cpu():
     model = _model()

@@ -93,6 +93,28 @@ def test_stdin_and_restart_with_state_continue_exactly(saved_model, tmp_path, ca
     assert resumed == straight  # the restarted stream's forecast is the uninterrupted one, digit for digit
 
 
+def test_bf16_stream_is_close_to_fp32_and_restarts_exactly(saved_model, tmp_path, capsys):
+    rows = _wide_rows(260)
+    f = tmp_path / "live.csv"
+    f.write_text("\n".join(rows) + "\n")
+    code, fp32, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0, err
+    code, bf16, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0, "--bf16")
+    assert code == 0, err
+    a, b = _blocks(fp32), _blocks(bf16)
+    assert a.height == b.height == 2 * H
+    np.testing.assert_allclose(b["mean"].to_numpy(), a["mean"].to_numpy(), rtol=0.05)
+    # a bf16 stream restarted from its --state file continues as the uninterrupted bf16 stream, digit for digit
+    state = tmp_path / "s.state"
+    head = tmp_path / "head.csv"
+    head.write_text("\n".join(rows[:140]) + "\n")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, head, "--state", state, "--every", 0, "--bf16")
+    assert code == 0, err
+    code, resumed, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0, "--bf16")
+    assert code == 0, err
+    assert resumed == bf16
+
+
 def test_long_layout_entities_join_as_they_appear(saved_model, tmp_path, capsys):
     lines = ["time,machine,reading"]
     for i in range(200):

@@ -329,6 +329,46 @@ def test_save_load_bit_identical_and_atomic(tmp_path):
         StreamingForecaster.load(tmp_path / "missing.safetensors", model)
 
 
+def test_bf16_stream_keeps_the_contract_and_stays_near_fp32(tmp_path):
+    # bf16 autocast for the embedder and the backbone: push granularity and save / load stay bit-exact, the state
+    # stays fp32, and the forecasts stay within bf16 rounding of the fp32 stream's
+    model = make_model(kind="student_t")
+    T = 50
+    x, m = series(T, B=3)
+    ids = [0, 1, 2]
+
+    def fleet(bf16, chunks):
+        sf = StreamingForecaster(model, entities=ids, bf16=bf16)
+        t, i = 0, 0
+        while t < T:
+            L = chunks[i % len(chunks)]
+            sf.push(x[:, t:t + L].numpy(), m[:, t:t + L].numpy(), entities=ids)
+            t, i = t + L, i + 1
+        return sf
+
+    block, point, ragged = fleet(True, [T]), fleet(True, [1]), fleet(True, [3, 1, 8, 2])
+    for name, other in (("point", point), ("ragged", ragged)):
+        assert block.state.equal(other.state), f"bf16: {name}-wise push differs from one block push"
+        assert torch.equal(block.forecast().quantiles, other.forecast().quantiles), name
+    assert all(a.dtype == torch.float32 for a in (*block.state.memory.A, *block.state.memory.z, block.state.rep))
+    ref = fleet(False, [1])
+    assert not ref.state.equal(block.state)  # bf16 did run: its rounding reaches the state
+    assert_close("bf16 memory A", ref.state.memory.A[-1], block.state.memory.A[-1], 0.05)
+    assert_close("bf16 forecast", ref.forecast().quantiles, block.forecast().quantiles, 0.05)
+    # save with bf16, load with bf16: the restored stream continues bit for bit
+    path = tmp_path / "bf16.safetensors"
+    head = fleet(True, [23])
+    head.save(path)
+    restored = StreamingForecaster.load(path, model, bf16=True)
+    y, mm = series(17, B=3, seed=4)
+    for sf in (head, restored):
+        sf.push(y.numpy(), mm.numpy(), entities=ids)
+    assert restored.state.equal(head.state)
+    assert torch.equal(restored.forecast().quantiles, head.forecast().quantiles)
+    with pytest.raises(TypeError):
+        StreamingForecaster(model, bf16="yes")
+
+
 def test_state_size_does_not_grow_with_stream_length():
     model = make_model()
     sf = StreamingForecaster(model)

@@ -21,22 +21,38 @@ def test_a_schedule_only_report_has_the_schedule_and_nothing_else():
     assert "Parts run: schedule" in md and "On Some GPU the wall clock is the measure" in md
 
 
-def test_a_latency_report_shows_flops_and_the_reference_rate():
+def _latency_rows(impl, value):
     rows = []
     for clock in ("wall", "cpu"):
         for kind in ("update", "buffered", "forecast"):
             for m in ("p50_latency", "p99_latency"):
-                rows.append({"metric": m, "entities": 10, "clock": clock, "kind": kind, "value": 2.0, "samples": 3})
+                rows.append({"metric": m, "entities": 10, "clock": clock, "kind": kind, "value": value, "samples": 3,
+                             "impl": impl})
         rows.append({"metric": "p99_latency_per_entity", "entities": 10, "clock": clock, "kind": "update",
-                     "value": 200.0})
+                     "value": 100 * value, "impl": impl})
         rows.append({"metric": "throughput", "entities": 10, "clock": clock, "kind": "single-step pushes",
-                     "value": 1e5})
-    rows.append({"metric": "flops_per_update", "entities": 10, "value": 3.59})
-    rows.append({"metric": "achieved_flop_rate", "entities": 10, "value": 33.7})
-    rows.append({"metric": "reference_matmul_rate", "entities": None, "value": 150.0})
+                     "value": 1e5, "impl": impl})
+    return rows
+
+
+def test_a_latency_report_shows_flops_and_the_reference_rate():
+    rows = _latency_rows("ours", 2.0)
+    rows.append({"metric": "flops_per_update", "entities": 10, "value": 3.59, "impl": "ours"})
+    rows.append({"metric": "achieved_flop_rate", "entities": 10, "value": 33.7, "impl": "ours"})
+    rows.append({"metric": "reference_matmul_rate", "entities": None, "value": 150.0, "impl": "torch.mm"})
     md = render_markdown(_payload(rows, {"latency"}), [], [], [])
     assert "| 3.59 | 33.7 |" in md and "runs at 150 GFLOP/s here" in md
     assert "Diagonal" not in md and set(PARTS) == {"rss", "latency", "cost", "schedule"}
+    assert "bf16" not in md  # a file without bf16 rows has no bf16 table
+
+
+def test_a_latency_report_has_a_bf16_table_beside_the_fp32_one():
+    rows = _latency_rows("ours", 2.0) + _latency_rows("ours_bf16", 1.5)
+    rows.append({"metric": "bf16_forecast_rel_diff", "entities": 10, "value": 0.0042, "impl": "ours_bf16"})
+    md = render_markdown(_payload(rows, {"latency"}), [], [], [])
+    fp32, bf16 = md.split("throughput, bf16 autocast")
+    assert "| 10 | 2.00 / 2.00 | 200.0 |" in fp32 and "4.2e-03" not in fp32
+    assert "| 10 | 1.50 / 1.50 | 150.0 |" in bf16 and "| 4.2e-03 |" in bf16
 
 
 def test_reference_matmul_rate_is_a_positive_rate():
@@ -53,3 +69,14 @@ def test_a_cost_report_has_the_per_update_and_the_per_step_tables():
     per_update, per_step = md.split("## Cost per step")
     assert "## Cost per update" in per_update and "| 1000 | wall | 0.05 | 0.25 | 0.5 | 10 | 5 |" in per_update
     assert "| 1000 | wall | 0.005 | 0.25 | 0.5 | 100 | 50 |" in per_step
+
+
+def test_a_cost_report_with_bf16_divides_the_cheaper_patchtst_by_ours_in_bf16():
+    rows = []
+    for clock in ("wall", "cpu"):
+        for metric in ("cost_per_update", "cost_per_step"):
+            for impl, v in (("ours", 0.05), ("ours_bf16", 0.04), ("window_rerun", 0.25), ("patchtst", 0.5),
+                            ("patchtst_bf16", 0.48)):
+                rows.append({"metric": metric, "entities": 1000, "clock": clock, "impl": impl, "value": v})
+    md = render_markdown(_payload(rows, {"cost"}), [], [], [])
+    assert "| 1000 | wall | 0.05 | 0.25 | 0.5 | 10 | 5 | 0.04 | 0.48 | 12 |" in md
