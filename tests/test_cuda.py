@@ -129,3 +129,20 @@ def test_streaming_fleet_on_cuda_equals_cpu_and_restores_on_cpu(tmp_path):
     for name in ("buf_values", "buf_observed", "fill", "steps"):
         assert torch.equal(getattr(restored.state, name), getattr(gpu.state, name).cpu()), name
     assert_close("restored on cpu vs cuda", gpu.forecast().quantiles.cpu(), restored.forecast().quantiles, 1e-4)
+
+
+def test_bf16_stream_on_cuda_stays_near_the_fp32_cpu_stream():
+    # StreamingForecaster(bf16=True) on CUDA: attention also runs in bf16 there (only CPU autocast keeps it fp32);
+    # the state stays fp32 and the forecasts within bf16 rounding of the fp32 CPU stream's
+    streams = {}
+    for device, bf16 in (("cpu", False), ("cuda", True)):
+        sf = StreamingForecaster(_forecaster(), entities=["a", "b", "c"], device=device, bf16=bf16)
+        rng = np.random.default_rng(2)
+        x = rng.normal(size=(3, 60, 2)).astype(np.float32) * 3 + 10
+        for step in range(60):
+            sf.push(x[:, step], entities=["a", "b", "c"])
+        streams[device] = sf
+    cpu, gpu = streams["cpu"], streams["cuda"]
+    assert all(a.dtype == torch.float32 and a.is_cuda for a in gpu.state.memory.A)
+    assert_close("bf16 cuda point", cpu.forecast().point, gpu.forecast().point.cpu(), 0.05)
+    assert_close("bf16 cuda A[-1]", cpu.state.memory.A[-1], gpu.state.memory.A[-1].cpu(), 0.05)
