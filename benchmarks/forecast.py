@@ -220,6 +220,10 @@ class ARMTHyper:
     # context value, as NLinear): the skip maps (context - anchor) / scale to (future - anchor) / scale
     skip_norm: str = "window"
     skip_ridge: float = 1e-3  # fit_skip's ridge, times the mean diagonal of the Gram matrix (weights only)
+    # None: every train window weighs the same in the least-squares fits (skip and cross-channel term). h > 0: a
+    # window whose start lies a fraction h of the train windows' span before the last one's weighs half as much
+    # (weights 0.5 ** (age / (h * span))): recency weighting against drift, needs skip_init "ols*"
+    skip_halflife: float | None = None
     # ARMTConfig.read_norm_cap: each retrieved row's norm bounded (None: the paper's read, DESIGN section 2). A
     # guard for long contexts: where q^T z is 0 but q^T A is not, the paper's read divides by its 1e-5 epsilon
     read_norm_cap: float | None = None
@@ -256,6 +260,9 @@ class ARMTHyper:
             raise ValueError("ARMTHyper.skip_norm='last' needs linear_skip=True (it is the skip's anchor)")
         if not self.skip_ridge >= 0:
             raise ValueError(f"ARMTHyper.skip_ridge: expected >= 0, got {self.skip_ridge!r}")
+        if self.skip_halflife is not None and (not self.skip_halflife > 0 or self.skip_init == "random"):
+            raise ValueError(f"ARMTHyper.skip_halflife={self.skip_halflife!r}: expected None, or > 0 with skip_init "
+                             f"'ols' or 'ols-frozen' (it weights the least-squares fits' train windows)")
         if self.read_norm_cap is not None and not self.read_norm_cap > 0:
             raise ValueError(f"ARMTHyper.read_norm_cap: expected None or > 0, got {self.read_norm_cap!r}")
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
@@ -279,6 +286,7 @@ class ARMTHyper:
                 f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}"
                 f"{'-last' if self.skip_norm == 'last' else ''}"
                 f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}"
+                f"{'' if self.skip_halflife is None else f'-hl{self.skip_halflife:g}'}"
                 f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}"
                 f"{f'-ve{self.val_every}' if self.val_every else ''}")
 
@@ -385,9 +393,16 @@ class ARMTBench(nn.Module):
         return y
 
     def _fit_batches(self, w: Windows, chunk: int):
-        """(skip inputs [B, C, L'], normalised future [B, C, H], scale [B, C, 1], fully observed future [B, C]) in
-        float64, chunk by chunk over ``w``: what both least-squares fits read."""
+        """(skip inputs [B, C, L'], normalised future [B, C, H], row weight [B, C, 1], fully observed future [B, C])
+        in float64, chunk by chunk over ``w``: what both least-squares fits read. A row's weight is its scale (its
+        error in data units is scale * (forecast - y)) times the square root of its window's recency weight
+        (``hyper.skip_halflife``; 1 without), so the normal equations weigh its squared error by their product."""
         dev = self.skip.weight.device
+        recency = np.ones(len(w))
+        if self.hyper.skip_halflife is not None and len(w):
+            start = np.asarray(w.start, dtype=np.float64)
+            span = max(start.max() - start.min(), 1.0)
+            recency = 0.5 ** ((start.max() - start) / (self.hyper.skip_halflife * span))
         for i in range(0, len(w.past_values), chunk):
             pv = torch.as_tensor(np.ascontiguousarray(w.past_values[i:i + chunk]), device=dev)
             po = torch.as_tensor(np.ascontiguousarray(w.past_observed[i:i + chunk]), device=dev)
@@ -398,7 +413,8 @@ class ARMTBench(nn.Module):
             anchor = self.skip_anchor(pv, po, loc)
             x = self.skip_inputs(pv, po, anchor, scale).double()  # [B, C, skip_len]
             y = ((fv - anchor) / scale).transpose(1, 2).double()  # [B, C, H]
-            yield x, y, scale.transpose(1, 2).double(), fo.transpose(1, 2).all(2)
+            r = torch.as_tensor(np.sqrt(recency[i:i + chunk]), dtype=torch.float64, device=dev)[:, None, None]
+            yield x, y, scale.transpose(1, 2).double() * r, fo.transpose(1, 2).all(2)
 
     @torch.no_grad()
     def fit_skip(self, w: Windows, ridge: float | None = None, chunk: int = 1024) -> dict[str, Any]:
@@ -409,7 +425,8 @@ class ARMTBench(nn.Module):
         Normal equations accumulated in float64 chunk by chunk; the ridge is ``ridge`` (default ``hyper.skip_ridge``)
         times the mean diagonal of the Gram matrix, on the weights only (not the bias). With ``hyper.cross_lags`` the
         cross-channel term is fitted next, on this fit's residual (``_fit_cross``). Returns the rows used by the
-        skip's fit and the seconds both took."""
+        skip's fit and the seconds both took. With ``hyper.skip_halflife`` the rows are also weighted by recency
+        (``_fit_batches``)."""
         if self.skip is None:
             raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
         t0 = time.perf_counter()
@@ -419,10 +436,10 @@ class ARMTBench(nn.Module):
         gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
         cross = torch.zeros(n_in, H, dtype=torch.float64, device=dev)
         rows = 0
-        for x, y, scale, full in self._fit_batches(w, chunk):
+        for x, y, weight, full in self._fit_batches(w, chunk):
             x, y = x.reshape(-1, self.skip_len), y.reshape(-1, H)  # [B * C, ...]
             full = full.reshape(-1)
-            wt = scale.reshape(-1, 1)[full]  # the row's error in data units is scale * (skip(x) - y)
+            wt = weight.reshape(-1, 1)[full]  # scale (the error in data units is scale * (skip(x) - y)) x recency
             x, y = x[full], y[full]
             x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=dev)], 1) * wt
             gram += x1.T @ x1
@@ -444,16 +461,17 @@ class ARMTBench(nn.Module):
     @torch.no_grad()
     def _fit_cross(self, w: Windows, chunk: int) -> None:
         """The cross-channel term: per output channel c, ridge least squares from every channel's last k steps to
-        the fitted skip's residual on c, rows weighted by c's scale (data-unit error) and kept where c's future is
-        fully observed; the ridge is ``hyper.cross_ridge`` times c's mean Gram diagonal (weights only)."""
+        the fitted skip's residual on c, rows weighted by c's scale (data-unit error; times recency, see
+        ``_fit_batches``) and kept where c's future is fully observed; the ridge is ``hyper.cross_ridge`` times c's
+        mean Gram diagonal (weights only)."""
         C, F, H = self.cross.shape
         dev = self.cross.device
         gram = torch.zeros(C, F, F, dtype=torch.float64, device=dev)
         rhs = torch.zeros(C, F, H, dtype=torch.float64, device=dev)
         skip = (self.skip.weight.double(), self.skip.bias.double())
-        for x, y, scale, full in self._fit_batches(w, chunk):
+        for x, y, weight, full in self._fit_batches(w, chunk):
             resid = y - torch.nn.functional.linear(x, *skip)  # [B, C, H]
-            wt = scale * full.unsqueeze(2)  # [B, C, 1]
+            wt = weight * full.unsqueeze(2)  # [B, C, 1]
             f = self.cross_inputs(x)[:, None, :] * wt  # [B, C, F]
             gram += torch.einsum("bcf,bcg->cfg", f, f)
             rhs += torch.einsum("bcf,bch->cfh", f, resid * wt)
@@ -893,6 +911,12 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         if hyper.skip_init == "random":
             raise ValueError("--grid normcross: the given choice has no least-squares skip; use --grid norm")
         return [hyper] + [dataclasses.replace(hyper, skip_norm="last", skip_ridge=r) for r in (1e-3, 0.05, 0.2)]
+    if kind == "recency":  # the least-squares fits' recency weighting (half-lives as fractions of the train span);
+        # with --max-steps 0 the candidates differ in the fit alone, so it is chosen at no training cost
+        if hyper.skip_init == "random":
+            raise ValueError("--grid recency: the given choice has no least-squares skip to weight; use --grid ols")
+        return [hyper] + [dataclasses.replace(hyper, skip_halflife=h) for h in (1.0, 0.5, 0.25, 0.125)
+                          if h != hyper.skip_halflife]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -1383,7 +1407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "ridge", "norm", "normcross", "choices"],
+                            "ols", "residual", "cross", "ridge", "recency", "norm", "normcross", "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
     p.add_argument("--val-stride", type=int, default=4,
                    help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")

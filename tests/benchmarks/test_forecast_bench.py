@@ -725,6 +725,46 @@ def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_
         ARMTHyper(skip_ridge=-1.0)
 
 
+def test_recency_weighting_fits_the_recency_weighted_mse_and_is_checked(etth1_like):
+    # skip_halflife h: each train window weighs 0.5 ** (age / (h * span)) in both least-squares fits, so at ridge 0
+    # the fit zeroes the gradient of the recency-weighted training MSE (the skip's; then the cross term's)
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
+                      skip_ridge=0.0, skip_halflife=0.25)
+    assert hyper.name().endswith("-ols-sr0-hl0.25")
+    w = eval_windows(etth1_like, 24, "val")
+    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
+                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
+    start = sub.start.astype(np.float64)
+    r = torch.as_tensor(0.5 ** ((start.max() - start) / (0.25 * (start.max() - start.min()))))[:, None, None]
+    assert torch.isclose(r.min(), torch.tensor(0.0625).double()) and r.max() == 1.0  # the oldest: 2^-4 of the newest
+
+    def weighted_mse(m):
+        return (r * (m(pv, po) - fv) ** 2).mean()
+
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    model.fit_skip(sub)
+    weighted_mse(model).backward()
+    assert torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad]).abs().max() < 1e-8
+    plain = ARMTBench(dataclasses.replace(hyper, skip_halflife=None), 7, 24, 96, seed=0).double()
+    plain.fit_skip(sub)
+    with torch.no_grad():  # a different fit, the better one under the weights it minimises
+        assert not torch.allclose(plain.skip.weight, model.skip.weight)
+        assert weighted_mse(model) < weighted_mse(plain)
+    both = ARMTBench(dataclasses.replace(hyper, cross_lags=3, cross_ridge=0.0), 7, 24, 96, seed=0).double()
+    both.fit_skip(sub)
+    weighted_mse(both).backward()
+    assert both.cross.grad.abs().max() < 1e-8 and torch.count_nonzero(both.cross) > 0
+    for bad, match in ((dict(skip_halflife=0.0), "skip_halflife"), (dict(skip_halflife=-1.0), "skip_halflife"),
+                       (dict(skip_init="random", skip_halflife=0.5), "skip_halflife")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(hyper, **bad)
+    # the recency grid: the given choice first, then half-lives 1 / 0.5 / 0.25 / 0.125 (no duplicate of the given)
+    assert [h.skip_halflife for h in grid_candidates("recency", hyper, from_file=True)] == [0.25, 1.0, 0.5, 0.125]
+    with pytest.raises(ValueError, match="--grid recency"):
+        grid_candidates("recency", ARMTHyper(linear_skip=True), from_file=True)
+
+
 def test_a_frozen_least_squares_skip_stays_fixed_while_the_network_trains(etth1_like):
     base = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True)
     skips = {}
