@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -150,6 +151,33 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
             "cheap_cpu": cheap_c,
             "forecast_wall": fc_w, "forecast_cpu": fc_c, "cycle_wall": cycle_w, "cycle_cpu": cycle_c,
             "steps_per_cycle": steps, "state_bytes": sf.state.nbytes(), "last_point": last_point}
+
+
+def latency_rows(row: Callable[..., None], impl: str, n: int, updates: int, r: dict) -> None:
+    """The result rows of one ``bench_latency`` run ``r`` of ``n`` entities, both clocks; prints its update line."""
+    for clock in ("wall", "cpu"):
+        p50, p99 = _quantiles(r[f"update_{clock}"])
+        row("p50_latency", n, None, impl, p50 * 1e3, "ms", clock=clock, kind="update", samples=updates)
+        row("p99_latency", n, None, impl, p99 * 1e3, "ms", clock=clock, kind="update", samples=updates)
+        row("p99_latency_per_entity", n, None, impl, p99 / n * 1e6, "us", clock=clock, kind="update", samples=updates)
+        c50, c99 = _quantiles(r[f"cheap_{clock}"])
+        row("p50_latency", n, None, impl, c50 * 1e3, "ms", clock=clock, kind="buffered",
+            samples=len(r[f"cheap_{clock}"]))
+        row("p99_latency", n, None, impl, c99 * 1e3, "ms", clock=clock, kind="buffered",
+            samples=len(r[f"cheap_{clock}"]))
+        f50, _ = _quantiles(r[f"forecast_{clock}"])
+        row("p50_latency", n, None, impl, f50 * 1e3, "ms", clock=clock, kind="forecast", samples=updates)
+        if clock == "wall" and r["update_flops"] is not None:
+            row("flops_per_update", n, None, impl, r["update_flops"] / n / 1e6, "MFLOP",
+                kind="matmul-type FLOPs of a segment-completing update, per entity (torch FlopCounterMode)")
+            row("achieved_flop_rate", n, None, impl, r["update_flops"] / p50 / 1e9, "GFLOP/s",
+                kind="those FLOPs / p50 wall latency of the update")
+        tput = n * r["steps_per_cycle"] / statistics.median(r[f"cycle_{clock}"])
+        row("throughput", n, None, impl, tput, "entity-steps/s", clock=clock, kind="single-step pushes")
+    print(f"  update p50/p99 {np.percentile(r['update_wall'], 50) * 1e3:.2f}/"
+          f"{np.percentile(r['update_wall'], 99) * 1e3:.2f} ms wall, "
+          f"{np.percentile(r['update_cpu'], 50) * 1e3:.2f}/{np.percentile(r['update_cpu'], 99) * 1e3:.2f} ms cpu",
+          flush=True)
 
 
 def reference_matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float:
@@ -429,30 +457,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"latency ({impl}): {n} entities, {updates} updates ...", flush=True)
             r = bench_latency(model_dir, n, updates, warmup, args.device, args.seed, bf16)
             store[n] = r
-            for clock in ("wall", "cpu"):
-                p50, p99 = _quantiles(r[f"update_{clock}"])
-                row("p50_latency", n, None, impl, p50 * 1e3, "ms", clock=clock, kind="update", samples=updates)
-                row("p99_latency", n, None, impl, p99 * 1e3, "ms", clock=clock, kind="update", samples=updates)
-                row("p99_latency_per_entity", n, None, impl, p99 / n * 1e6, "us", clock=clock, kind="update",
-                    samples=updates)
-                c50, c99 = _quantiles(r[f"cheap_{clock}"])
-                row("p50_latency", n, None, impl, c50 * 1e3, "ms", clock=clock, kind="buffered",
-                    samples=len(r[f"cheap_{clock}"]))
-                row("p99_latency", n, None, impl, c99 * 1e3, "ms", clock=clock, kind="buffered",
-                    samples=len(r[f"cheap_{clock}"]))
-                f50, f99 = _quantiles(r[f"forecast_{clock}"])
-                row("p50_latency", n, None, impl, f50 * 1e3, "ms", clock=clock, kind="forecast", samples=updates)
-                if clock == "wall" and r["update_flops"] is not None:
-                    row("flops_per_update", n, None, impl, r["update_flops"] / n / 1e6, "MFLOP",
-                        kind="matmul-type FLOPs of a segment-completing update, per entity (torch FlopCounterMode)")
-                    row("achieved_flop_rate", n, None, impl, r["update_flops"] / p50 / 1e9, "GFLOP/s",
-                        kind="those FLOPs / p50 wall latency of the update")
-                tput = n * r["steps_per_cycle"] / statistics.median(r[f"cycle_{clock}"])
-                row("throughput", n, None, impl, tput, "entity-steps/s", clock=clock, kind="single-step pushes")
-            print(f"  update p50/p99 {np.percentile(r['update_wall'], 50) * 1e3:.2f}/"
-                  f"{np.percentile(r['update_wall'], 99) * 1e3:.2f} ms wall, "
-                  f"{np.percentile(r['update_cpu'], 50) * 1e3:.2f}/"
-                  f"{np.percentile(r['update_cpu'], 99) * 1e3:.2f} ms cpu", flush=True)
+            latency_rows(row, impl, n, updates, r)
         ref, got = lat[n]["last_point"], lat_bf16[n]["last_point"]
         row("bf16_forecast_rel_diff", n, None, "ours_bf16", float((got - ref).abs().max() / ref.abs().max()), "",
             kind="max |bf16 - fp32| / max |fp32| over the point forecasts after the last timed cycle")
