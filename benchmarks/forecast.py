@@ -224,6 +224,10 @@ class ARMTHyper:
     # window whose start lies a fraction h of the train windows' span before the last one's weighs half as much
     # (weights 0.5 ** (age / (h * span))): recency weighting against drift, needs skip_init "ols*"
     skip_halflife: float | None = None
+    # None: one skip map shared by the channels. a > 0: each channel gets its own map too (``skip_channel``, added to
+    # the shared one), fitted by least squares on that channel's rows with a ridge pulling it towards the shared fit
+    # (a times the channel's mean Gram diagonal; a -> 0: each channel alone, a -> inf: the shared map); needs "ols*"
+    skip_pool: float | None = None
     # ARMTConfig.read_norm_cap: each retrieved row's norm bounded (None: the paper's read, DESIGN section 2). A
     # guard for long contexts: where q^T z is 0 but q^T A is not, the paper's read divides by its 1e-5 epsilon
     read_norm_cap: float | None = None
@@ -263,6 +267,9 @@ class ARMTHyper:
         if self.skip_halflife is not None and (not self.skip_halflife > 0 or self.skip_init == "random"):
             raise ValueError(f"ARMTHyper.skip_halflife={self.skip_halflife!r}: expected None, or > 0 with skip_init "
                              f"'ols' or 'ols-frozen' (it weights the least-squares fits' train windows)")
+        if self.skip_pool is not None and (not self.skip_pool > 0 or self.skip_init == "random"):
+            raise ValueError(f"ARMTHyper.skip_pool={self.skip_pool!r}: expected None, or > 0 with skip_init 'ols' or "
+                             f"'ols-frozen' (it is the per-channel least-squares fits' pull towards the shared one)")
         if self.read_norm_cap is not None and not self.read_norm_cap > 0:
             raise ValueError(f"ARMTHyper.read_norm_cap: expected None or > 0, got {self.read_norm_cap!r}")
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
@@ -287,6 +294,7 @@ class ARMTHyper:
                 f"{'-last' if self.skip_norm == 'last' else ''}"
                 f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}"
                 f"{'' if self.skip_halflife is None else f'-hl{self.skip_halflife:g}'}"
+                f"{'' if self.skip_pool is None else f'-pool{self.skip_pool:g}'}"
                 f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}"
                 f"{f'-ve{self.val_every}' if self.val_every else ''}")
 
@@ -309,7 +317,9 @@ class ARMTBench(nn.Module):
     ``fit_skip`` sets the skip to the least-squares linear forecast of the train windows (``train_armt`` calls it
     inside the training budget) and the network's output layer starts at zero. With ``cross_lags`` = k a
     cross-channel term (``cross``: per output channel, a linear map of every channel's last k normalised steps) is
-    added to the skip, fitted by least squares on the skip's residual in the same ``fit_skip``.
+    added to the skip, fitted by least squares on the skip's residual in the same ``fit_skip``. With ``skip_pool``
+    each channel's own map (``skip_channel``: weights and bias, the difference from the shared map) is added too,
+    fitted in the same ``fit_skip`` (partial pooling towards the shared fit).
     """
 
     def __init__(self, hyper: ARMTHyper, n_channels: int, horizon: int, context_length: int,
@@ -341,14 +351,19 @@ class ARMTBench(nn.Module):
                 raise ValueError(f"ARMTHyper.cross_lags={hyper.cross_lags} exceeds the skip's {self.skip_len} "
                                  f"context steps")
             self.cross = nn.Parameter(torch.zeros(n_channels, n_channels * hyper.cross_lags + 1, horizon))
+        # [C, skip_len + 1, H]: each channel's map minus the shared one, its last row the bias (skip_pool only)
+        self.skip_channel = None
+        if hyper.skip_pool is not None:
+            self.skip_channel = nn.Parameter(torch.zeros(n_channels, self.skip_len + 1, horizon))
         if hyper.skip_init != "random":  # the network starts as a zero residual on the least-squares skip
             last = self.flat if self.flat is not None else self.forecaster.head.out
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             if hyper.skip_init == "ols-frozen":
                 self.skip.requires_grad_(False)
-                if self.cross is not None:
-                    self.cross.requires_grad_(False)
+                for p in (self.cross, self.skip_channel):
+                    if p is not None:
+                        p.requires_grad_(False)
 
     @staticmethod
     def stats(values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
@@ -385,9 +400,18 @@ class ARMTBench(nn.Module):
         f = x[:, :, -self.hyper.cross_lags:].reshape(x.shape[0], -1)
         return torch.cat([f, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
 
+    def skip_maps(self, x: Tensor) -> Tensor:
+        """Skip inputs [B, C, skip_len] -> the shared skip plus each channel's own map (``skip_pool``) [B, C, H], in
+        x's dtype (the fits run in float64 on a float32 model)."""
+        y = nn.functional.linear(x, self.skip.weight.to(x.dtype), self.skip.bias.to(x.dtype))
+        if self.skip_channel is not None:
+            w = self.skip_channel.to(x.dtype)
+            y = y + torch.einsum("bcl,clh->bch", x, w[:, :-1]) + w[:, -1]
+        return y
+
     def linear_part(self, x: Tensor) -> Tensor:
         """Skip inputs [B, C, skip_len] -> the skip (plus the cross-channel term) [B, C, H], normalised units."""
-        y = self.skip(x)
+        y = self.skip_maps(x)
         if self.cross is not None:
             y = y + torch.einsum("bf,cfh->bch", self.cross_inputs(x), self.cross.to(x.dtype))
         return y
@@ -426,17 +450,32 @@ class ARMTBench(nn.Module):
         times the mean diagonal of the Gram matrix, on the weights only (not the bias). With ``hyper.cross_lags`` the
         cross-channel term is fitted next, on this fit's residual (``_fit_cross``). Returns the rows used by the
         skip's fit and the seconds both took. With ``hyper.skip_halflife`` the rows are also weighted by recency
-        (``_fit_batches``)."""
+        (``_fit_batches``). With ``hyper.skip_pool`` = a the per-channel normal equations are kept too and each
+        channel's map solves them with the ridge a * (its weights' mean Gram diagonal) * |w_c - shared|^2 (bias
+        included); ``skip_channel`` holds w_c - shared."""
         if self.skip is None:
             raise ValueError("fit_skip: the model has no linear skip (ARMTHyper.linear_skip=False)")
         t0 = time.perf_counter()
         ridge = self.hyper.skip_ridge if ridge is None else ridge
         dev = self.skip.weight.device
         n_in, H = self.skip_len + 1, self.skip.out_features
-        gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
-        cross = torch.zeros(n_in, H, dtype=torch.float64, device=dev)
+        pooled = self.skip_channel is not None
+        if pooled:  # per channel (the shared sums are their totals): the same products, batched over channels
+            C = self.skip_channel.shape[0]
+            gram_c = torch.zeros(C, n_in, n_in, dtype=torch.float64, device=dev)
+            cross_c = torch.zeros(C, n_in, H, dtype=torch.float64, device=dev)
+        else:
+            gram = torch.zeros(n_in, n_in, dtype=torch.float64, device=dev)
+            cross = torch.zeros(n_in, H, dtype=torch.float64, device=dev)
         rows = 0
         for x, y, weight, full in self._fit_batches(w, chunk):
+            if pooled:  # rows without a fully observed future get weight 0
+                wt = weight * full.unsqueeze(2)  # [B, C, 1]
+                x1 = torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=dev)], 2) * wt
+                gram_c += torch.einsum("bcf,bcg->cfg", x1, x1)
+                cross_c += torch.einsum("bcf,bch->cfh", x1, y * wt)
+                rows += int(full.sum())
+                continue
             x, y = x.reshape(-1, self.skip_len), y.reshape(-1, H)  # [B * C, ...]
             full = full.reshape(-1)
             wt = weight.reshape(-1, 1)[full]  # scale (the error in data units is scale * (skip(x) - y)) x recency
@@ -447,6 +486,8 @@ class ARMTBench(nn.Module):
             rows += len(x)
         if rows == 0:
             raise ValueError("fit_skip: no window has a fully observed future")
+        if pooled:
+            gram, cross = gram_c.sum(0), cross_c.sum(0)
         reg = torch.zeros(n_in, dtype=torch.float64, device=dev)
         reg[:-1] = ridge * gram.diagonal()[:-1].mean()
         # an input that is 0 in every row (skip_norm "last": the last step, when always observed) gets weight 0
@@ -454,6 +495,15 @@ class ARMTBench(nn.Module):
         sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [skip_len + 1, H]
         self.skip.weight.copy_(sol[:-1].T.to(self.skip.weight.dtype))
         self.skip.bias.copy_(sol[-1].to(self.skip.bias.dtype))
+        if pooled:  # (G_c + D_c) w_c = r_c + D_c shared, D_c = a * (mean diagonal of G_c's weight block)
+            diag = torch.diagonal(gram_c, dim1=1, dim2=2)[:, :-1]  # [C, skip_len]
+            d = (self.hyper.skip_pool * diag.mean(1, keepdim=True)).expand(C, n_in).clone()
+            d[:, :-1] += (diag == 0).to(d.dtype)  # an input 0 in all of c's rows: its weight stays the shared one
+            seen = gram_c[:, -1, -1] > 0  # channels with a fully observed future somewhere; the others keep shared
+            delta = torch.zeros_like(cross_c)
+            for c in torch.nonzero(seen).flatten().tolist():  # per channel: MKL's batched solve failed on these
+                delta[c] = torch.linalg.solve(gram_c[c] + torch.diag(d[c]), cross_c[c] + d[c, :, None] * sol) - sol
+            self.skip_channel.copy_(delta.to(self.skip_channel.dtype))
         if self.cross is not None:
             self._fit_cross(w, chunk)
         return {"rows": rows, "seconds": time.perf_counter() - t0}
@@ -468,9 +518,8 @@ class ARMTBench(nn.Module):
         dev = self.cross.device
         gram = torch.zeros(C, F, F, dtype=torch.float64, device=dev)
         rhs = torch.zeros(C, F, H, dtype=torch.float64, device=dev)
-        skip = (self.skip.weight.double(), self.skip.bias.double())
         for x, y, weight, full in self._fit_batches(w, chunk):
-            resid = y - torch.nn.functional.linear(x, *skip)  # [B, C, H]
+            resid = y - self.skip_maps(x)  # [B, C, H]
             wt = weight * full.unsqueeze(2)  # [B, C, 1]
             f = self.cross_inputs(x)[:, None, :] * wt  # [B, C, F]
             gram += torch.einsum("bcf,bcg->cfg", f, f)
@@ -917,6 +966,12 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
             raise ValueError("--grid recency: the given choice has no least-squares skip to weight; use --grid ols")
         return [hyper] + [dataclasses.replace(hyper, skip_halflife=h) for h in (1.0, 0.5, 0.25, 0.125)
                           if h != hyper.skip_halflife]
+    if kind == "pool":  # each channel's own least-squares skip, pulled towards the shared one (strengths a); with
+        # --max-steps 0 the candidates differ in the fit alone, so it is chosen at no training cost
+        if hyper.skip_init == "random":
+            raise ValueError("--grid pool: the given choice has no least-squares skip; use --grid ols")
+        return [hyper] + [dataclasses.replace(hyper, skip_pool=a) for a in (1.0, 0.1, 0.01)
+                          if a != hyper.skip_pool]
     if kind == "channels":  # channel independence, with 8 and 16 patches per segment
         return [hyper] + [dataclasses.replace(hyper, channel_independent=True, segment_patches=g, impute=False)
                           for g in (hyper.segment_patches, 2 * hyper.segment_patches)]
@@ -1407,7 +1462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "ridge", "recency", "norm", "normcross", "choices"],
+                            "ols", "residual", "cross", "ridge", "recency", "pool", "norm", "normcross", "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
     p.add_argument("--val-stride", type=int, default=4,
                    help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")

@@ -654,15 +654,20 @@ def test_a_stopped_run_contributes_the_horizons_it_finished(tmp_path, monkeypatc
         fc.merge_results([stopped, a], "x")
 
 
+def val_every_7th(prep) -> Windows:
+    """Every 7th H=24 validation window of ``prep``, in float64 (the least-squares fit tests' rows)."""
+    w = eval_windows(prep, 24, "val")
+    return Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
+                     for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+
+
 def test_the_least_squares_skip_fit_zeroes_the_gradient_of_the_training_mse(etth1_like):
     # ridge 0: the fit solves the normal equations of the data-unit MSE of the model whose network output is zero
     hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols")
     assert hyper.name().endswith("-ols")
     model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
     assert torch.count_nonzero(model.forecaster.head.out.weight) == 0  # the network starts as a zero residual
-    w = eval_windows(etth1_like, 24, "val")
-    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
-                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    sub = val_every_7th(etth1_like)
     info = model.fit_skip(sub, ridge=0.0)
     assert info["rows"] == len(sub.past_values) * 7
     pv, po = torch.as_tensor(sub.past_values), torch.as_tensor(sub.past_observed)
@@ -685,9 +690,7 @@ def test_the_skip_anchored_at_the_last_value_fits_and_forecasts_around_it(etth1_
                       skip_norm="last", skip_ridge=0.0)
     assert hyper.name().endswith("-ols-last-sr0")
     model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
-    w = eval_windows(etth1_like, 24, "val")
-    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
-                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    sub = val_every_7th(etth1_like)
     pv, po = torch.as_tensor(sub.past_values), torch.as_tensor(sub.past_observed).clone()
     # the anchor: the last observed value; a channel with nothing observed falls back to loc
     po[0, -5:, 2] = 0
@@ -731,9 +734,7 @@ def test_recency_weighting_fits_the_recency_weighted_mse_and_is_checked(etth1_li
     hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
                       skip_ridge=0.0, skip_halflife=0.25)
     assert hyper.name().endswith("-ols-sr0-hl0.25")
-    w = eval_windows(etth1_like, 24, "val")
-    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
-                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    sub = val_every_7th(etth1_like)
     pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
     start = sub.start.astype(np.float64)
     r = torch.as_tensor(0.5 ** ((start.max() - start) / (0.25 * (start.max() - start.min()))))[:, None, None]
@@ -763,6 +764,59 @@ def test_recency_weighting_fits_the_recency_weighted_mse_and_is_checked(etth1_li
     assert [h.skip_halflife for h in grid_candidates("recency", hyper, from_file=True)] == [0.25, 1.0, 0.5, 0.125]
     with pytest.raises(ValueError, match="--grid recency"):
         grid_candidates("recency", ARMTHyper(linear_skip=True), from_file=True)
+
+
+def test_per_channel_skips_pooled_towards_the_shared_one_solve_their_ridge_problem(etth1_like):
+    # skip_pool a: channel c's map w_c = shared + skip_channel[c] minimises its rows' data-unit squared error plus
+    # a * m_c * |w_c - shared|^2, bias included (m_c: the mean diagonal of c's Gram matrix over the weights), so its
+    # gradient with respect to skip_channel is 0 at the fit; a -> inf gives the shared map, a -> 0 each channel alone
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
+                      skip_ridge=0.0, skip_pool=0.05)
+    assert hyper.name().endswith("-ols-sr0-pool0.05")
+    sub = val_every_7th(etth1_like)
+    pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    assert model.skip_channel.shape == (7, 97, 24) and torch.count_nonzero(model.skip_channel) == 0
+    info = model.fit_skip(sub)
+    assert info["rows"] == len(sub.past_values) * 7
+    x = torch.cat([xb for xb, *_ in model._fit_batches(sub, 1024)])  # [B, C, L'] skip inputs
+    wt = torch.cat([wb for _, _, wb, _ in model._fit_batches(sub, 1024)])  # [B, C, 1] row weights (scale)
+    m = ((x * wt) ** 2).mean(2).sum(0)  # [C]: each channel's mean Gram diagonal over the weights
+    loss = ((model(pv, po) - fv) ** 2).sum() + (0.05 * m[:, None, None] * model.skip_channel ** 2).sum()
+    loss.backward()
+    assert model.skip_channel.grad.abs().max() < 1e-7 * loss.item()
+    assert torch.count_nonzero(model.skip_channel) > 0
+    # against the shared fit alone: the pooled one is better on the rows it was fitted to
+    shared = ARMTBench(dataclasses.replace(hyper, skip_pool=None), 7, 24, 96, seed=0).double()
+    assert shared.skip_channel is None
+    shared.fit_skip(sub)
+    with torch.no_grad():
+        torch.testing.assert_close(model.skip.weight, shared.skip.weight)  # the shared map is the same fit
+        assert ((model(pv, po) - fv) ** 2).mean() < ((shared(pv, po) - fv) ** 2).mean()
+        strong = ARMTBench(dataclasses.replace(hyper, skip_pool=1e9), 7, 24, 96, seed=0).double()
+        strong.fit_skip(sub)
+        torch.testing.assert_close(strong(pv, po), shared(pv, po))  # a huge pull: the shared map
+        # each channel alone (a -> 0) fits its own rows at least as well as any pooled map
+        alone = ARMTBench(dataclasses.replace(hyper, skip_pool=1e-12), 7, 24, 96, seed=0).double()
+        alone.fit_skip(sub)
+        per_channel = lambda mdl: ((mdl(pv, po) - fv) ** 2).mean((0, 1))  # noqa: E731
+        assert torch.all(per_channel(alone) <= per_channel(model) + 1e-12)
+    # the cross-channel term is fitted on the pooled skip's residual: at ridge 0 its gradient vanishes
+    both = ARMTBench(dataclasses.replace(hyper, cross_lags=3, cross_ridge=0.0), 7, 24, 96, seed=0).double()
+    both.fit_skip(sub)
+    ((both(pv, po) - fv) ** 2).mean().backward()
+    assert both.cross.grad.abs().max() < 1e-8 and torch.count_nonzero(both.cross) > 0
+    # frozen with the skip under "ols-frozen"
+    frozen = ARMTBench(dataclasses.replace(hyper, skip_init="ols-frozen"), 7, 24, 96, seed=0)
+    assert not frozen.skip_channel.requires_grad and model.skip_channel.requires_grad
+    for bad in (dict(skip_pool=0.0), dict(skip_pool=-1.0), dict(skip_init="random", skip_pool=0.5)):
+        with pytest.raises(ValueError, match="skip_pool"):
+            dataclasses.replace(hyper, **bad)
+    # the pool grid: the given choice first, then 1 / 0.1 / 0.01 (no duplicate of the given)
+    assert [h.skip_pool for h in grid_candidates("pool", dataclasses.replace(hyper, skip_pool=0.1),
+                                                 from_file=True)] == [0.1, 1.0, 0.01]
+    with pytest.raises(ValueError, match="--grid pool"):
+        grid_candidates("pool", ARMTHyper(linear_skip=True), from_file=True)
 
 
 def test_a_frozen_least_squares_skip_stays_fixed_while_the_network_trains(etth1_like):
@@ -869,9 +923,7 @@ def test_the_cross_channel_term_is_the_least_squares_fit_of_the_skips_residual(e
     assert hyper.name().endswith("-ols-x4r0")
     model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
     assert model.cross.shape == (7, 7 * 4 + 1, 24) and torch.count_nonzero(model.cross) == 0
-    w = eval_windows(etth1_like, 24, "val")
-    sub = Windows(*(a[::7].astype(np.float64) if a.dtype.kind == "f" else a[::7]
-                    for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
+    sub = val_every_7th(etth1_like)
     model.fit_skip(sub, ridge=0.0)
     pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
     err = model(pv, po) - fv
