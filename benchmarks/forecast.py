@@ -1055,7 +1055,8 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                 with Timer() as tp:
                     pred = predict_armt(alone, w.past_values, w.past_observed, device, bf16)
                 m = masked_errors(pred, w.future_values, w.future_observed)
-                linear = n_params(alone.skip) + (0 if alone.cross is None else alone.cross.numel())
+                linear = n_params(alone.skip) + sum(0 if t is None else t.numel()
+                                                     for t in (alone.cross, alone.skip_channel))
                 rows.append(row(prep, horizon, f"{label}: least-squares skip alone", m, params=linear,
                                 train_seconds=info["train_seconds"], train_steps=0,
                                 predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
