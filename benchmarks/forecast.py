@@ -942,8 +942,9 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
                                                                              skip_init="ols-frozen")
         other = "ols" if base.skip_init == "ols-frozen" else "ols-frozen"
-        return [hyper] + [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
-                          for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
+        grid = [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
+                for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
+        return [hyper] + [h for h in grid if h != hyper]  # a given choice with that term already: not twice
     if kind == "ridge":  # the cross-channel term's ridge (the given choice's lags and skip); with --max-steps 0 the
         # candidates differ in the least-squares fit alone, so the fit's ridge is chosen at no training cost
         if not hyper.cross_lags:

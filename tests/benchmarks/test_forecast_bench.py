@@ -975,6 +975,9 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
     grid = grid_candidates("cross", ARMTHyper(), from_file=True)  # no least-squares skip yet: a frozen one
     assert [(h.linear_skip, h.skip_init, h.cross_lags) for h in grid[1:]] == [
         (True, "ols-frozen", 8), (True, "ols-frozen", 16), (True, "ols", 8)]
+    given = ARMTHyper(linear_skip=True, skip_init="ols-frozen", cross_lags=8)  # the term already there: not twice
+    assert [(h.skip_init, h.cross_lags) for h in grid_candidates("cross", given, from_file=True)] == [
+        ("ols-frozen", 8), ("ols-frozen", 16), ("ols", 8)]
     # the norm grid: the given choice, its frozen least-squares skip, then that skip anchored at the last value
     grid = grid_candidates("norm", ARMTHyper(loss="huber"), from_file=True)
     assert [(h.linear_skip, h.skip_init, h.skip_norm, h.skip_ridge, h.loss) for h in grid] == [
