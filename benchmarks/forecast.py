@@ -216,6 +216,9 @@ class ARMTHyper:
     # with the skip. The shared skip sees one channel at a time; this is what it cannot see.
     cross_lags: int = 0
     cross_ridge: float = 1.0
+    # > 0 (needs cross_lags): the cross-channel term also reads every channel's skip input averaged over blocks of
+    # this many steps (skip_len // cross_blocks blocks, ending at the last step): the other channels' longer past
+    cross_blocks: int = 0
     # the skip's anchor: "window" (the context's mean, as the network's input) or "last" (each channel's last observed
     # context value, as NLinear): the skip maps (context - anchor) / scale to (future - anchor) / scale
     skip_norm: str = "window"
@@ -258,6 +261,10 @@ class ARMTHyper:
                              "is no other channel to read")
         if not self.cross_ridge >= 0:
             raise ValueError(f"ARMTHyper.cross_ridge: expected >= 0, got {self.cross_ridge!r}")
+        if (isinstance(self.cross_blocks, bool) or not isinstance(self.cross_blocks, int) or self.cross_blocks < 0
+                or (self.cross_blocks and not self.cross_lags)):
+            raise ValueError(f"ARMTHyper.cross_blocks={self.cross_blocks!r}: expected an int, 0 or > 0 with "
+                             f"cross_lags > 0 (the block means are the cross-channel term's extra inputs)")
         if self.skip_norm not in ("window", "last"):
             raise ValueError(f"ARMTHyper.skip_norm: expected 'window' or 'last', got {self.skip_norm!r}")
         if self.skip_norm == "last" and not self.linear_skip:
@@ -291,6 +298,7 @@ class ARMTHyper:
                 f"{f'-hp{self.head_patches}' if self.head_patches > 1 else ''}"
                 f"{'' if self.skip_init == 'random' else '-' + self.skip_init}"
                 f"{f'-x{self.cross_lags}r{self.cross_ridge:g}' if self.cross_lags else ''}"
+                f"{f'b{self.cross_blocks}' if self.cross_blocks else ''}"
                 f"{'-last' if self.skip_norm == 'last' else ''}"
                 f"{f'-sr{self.skip_ridge:g}' if self.skip_ridge != 1e-3 else ''}"
                 f"{'' if self.skip_halflife is None else f'-hl{self.skip_halflife:g}'}"
@@ -346,11 +354,17 @@ class ARMTBench(nn.Module):
         self.skip_len = min(context_length, 512)
         self.skip = nn.Linear(self.skip_len, horizon) if hyper.linear_skip else None
         self.cross = None
-        if hyper.cross_lags:  # [C_out, C * k + 1, H]: per output channel, every channel's last k steps and a bias
+        if hyper.cross_lags:  # [C_out, C * (k + n_blocks) + 1, H]: per output channel, every channel's last k
+            # steps (and its block means, ``cross_blocks``) and a bias
             if hyper.cross_lags > self.skip_len:
                 raise ValueError(f"ARMTHyper.cross_lags={hyper.cross_lags} exceeds the skip's {self.skip_len} "
                                  f"context steps")
-            self.cross = nn.Parameter(torch.zeros(n_channels, n_channels * hyper.cross_lags + 1, horizon))
+            if hyper.cross_blocks > self.skip_len:
+                raise ValueError(f"ARMTHyper.cross_blocks={hyper.cross_blocks} exceeds the skip's {self.skip_len} "
+                                 f"context steps")
+            n_blocks = self.skip_len // hyper.cross_blocks if hyper.cross_blocks else 0
+            self.cross = nn.Parameter(torch.zeros(n_channels, n_channels * (hyper.cross_lags + n_blocks) + 1,
+                                                  horizon))
         # [C, skip_len + 1, H]: each channel's map minus the shared one, its last row the bias (skip_pool only)
         self.skip_channel = None
         if hyper.skip_pool is not None:
@@ -395,10 +409,17 @@ class ARMTBench(nn.Module):
         return x.transpose(1, 2)
 
     def cross_inputs(self, x: Tensor) -> Tensor:
-        """Skip inputs [B, C, skip_len] -> the cross-channel term's input [B, C * k + 1]: every channel's last k
-        steps, then a constant 1."""
-        f = x[:, :, -self.hyper.cross_lags:].reshape(x.shape[0], -1)
-        return torch.cat([f, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+        """Skip inputs [B, C, skip_len] -> the cross-channel term's input [B, C * (k + n) + 1]: every channel's last
+        k steps, then (``cross_blocks`` = b) every channel's means over its n = skip_len // b last blocks of b steps
+        (oldest first; unobserved steps count as the 0 the skip input holds), then a constant 1."""
+        b, c, length = x.shape
+        parts = [x[:, :, -self.hyper.cross_lags:].reshape(b, -1)]
+        if self.hyper.cross_blocks:
+            size = self.hyper.cross_blocks
+            n = length // size
+            parts.append(x[:, :, length - n * size:].reshape(b, c, n, size).mean(3).reshape(b, -1))
+        parts.append(torch.ones(b, 1, dtype=x.dtype, device=x.device))
+        return torch.cat(parts, 1)
 
     def skip_maps(self, x: Tensor) -> Tensor:
         """Skip inputs [B, C, skip_len] -> the shared skip plus each channel's own map (``skip_pool``) [B, C, H], in
@@ -945,6 +966,13 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
         grid = [dataclasses.replace(base, cross_lags=k, cross_ridge=1.0, skip_init=init)
                 for k, init in ((8, base.skip_init), (16, base.skip_init), (8, other))]
         return [hyper] + [h for h in grid if h != hyper]  # a given choice with that term already: not twice
+    if kind == "blocks":  # the cross-channel term's block means (16 and 8 steps) at its ridge and 3x; with
+        # --max-steps 0 the candidates differ in the fit alone, so they are chosen at no training cost
+        if not hyper.cross_lags:
+            raise ValueError("--grid blocks: the given choice has no cross-channel term (cross_lags 0); use cross")
+        grid = [dataclasses.replace(hyper, cross_blocks=b, cross_ridge=r) for b in (16, 8)
+                for r in (hyper.cross_ridge, 3 * hyper.cross_ridge)]
+        return [hyper] + [h for h in grid if h != hyper]
     if kind == "ridge":  # the cross-channel term's ridge (the given choice's lags and skip); with --max-steps 0 the
         # candidates differ in the least-squares fit alone, so the fit's ridge is chosen at no training cost
         if not hyper.cross_lags:
@@ -1464,7 +1492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
-                            "ols", "residual", "cross", "ridge", "recency", "pool", "norm", "normcross", "choices"],
+                            "ols", "residual", "cross", "blocks", "ridge", "recency", "pool", "norm", "normcross",
+                            "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
     p.add_argument("--val-stride", type=int, default=4,
                    help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")

@@ -661,6 +661,16 @@ def val_every_7th(prep) -> Windows:
                      for a in (w.past_values, w.past_observed, w.future_values, w.future_observed, w.start)))
 
 
+def fitted_error(model: ARMTBench, sub: Windows) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Fit ``model``'s least-squares parts on ``sub`` with ridge 0, backpropagate the MSE of its forecast; returns
+    the error and (past values, past observed, future values) as tensors."""
+    model.fit_skip(sub, ridge=0.0)
+    pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
+    err = model(pv, po) - fv
+    (err ** 2).mean().backward()
+    return err, (pv, po, fv)
+
+
 def test_the_least_squares_skip_fit_zeroes_the_gradient_of_the_training_mse(etth1_like):
     # ridge 0: the fit solves the normal equations of the data-unit MSE of the model whose network output is zero
     hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols")
@@ -924,10 +934,7 @@ def test_the_cross_channel_term_is_the_least_squares_fit_of_the_skips_residual(e
     model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
     assert model.cross.shape == (7, 7 * 4 + 1, 24) and torch.count_nonzero(model.cross) == 0
     sub = val_every_7th(etth1_like)
-    model.fit_skip(sub, ridge=0.0)
-    pv, po, fv = (torch.as_tensor(a) for a in (sub.past_values, sub.past_observed, sub.future_values))
-    err = model(pv, po) - fv
-    (err ** 2).mean().backward()
+    err, (pv, po, fv) = fitted_error(model, sub)
     assert model.cross.grad.abs().max() < 1e-8
     # the untrained model is the skip plus the cross-channel term, and the term reads the other channels
     loc, scale = model.stats(pv, po)
@@ -944,6 +951,47 @@ def test_the_cross_channel_term_is_the_least_squares_fit_of_the_skips_residual(e
     torch.testing.assert_close(plain.skip.weight, model.skip.weight, rtol=0, atol=0)
     with torch.no_grad():
         assert ((plain(pv, po) - fv) ** 2).mean() > (err.detach() ** 2).mean()
+
+
+def test_the_cross_channel_terms_block_means_read_each_channels_longer_past(etth1_like):
+    # cross_blocks b: after every channel's last k steps, its means over the last skip_len // b blocks of b steps
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols",
+                      cross_lags=2, cross_ridge=0.0, cross_blocks=40)
+    assert hyper.name().endswith("-ols-x2r0b40")
+    model = ARMTBench(hyper, 7, 24, 96, seed=0).double()
+    assert model.cross.shape == (7, 7 * (2 + 2) + 1, 24)  # 96 // 40 = 2 blocks: steps 16-55 and 56-95
+    x = torch.randn(3, 7, 96, dtype=torch.float64)
+    f = model.cross_inputs(x)
+    torch.testing.assert_close(f[:, :14], x[:, :, -2:].reshape(3, 14), rtol=0, atol=0)
+    blocks = f[:, 14:-1].reshape(3, 7, 2)
+    torch.testing.assert_close(blocks[..., 0], x[:, :, 16:56].mean(2))
+    torch.testing.assert_close(blocks[..., 1], x[:, :, 56:].mean(2))
+    assert torch.equal(f[:, -1], torch.ones(3, dtype=torch.float64))
+    # with ridge 0 the fit zeroes the training MSE's gradient with respect to the term, block means included
+    sub = val_every_7th(etth1_like)
+    err, (pv, po, fv) = fitted_error(model, sub)
+    assert model.cross.grad.abs().max() < 1e-8
+    assert model.cross[:, 14:-1].abs().sum() > 0
+    # lags alone are a special case of lags and block means: the in-sample error is no higher with the means
+    lags = ARMTBench(dataclasses.replace(hyper, cross_blocks=0), 7, 24, 96, seed=0).double()
+    lags.fit_skip(sub, ridge=0.0)
+    with torch.no_grad():
+        assert ((lags(pv, po) - fv) ** 2).mean() > (err.detach() ** 2).mean()
+    for bad in (dict(cross_blocks=16), dict(cross_lags=2, cross_blocks=-1), dict(cross_lags=2, cross_blocks=True),
+                dict(cross_lags=2, cross_blocks=1.5)):
+        with pytest.raises(ValueError, match="cross_blocks"):
+            ARMTHyper(linear_skip=True, skip_init="ols", **bad)
+    with pytest.raises(ValueError, match="cross_blocks=97 exceeds the skip's 96"):
+        ARMTBench(dataclasses.replace(hyper, cross_blocks=97), 7, 24, 96)
+    # the blocks grid: the given choice, then blocks of 16 and 8 at its ridge and at 3x (no duplicate)
+    given = ARMTHyper(linear_skip=True, skip_init="ols-frozen", cross_lags=8, cross_ridge=3.0)
+    assert [(h.cross_blocks, h.cross_ridge) for h in grid_candidates("blocks", given, from_file=True)] == [
+        (0, 3.0), (16, 3.0), (16, 9.0), (8, 3.0), (8, 9.0)]
+    given = dataclasses.replace(given, cross_blocks=16)
+    assert [(h.cross_blocks, h.cross_ridge) for h in grid_candidates("blocks", given, from_file=True)] == [
+        (16, 3.0), (16, 9.0), (8, 3.0), (8, 9.0)]
+    with pytest.raises(ValueError, match="--grid blocks"):
+        grid_candidates("blocks", ARMTHyper(linear_skip=True, skip_init="ols"), from_file=True)
 
 
 def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(etth1_like):
