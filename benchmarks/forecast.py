@@ -982,7 +982,7 @@ def grid_candidates(kind: str, hyper: ARMTHyper, from_file: bool) -> list[ARMTHy
     if kind == "norm":  # the least-squares skip anchored at each channel's last value (NLinear), and its ridge
         base = hyper if hyper.skip_init != "random" else dataclasses.replace(hyper, linear_skip=True,
                                                                              skip_init="ols-frozen")
-        last = dataclasses.replace(base, skip_norm="last", cross_lags=0)
+        last = dataclasses.replace(base, skip_norm="last", cross_lags=0, cross_blocks=0)
         return [hyper] + ([base] if base != hyper else []) + [dataclasses.replace(last, skip_ridge=r)
                                                               for r in (1e-3, 0.05, 0.2)]
     if kind == "normcross":  # the given choice's skip (and its cross-channel term) anchored at the last value

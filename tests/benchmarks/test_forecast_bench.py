@@ -992,6 +992,8 @@ def test_the_cross_channel_terms_block_means_read_each_channels_longer_past(etth
         (16, 3.0), (16, 9.0), (8, 3.0), (8, 9.0)]
     with pytest.raises(ValueError, match="--grid blocks"):
         grid_candidates("blocks", ARMTHyper(linear_skip=True, skip_init="ols"), from_file=True)
+    # the norm grid's anchored skips drop the whole cross-channel term, block means included
+    assert [(h.cross_lags, h.cross_blocks) for h in grid_candidates("norm", given, from_file=True)][1:] == [(0, 0)] * 3
 
 
 def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(etth1_like):
