@@ -1587,7 +1587,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             overrides = parse_armt_set(args.armt_set)
             given = [dataclasses.replace(g, **overrides) for g in given]
-            hyper = dataclasses.replace(hyper, **overrides)
+            if not given:  # the overrides may only be valid on the given choice (cross_lags needs its skip)
+                hyper = dataclasses.replace(hyper, **overrides)
         except (ValueError, TypeError) as e:
             p.error(f"--armt-set: {e}")
         log(f"ARMT fields set: {overrides}")

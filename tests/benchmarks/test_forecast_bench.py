@@ -492,6 +492,11 @@ def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path
     assert "set read_norm_cap=5" in payload["armt_hyper_source"]
     with pytest.raises(SystemExit):
         fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "read_cap=5"])
+    # a field only valid on the given choice (the cross-channel term needs its least-squares skip), not the default
+    payload = fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "cross_lags=2"])
+    assert payload["armt_chosen"]["cross_lags"] == 2 and payload["armt_chosen"]["skip_init"] == "ols-frozen"
+    with pytest.raises(SystemExit):  # without a given choice it applies to the default, which has no skip
+        fc.main(argv + ["--grid", "none", "--armt-set", "cross_lags=2"])
 
 
 def test_the_read_guard_bounds_retrieved_rows_and_is_exact_where_it_does_not_bind(etth1_like):
