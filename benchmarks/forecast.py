@@ -16,8 +16,11 @@ weighted quantile loss over the levels 0.1 .. 0.9 (``mean_wql``), for the probab
 DeepAR, iTransformer: gluonts' Student-t ports); the ARMT point model and SeasonalNaive get null.
 
 ARMT hyperparameters are chosen on the validation split only
-(``--grid small|schedule|ema|dropout|channels|width|loss|skip|head|ols|residual`` at the first horizon, each
-candidate built and trained from the same seed with the same budget and scored by val MSE); the choice is recorded.
+(``--grid KIND`` at the first horizon, each candidate built and trained from the same seed with the same budget and
+scored by val MSE; ``grid_candidates`` says what each kind tries); the choice is recorded. The network's kinds:
+small, schedule, ema, dropout, channels, width, loss, skip, head; the least-squares skip's: ols, residual, norm,
+recency, pool; its cross-channel term's: cross, normcross, ridge, blocks. The candidates of recency, pool, ridge and
+blocks differ in the fit alone, so with ``--max-steps 0`` they are chosen at no training cost.
 The baselines use gluonts' defaults (PatchTST with the paper's patch 16 / stride 8) with ``scaling="std"``
 (instance normalisation, as in the papers' RevIN), fixed, not tuned; recorded too.
 
