@@ -442,8 +442,18 @@ def _find(table: _Table, given: str | None, aliases: Sequence[str], role: str, p
             return lower[alias]
     if required:
         raise SchemaError(f"no {role} column was found", file=table.file, column=None,
-                          expected=f"a column named one of {list(aliases)} (any case), or pass {param}=")
+                          expected=f"a column named one of {list(aliases)} (any case), or pass {_pass(param)}")
     return None
+
+
+# the armt-ts command-line options that set a reader argument
+_CLI_OPTIONS = {"timestamp": "--timestamp", "series_id": "--id", "entity": "--id"}
+
+
+def _pass(param: str) -> str:
+    """How to name a column for ``param``: the reader's argument, and the command line's option where there is one."""
+    option = _CLI_OPTIONS.get(param)
+    return f"{param}=" + (f" (armt-ts: {option} COL)" if option else "")
 
 
 def _timestamp_column(table: _Table, given: str | None) -> str:
@@ -458,7 +468,8 @@ def _timestamp_column(table: _Table, given: str | None) -> str:
         return first
     raise SchemaError("no timestamp column was found (the first column does not hold dates)",
                       file=table.file, column=first,
-                      expected=f"a column named one of {list(_TIME_NAMES)} (any case), or pass timestamp=")
+                      expected=f"a column named one of {list(_TIME_NAMES)} (any case), or pass "
+                               f"{_pass('timestamp')}")
 
 
 def _collect_head(table: _Table, column: str) -> pl.Series:

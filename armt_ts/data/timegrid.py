@@ -249,7 +249,9 @@ def _normalise(s: pl.Series) -> pl.Series:
     return (s.str.replace(r"^(\d{4})/(\d{1,2})/(\d{1,2})", "${1}-${2}-${3}")
             .str.replace(r"^(\d{4}-\d{1,2}-\d{1,2})[Tt ]\s*", "${1} ")
             .str.replace(r"\s*[Zz]$", "+00:00")
-            .str.replace(r"\s+([+-]\d{2}:?\d{2})$", "${1}"))
+            .str.replace(r"\s+([+-]\d{2}:?\d{2})$", "${1}")
+            # hour precision ('2020-01-01T13', numpy's datetime64[h] spelling): add the minutes
+            .str.replace(r"^(\d{4}-\d{1,2}-\d{1,2} \d{1,2})([+-]\d{2}:?\d{2})?$", "${1}:00${2}"))
 
 
 def _parse_strings(s: pl.Series, formats: tuple[str, ...], *, zoned: bool | None, file: str,
