@@ -207,6 +207,36 @@ def test_batched_gluonts_prediction_matches_gluonts_own_predictor():
     np.testing.assert_allclose(mean, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_deepar_prediction_matches_gluonts_own_forecasts_series_by_series():
+    """_predict_deepar fills [W * C] float32 arrays as the predictor yields its forecasts (lists of float64
+    quantiles ran out of memory on Weather at H=720); means and quantiles must be the sample forecasts' own, in the
+    [W, H, C] layout."""
+    import pandas as pd
+    from gluonts.dataset.common import ListDataset
+
+    from benchmarks.forecast import QUANTILE_LEVELS, predict_gluonts, train_gluonts
+
+    prep = prepare_frame(synthetic_frame(14400, n_channels=3), "ETTh1", 48)
+    est, predictor, info = train_gluonts("DeepAR", prep, 12, budget_s=60.0, seed=0, device="cpu", bf16=False,
+                                         max_steps=2)
+    w = eval_windows(prep, 12)
+    sub = Windows(w.past_values[:4], w.past_observed[:4], w.future_values[:4], w.future_observed[:4], w.start[:4])
+    torch.manual_seed(7)
+    mean, q = predict_gluonts("DeepAR", est, predictor, prep, sub, "cpu", bf16=False)
+    assert mean.shape == (4, 12, 3) and q.shape == (4, 12, 3, 9) and mean.dtype == q.dtype == np.float32
+    assert (np.diff(q, axis=-1) >= 0).all()
+    # the same draws again through gluonts' predictor (same seed, same batches)
+    start = pd.Period(pd.Timestamp(prep.test.timestamps[0]), freq="h")
+    entries = [{"start": start + int(sub.start[i]), "target": sub.past_values[i, :, c]}
+               for i in range(4) for c in range(3)]
+    torch.manual_seed(7)
+    forecasts = list(predictor.predict(ListDataset(entries, freq="h")))
+    ref_mean = np.stack([f.samples.mean(0) for f in forecasts]).reshape(4, 3, 12).transpose(0, 2, 1)
+    ref_q = np.stack([np.quantile(f.samples, QUANTILE_LEVELS, axis=0).T for f in forecasts])
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(q, ref_q.reshape(4, 3, 12, 9).transpose(0, 2, 1, 3), rtol=1e-5, atol=1e-6)
+
+
 def test_cosine_schedule_decays_the_learning_rate_over_the_step_budget(monkeypatch):
     seen = []
     original = torch.optim.AdamW.step
