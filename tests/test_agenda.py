@@ -78,3 +78,11 @@ def test_forecast_and_missing_channel_answers_are_tables_of_the_current_files(re
     (results / "forecast_ETTh1_150s_es_seeds.json").write_text(
         json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "def"}))
     assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_seeds"
+
+
+def test_the_preferred_forecast_files_are_the_tables_the_readme_calls_current():
+    """The agenda answers from the tables the README shows (the Weather one once lagged a table behind)."""
+    readme = (agenda.ROOT / "README.md").read_text()
+    current = readme[readme.index("The current tables"):][:600]
+    assert f"results/{agenda.CANDIDATES['forecast'][0]}.md" in current
+    assert f"results/{agenda.WEATHER_STEMS[0]}.md" in current
