@@ -632,7 +632,7 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp), step (1..h), mean and\n"
-            "q<level> per quantile.\n\n"
+            "q<level> per quantile; an entity without any observed value yet gets none.\n\n"
             "Examples:\n"
             "  armt-ts forecast ETTh1.csv --target OT HUFL --save-model ett-model\n"
             "  tail -f live.csv | armt-ts stream --model ett-model --state live.state --every 1\n"
@@ -771,7 +771,9 @@ def run_stream(args: argparse.Namespace) -> int:
                 stream.close()
     c = run.counts
     skipped = f", skipped {c['skipped']} row(s) already in the state" if c["skipped"] else ""
-    print(f"{PROG} stream: {c['rows']} row(s) from {source}{skipped}; {len(sf.entities)} entities, "
+    waiting = len(sf.entities) - len(sf.entities_with_data())
+    waiting = f" ({waiting} without an observed value yet, so not forecast)" if waiting else ""
+    print(f"{PROG} stream: {c['rows']} row(s) from {source}{skipped}; {len(sf.entities)} entities{waiting}, "
           f"{c['segments']} segment(s) written to memory; {c['forecast_rows']} forecast row(s)"
           f"{f'; state in {args.state}' if args.state else ''}", file=sys.stderr)
     return 0
@@ -799,8 +801,12 @@ class _StreamRun:
                 self.sf.save(self.args.state)
 
     def save_and_forecast(self) -> None:
-        if self.sf.entities:
-            self.counts["forecast_rows"] += self.out.write(self.sf.forecast(self.horizon, self.levels), self.as_of)
+        # an entity without an observed value yet (a wide file's column before its first value) has nothing to
+        # forecast from
+        ready = self.sf.entities_with_data()
+        if ready:
+            fc = self.sf.forecast(self.horizon, self.levels, entities=ready)
+            self.counts["forecast_rows"] += self.out.write(fc, self.as_of)
         self.save_state()
         self.forecast_is_current = True
 
@@ -894,9 +900,12 @@ def _stream_columns(header: list[str], args: argparse.Namespace, source: str, C:
 
 
 def _push(sf, values: np.ndarray, timestamps: np.ndarray, entities: list, where: str) -> int:
-    from armt_ts.stream import StreamError
+    from armt_ts.stream import StreamError, TimeOrderError
 
     try:
         return sf.push(values, timestamps=timestamps, entities=entities)
+    except TimeOrderError as err:  # the times as the file writes them, not as int64 nanoseconds
+        raise CLIError(f"{where}: entity {err.entity!r}: timestamp {_format_time(err.time)} is not after its previous "
+                       f"one, {_format_time(err.previous)} (timestamps must increase per entity)") from None
     except StreamError as err:
         raise CLIError(f"{where}: {err}") from None

@@ -104,6 +104,12 @@ FLEET_CHUNK = 256
 # Errors
 
 
+def _datetime_text(ns: int) -> str:
+    """int64 nanoseconds since 1970 as an ISO datetime, to the second unless it has a fraction of one."""
+    t = np.datetime64(ns, "ns")
+    return str(t.astype("datetime64[s]") if ns % 1_000_000_000 == 0 else t)
+
+
 class StreamError(ValueError):
     """Base class of every error a StreamingForecaster raises for bad input; the state is left unchanged."""
 
@@ -129,7 +135,14 @@ class DuplicateEntityError(StreamError):
 
 
 class TimeOrderError(StreamError):
-    """A timestamp that is not strictly after the entity's previous one (time going backwards or repeating)."""
+    """A timestamp that is not strictly after the entity's previous one (time going backwards or repeating).
+
+    ``entity``, ``time`` and ``previous`` (int64: nanoseconds since 1970 for datetimes, else the integers pushed) say
+    which, so a caller that knows its time format can word its own message."""
+
+    def __init__(self, message: str, entity: Any = None, time: int | None = None, previous: int | None = None):
+        super().__init__(message)
+        self.entity, self.time, self.previous = entity, time, previous
 
 
 class NonFiniteValueError(StreamError):
@@ -367,6 +380,15 @@ class StreamingForecaster:
     def entities(self) -> tuple:
         return self.state.entities
 
+    def entities_with_data(self) -> list:
+        """The entities with at least one observed value so far (in the scaler statistics or the buffer), in row
+        order; a forecast for any other one has nothing but the model's prior to go on."""
+        st = self.state
+        steps = torch.arange(st.buf_observed.shape[1], device=st.buf_observed.device)
+        buffered = (st.buf_observed & (steps[None, :, None] < st.fill[:, None, None])).flatten(1).any(1)
+        seen = ((st.stat_n.sum(1) > 0) | buffered).cpu().tolist()
+        return [e for e, ok in zip(st.entities, seen) if ok]
+
     def staleness(self, entities: Sequence[Hashable] | None = None) -> dict:
         """How stale each entity's memory is: {id: steps pushed since its last segment was written to memory}.
 
@@ -561,7 +583,8 @@ class StreamingForecaster:
         if isinstance(timestamps, torch.Tensor):
             timestamps = timestamps.detach().cpu().numpy()
         ts = np.asarray(timestamps)
-        if ts.dtype.kind == "M":
+        dates = ts.dtype.kind == "M"
+        if dates:
             if np.isnat(ts).any():
                 raise ShapeError("timestamps: NaT (not a time) is not a timestamp")
             ts = ts.astype("datetime64[ns]").astype(np.int64)
@@ -586,9 +609,10 @@ class StreamingForecaster:
         back[:, 0] &= prev[:, 0] != _NO_TIME
         if back.any():
             i, s = (int(v) for v in back.nonzero()[0])
-            before = int(seq[i, s])
-            raise TimeOrderError(f"timestamps: entity {self.state.entities[int(rows[i])]!r}, step {s} of the push: "
-                                 f"{int(seq[i, s + 1])} is not after the previous timestamp {before}")
+            entity, now, before = self.state.entities[int(rows[i])], int(seq[i, s + 1]), int(seq[i, s])
+            shown = _datetime_text if dates else str
+            raise TimeOrderError(f"timestamps: entity {entity!r}, step {s} of the push: {shown(now)} is not after the "
+                                 f"previous timestamp {shown(before)}", entity=entity, time=now, previous=before)
         return t
 
     # --- the recurrence ------------------------------------------------------------------------------

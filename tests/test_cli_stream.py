@@ -160,7 +160,14 @@ def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
     f = tmp_path / "back.csv"
     f.write_text("\n".join(rows) + "\n")
     code, _, err = _run(capsys, "stream", "--model", saved_model, f)
-    assert code == 2 and "row 12" in err and "not after the previous timestamp" in err
+    # the times as the file writes them (not int64 nanoseconds), the entity, and the rule
+    assert code == 2 and "row 12" in err and "entity 'a'" in err
+    assert "timestamp 2024-01-01 09:00:00 is not after its previous one, 2024-01-01 10:00:00" in err
+    assert "must increase per entity" in err
+    ints = tmp_path / "ints.csv"
+    ints.write_text("t,a,b\n5,1,2\n3,1,2\n")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, ints)
+    assert code == 2 and "row 3" in err and "timestamp 3 is not after its previous one, 5" in err
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--horizon", 99)
     assert code == 2 and "at most 6 steps" in err
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "nope")
@@ -171,6 +178,25 @@ def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
     bad_state.write_bytes(b"not a safetensors file")
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", bad_state)
     assert code == 2 and "--state" in err
+
+
+def test_entities_without_an_observed_value_get_no_forecast(saved_model, tmp_path, capsys):
+    """A header alone, or a column whose cells are all empty so far, has nothing to forecast from: no rows for it
+    (not the model's prior dressed as a forecast), and the summary says how many wait."""
+    f = tmp_path / "header.csv"
+    f.write_text("timestamp,a,b\n")
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0, err
+    assert out.splitlines() == ["entity,as_of,step,mean,q0.1,q0.5,q0.9"]
+    assert "0 forecast row(s)" in err and "2 without an observed value yet" in err
+    f = tmp_path / "half.csv"
+    header, *rows = _wide_rows(30)
+    f.write_text("\n".join([header] + [r.rsplit(",", 1)[0] + "," for r in rows]) + "\n")  # b: every cell empty
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 10)
+    assert code == 0, err
+    df = _blocks(out)
+    assert df["entity"].unique().to_list() == ["a"] and df.height == 3 * H  # rows 10, 20, 30
+    assert "1 without an observed value yet" in err
 
 
 def test_readme_python_snippet_from_directory(saved_model):

@@ -295,8 +295,30 @@ def test_channel_subset_and_timestamps():
         b.push(np.array([np.nan, float(i)]), timestamps=ts)
     assert a.state.equal(b.state)
     assert int(a.state.last_time[0]) == (t0 + np.timedelta64(14, "h")).astype("datetime64[ns]").astype(np.int64)
-    with pytest.raises(TimeOrderError):
+    with pytest.raises(TimeOrderError) as err:
         a.push(np.array([1.0, 2.0]), timestamps=t0)
+    # datetimes pushed as datetimes are named as datetimes; the error carries the int64 values too
+    assert "2024-01-01T00:00:00 is not after the previous timestamp 2024-01-01T14:00:00" in str(err.value)
+    assert err.value.entity == 0 and err.value.previous == int(a.state.last_time[0])
+    assert err.value.time == t0.astype("datetime64[ns]").astype(np.int64)
+    half = r"2024-01-01T00:00:00\.500000000 is not after the previous timestamp 2024-01-01T00:00:01$"
+    with pytest.raises(TimeOrderError, match=half):
+        sf = StreamingForecaster(model)
+        sf.push(np.zeros((2, 2)), timestamps=t0 + np.array([1000, 500], dtype="timedelta64[ms]"))
+    with pytest.raises(TimeOrderError, match="step 1 of the push: 7 is not after the previous timestamp 9"):
+        StreamingForecaster(model).push(np.zeros((2, 2)), timestamps=[9, 7])
+
+
+def test_entities_with_data_counts_buffered_and_segment_values():
+    model = make_model()  # P=4, S=3: a segment is 12 steps
+    sf = StreamingForecaster(model, entities=["quiet", "early", "late"])
+    assert sf.entities_with_data() == []
+    nan = np.full(2, np.nan)
+    for i in range(14):  # "early": one value in its first step (a segment completes at 12); "late": at step 13
+        vals = np.stack([nan, np.array([1.0, np.nan]) if i == 0 else nan, np.array([np.nan, 2.0]) if i == 13 else nan])
+        sf.push(vals, timestamps=np.full(3, i), entities=["quiet", "early", "late"])
+        assert sf.entities_with_data() == (["early"] if i < 13 else ["early", "late"])
+    assert int(sf.state.segments[0]) == 1
 
 
 def test_save_load_bit_identical_and_atomic(tmp_path):
