@@ -476,6 +476,10 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
         raise CLIError(f"the series have {panel.frame.n_steps} steps; training needs more than the horizon "
                        f"({horizon}): lower --horizon, or forecast with a saved --model")
     lp.seed_everything(args.seed, verbose=False)  # torch, numpy (gluonts' window sampler) and random
+    seen = panel.frame.n_steps - horizon  # the most context steps a training window can hold
+    if context > seen:
+        print(f"{PROG}: note: the series have {panel.frame.n_steps} steps, so a training window holds at most {seen} "
+              f"of the {context} context steps (the rest is padding, masked as missing)", file=sys.stderr)
     print(f"{PROG}: training on {len(panel.series)} series (horizon {horizon}, context {context}, "
           f"{args.epochs} epochs x {args.batches_per_epoch} batches)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="armt-ts-") as tmp:

@@ -91,6 +91,20 @@ def test_wide_csv_end_to_end(tmp_path, capsys):
     assert png.read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_context_longer_than_the_data_trains_with_a_note(tmp_path, capsys):
+    """A context longer than the series leaves most of every training window as masked padding: it still trains and
+    forecasts, and says how much of the context the data can fill."""
+    src = tmp_path / "short.csv"
+    _wide_csv(src, steps=40)  # 36 rows (4 are gaps) on a grid of 40 steps
+    code, stdout, err = _run(capsys, "forecast", src, *TINY[:-2], "--context", 96, "--out", tmp_path / "f.csv",
+                             "--no-plot")
+    assert code == 0, err
+    assert "the series have 40 steps, so a training window holds at most 34 of the 96 context steps" in err
+    _check_forecast(_read_forecast(tmp_path / "f.csv"), [ODD, REPLACEMENT, "plain"])
+    code, stdout, err = _run(capsys, "forecast", src, *TINY, "--out", tmp_path / "g.csv", "--no-plot")
+    assert code == 0 and "note:" not in err  # context 24 fits
+
+
 def test_long_csv_with_channels_and_explicit_columns(tmp_path, capsys):
     t = np.datetime64("2024-01-01 00:00") + np.arange(120) * np.timedelta64(10, "m")
     rows = [(str(x).replace("T", " "), sid, ch, f"{j + 5 * np.sin(i / 6 + j):.3f}")
