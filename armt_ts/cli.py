@@ -629,8 +629,8 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "  wide  a timestamp column and one value column per series (a univariate model: every column is an\n"
             "        entity; a model with C channels: exactly C value columns, one entity);\n"
             "  long  with --id COL: timestamp, id, value per row; an id seen for the first time joins the fleet.\n"
-            "Timestamps are ISO dates / datetimes or integers and must increase per entity; empty / NaN cells are\n"
-            "missing values. With --state PATH the state is loaded from PATH when it exists and saved there\n"
+            "Timestamps are ISO dates / datetimes (one with a UTC offset is converted to UTC) or integers and must\n"
+            "increase per entity; empty / NaN cells are missing values. With --state PATH the state is loaded from PATH when it exists and saved there\n"
             "(atomically) at every forecast and at the end; after a restart, rows at or before an entity's saved\n"
             "last timestamp are skipped, so replaying the same file continues where the last run stopped."
         ),
@@ -667,14 +667,17 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
 
 
 def _parse_time(text: str, where: str) -> np.int64:
-    """An ISO date / datetime (-> int64 nanoseconds) or an integer."""
+    """An ISO date / datetime (-> int64 nanoseconds; one with a UTC offset or Z is converted to UTC, as the forecast
+    command's reader does) or an integer."""
     text = text.strip()
     try:
         return np.int64(int(text))
     except ValueError:
         pass
     try:
-        return np.datetime64(text.replace(" ", "T"), "ns").astype(np.int64)
+        with warnings.catch_warnings():  # numpy warns that it drops the offset (after applying it)
+            warnings.simplefilter("ignore", UserWarning)
+            return np.datetime64(text.replace(" ", "T"), "ns").astype(np.int64)
     except ValueError:
         raise CLIError(f"{where}: timestamp {text!r} is neither an ISO date/time nor an integer") from None
 

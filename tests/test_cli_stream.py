@@ -4,6 +4,7 @@ and one-line errors naming file, row and column (exit 2) that keep the state of 
 
 import io
 import sys
+import warnings
 
 import numpy as np
 import polars as pl
@@ -197,6 +198,24 @@ def test_entities_without_an_observed_value_get_no_forecast(saved_model, tmp_pat
     df = _blocks(out)
     assert df["entity"].unique().to_list() == ["a"] and df.height == 3 * H  # rows 10, 20, 30
     assert "1 without an observed value yet" in err
+
+
+def test_utc_offsets_are_converted_to_utc_without_a_warning(saved_model, tmp_path, capsys):
+    header, *rows = _wide_rows(40)
+    zoned = [header] + [f"{r.split(',')[0].replace(' ', 'T')}+02:00,{r.split(',', 1)[1]}" for r in rows]
+    naive = [header] + [f"{np.datetime64(r.split(',')[0].replace(' ', 'T')) - np.timedelta64(2, 'h')},"
+                        f"{r.split(',', 1)[1]}" for r in rows]
+    outs = []
+    for name, lines in (("zoned", zoned), ("naive", naive)):
+        f = tmp_path / f"{name}.csv"
+        f.write_text("\n".join(lines) + "\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # numpy's warning about the offset it drops, as an error
+            code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]  # the same instants, the same forecasts and as_of (in UTC)
+    assert "2024-01-02 13:00:00" in outs[0]  # the last row, 15:00 at +02:00
 
 
 def test_readme_python_snippet_from_directory(saved_model):
