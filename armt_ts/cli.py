@@ -630,9 +630,10 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "        entity; a model with C channels: exactly C value columns, one entity);\n"
             "  long  with --id COL: timestamp, id, value per row; an id seen for the first time joins the fleet.\n"
             "Timestamps are ISO dates / datetimes (one with a UTC offset is converted to UTC) or integers and must\n"
-            "increase per entity; empty / NaN cells are missing values. With --state PATH the state is loaded from PATH when it exists and saved there\n"
-            "(atomically) at every forecast and at the end; after a restart, rows at or before an entity's saved\n"
-            "last timestamp are skipped, so replaying the same file continues where the last run stopped."
+            "increase per entity; empty / NaN cells are missing values. With --state PATH the state is loaded\n"
+            "from PATH when it exists and saved there (atomically) at every forecast and at the end; after a\n"
+            "restart, rows at or before an entity's saved last timestamp are skipped, so replaying the same file\n"
+            "continues where the last run stopped."
         ),
         epilog=(
             "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp), step (1..h), mean and\n"
