@@ -51,6 +51,7 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_THREADS = 1
 # The plot shows the median and the 10-90% band, whatever --quantiles the CSV gets.
 PLOT_LEVELS = (0.1, 0.5, 0.9)
+SCORE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # evaluate's CRPS approximation, as gluonts' mean_wQL
 PLOT_HISTORY_PER_HORIZON = 3  # history shown before the forecast, in horizons
 DEFAULT_PLOT_SERIES = 4
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_forecast(commands)
+    _add_evaluate(commands)
     _add_stream(commands)
     return parser
 
@@ -114,6 +116,86 @@ def _add_forecast(commands: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _data_args(p)
+
+    g = p.add_argument_group("forecast")
+    g.add_argument("--horizon", type=int, metavar="H",
+                   help=f"steps to forecast (default {DEFAULT_HORIZON}, or the --model's)")
+    g.add_argument("--context", type=int, metavar="T",
+                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
+                        f"--model's); it may span many ARMT segments, carried by the associative memory")
+    g.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
+                   help="quantile levels in (0, 1) written to the CSV (default: "
+                        f"{' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
+
+    _training_args(p)
+
+    g = p.add_argument_group("model files (JSON + safetensors, never pickle)")
+    g.add_argument("--model", metavar="DIR", help="load this saved model instead of training")
+    g.add_argument("--save-model", metavar="DIR", help="save the trained model to this folder")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", metavar="CSV", default="forecast.csv", help="forecast table (default: %(default)s)")
+    g.add_argument("--plot", metavar="PNG", default="forecast.png",
+                   help="picture of history and forecast bands (default: %(default)s)")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the picture")
+    g.add_argument("--plot-series", type=int, default=DEFAULT_PLOT_SERIES, metavar="N",
+                   help="series drawn in the picture, the first N in output order (default: %(default)s)")
+    p.set_defaults(run=run_forecast)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="backtest: train on the start of a file, score rolling forecasts of its end against naive peers",
+        description=(
+            "A rolling-origin backtest on FILE (or the embedded synthetic telemetry). The model trains on the\n"
+            "first steps of every series (or is loaded with --model); the last --test-fraction of the steps is\n"
+            "forecast from origins every --stride steps, each forecast reading only the steps before its\n"
+            "origin, and scored against what happened, next to two naive forecasts from the same origins:\n"
+            "seasonal naive (the last season repeated; --season, by default a day of sub-daily steps, a week of\n"
+            "days, a year of months) and the last observed value. File layouts and column options are those of\n"
+            "'forecast'.\n\n"
+            "Scores, over every observed (series, origin, step): MSE and MAE on z-scored values (each series by\n"
+            "the mean and standard deviation of its training steps, so series in different units weigh alike)\n"
+            "and CRPS in the same units (approximated by twice the mean pinball loss over --quantiles; point\n"
+            "forecasts have none). --out writes the scores per series, with MAE in the series' own units too."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  armt-ts evaluate                                  # the embedded synthetic telemetry\n"
+            "  armt-ts evaluate ETTh1.csv --horizon 96 --test-fraction 0.2 --out scores.csv\n"
+            "  armt-ts evaluate sensors.csv --model sensor-model --stride 24"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_args(p)
+    g = p.add_argument_group("backtest")
+    g.add_argument("--horizon", type=int, metavar="H",
+                   help=f"steps to forecast from each origin (default {DEFAULT_HORIZON}, or the --model's)")
+    g.add_argument("--context", type=int, metavar="T",
+                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
+                        f"--model's)")
+    g.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                   help="the last fraction of the steps that is forecast and scored (default: %(default)s; at "
+                        "least one horizon)")
+    g.add_argument("--stride", type=int, metavar="S", help="steps between two origins (default: the horizon)")
+    g.add_argument("--season", type=int, metavar="K",
+                   help="seasonal naive's period in steps (default: from the grid step, see above)")
+    g.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(SCORE_LEVELS),
+                   help="quantile levels of the CRPS approximation (default: "
+                        f"{' '.join(f'{q:g}' for q in SCORE_LEVELS)})")
+    _training_args(p)
+    g = p.add_argument_group("model files (JSON + safetensors, never pickle)")
+    g.add_argument("--model", metavar="DIR",
+                   help="score this saved model instead of training one (it should not have seen the scored steps)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", metavar="CSV", help="scores per series and model (default: the summary only)")
+    p.set_defaults(run=run_evaluate)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """FILE and the options that say how to read it (forecast and evaluate)."""
     p.add_argument("file", metavar="FILE", nargs="?",
                    help="CSV (.csv) or Parquet (.parquet, .pq) file; omit it for the embedded synthetic default")
     g = p.add_argument_group("columns (inferred unless given)")
@@ -130,16 +212,8 @@ def _add_forecast(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--aggregate", choices=("mean", "last", "first", "sum"),
                    help="merge rows with the same timestamp this way instead of rejecting them")
 
-    g = p.add_argument_group("forecast")
-    g.add_argument("--horizon", type=int, metavar="H",
-                   help=f"steps to forecast (default {DEFAULT_HORIZON}, or the --model's)")
-    g.add_argument("--context", type=int, metavar="T",
-                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
-                        f"--model's); it may span many ARMT segments, carried by the associative memory")
-    g.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
-                   help="quantile levels in (0, 1) written to the CSV (default: "
-                        f"{' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
 
+def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (ignored with --model)")
     g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)")
     g.add_argument("--batches-per-epoch", type=int, default=DEFAULT_BATCHES_PER_EPOCH, metavar="N",
@@ -155,19 +229,6 @@ def _add_forecast(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                    help="CPU threads per torch operation (default: %(default)s: the default model is small, and "
                         "two threads competing with other work for the cores can run 5x slower than one)")
-
-    g = p.add_argument_group("model files (JSON + safetensors, never pickle)")
-    g.add_argument("--model", metavar="DIR", help="load this saved model instead of training")
-    g.add_argument("--save-model", metavar="DIR", help="save the trained model to this folder")
-
-    g = p.add_argument_group("outputs")
-    g.add_argument("--out", metavar="CSV", default="forecast.csv", help="forecast table (default: %(default)s)")
-    g.add_argument("--plot", metavar="PNG", default="forecast.png",
-                   help="picture of history and forecast bands (default: %(default)s)")
-    g.add_argument("--no-plot", action="store_true", help="do not draw the picture")
-    g.add_argument("--plot-series", type=int, default=DEFAULT_PLOT_SERIES, metavar="N",
-                   help="series drawn in the picture, the first N in output order (default: %(default)s)")
-    p.set_defaults(run=run_forecast)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,17 +283,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     """The ``forecast`` subcommand."""
     quantiles = _check_options(args)
     with _quiet_libraries(), _torch_threads(args.threads):
-        from armt_ts.data import DataError, SuspiciousValueWarning
-
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SuspiciousValueWarning)
-                panel = load_panel(args)
-        except (DataError, FileNotFoundError) as err:
-            raise CLIError(str(err)) from None
-        for w in caught:  # the reader's warnings about the data (e.g. 1e30 fill values), one line each
-            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
-        _check_observed(panel)
+        panel = _read_panel(args)
         if args.model is not None:
             predictor = load_model(args.model, args.device)
             horizon, context = _check_loaded(predictor, args)
@@ -263,13 +314,137 @@ def run_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_panel(args: argparse.Namespace) -> Panel:
+    """``load_panel`` with the reader's errors as CLIErrors and its warnings about the data (e.g. 1e30 fill values)
+    printed one line each; every series must have an observed value."""
+    from armt_ts.data import DataError, SuspiciousValueWarning
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SuspiciousValueWarning)
+            panel = load_panel(args)
+    except (DataError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    for w in caught:
+        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    _check_observed(panel)
+    return panel
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """The ``evaluate`` subcommand: a rolling-origin backtest (``armt_ts/evaluate.py``)."""
+    from armt_ts import evaluate as ev
+
+    levels = _check_options(args)
+    if not 0.0 < args.test_fraction < 1.0:
+        raise CLIError(f"--test-fraction must lie strictly between 0 and 1, got {args.test_fraction}")
+    for name in ("stride", "season"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    with _quiet_libraries(), _torch_threads(args.threads):
+        panel = _read_panel(args)
+        n = panel.frame.n_steps
+        if args.model is not None:
+            predictor = load_model(args.model, args.device)
+            horizon, context = _check_loaded(predictor, args)
+        else:
+            horizon = args.horizon or DEFAULT_HORIZON
+            context = args.context or CONTEXT_PER_HORIZON * horizon
+        cut = n - max(int(round(args.test_fraction * n)), horizon)
+        if cut <= horizon:
+            raise CLIError(f"the series have {n} steps: a test part of {n - cut} (--test-fraction "
+                           f"{args.test_fraction:g}, at least the horizon {horizon}) leaves {max(cut, 0)} for "
+                           f"training, which needs more than the horizon; lower --horizon or --test-fraction")
+        train_panel = _panel(panel.frame.slice(0, cut), panel.description)
+        _check_observed(train_panel, "before the test part")
+        started = time.perf_counter()
+        if args.model is None:
+            predictor = train(train_panel, horizon, context, args)
+            how = f"trained on steps [0, {cut}) in {time.perf_counter() - started:.1f} s"
+        else:
+            how = f"loaded the model from {args.model} (trained elsewhere: the scores assume it never saw them)"
+        stride = args.stride or horizon
+        starts = ev.origins(n, cut, horizon, stride)
+        freq = _grid_freq(panel.frame)
+        season = args.season or ev.default_season(freq.step_ns, freq.months)
+        loc, scale = ev.train_statistics(panel.target, cut)
+        models = {"ARMT": ev.Scores.zeros(len(panel.series), len(levels)),
+                  f"SeasonalNaive ({season})": ev.Scores.zeros(len(panel.series), 0),
+                  "Naive (last value)": ev.Scores.zeros(len(panel.series), 0)}
+        forecasts = _backtest_forecasts(predictor, panel, starts, context, levels)
+        for t, (mean, quantiles) in zip(starts, forecasts):
+            actual = panel.target[:, t:t + horizon].astype(np.float64)
+            models["ARMT"].add(mean, actual, loc, scale, quantiles, np.asarray(levels))
+            models[f"SeasonalNaive ({season})"].add(ev.seasonal_naive(panel.target, t, horizon, season), actual,
+                                                   loc, scale)
+            last = ev.last_observed(panel.target, t)
+            models["Naive (last value)"].add(np.repeat(last[:, None], horizon, 1), actual, loc, scale)
+    if args.out is not None:
+        with _writing(args.out):
+            _write_scores(panel, models, Path(args.out))
+    print(f"{PROG} evaluate: {len(panel.series)} series from {panel.description}; horizon {horizon}, context "
+          f"{context}\n  {how}\n  {len(starts)} origin(s) every {stride} steps in [{cut}, {n}) ({n - cut} test "
+          f"steps), each forecast reading only the steps before it\n")
+    table = [["model", "MSE (z)", "MAE (z)", "CRPS (z)", "points"]]
+    for name, sc in models.items():
+        r = sc.summary()
+        table.append([name, f"{r['mse']:.4f}", f"{r['mae']:.4f}", "" if r["crps"] is None else f"{r['crps']:.4f}",
+                      str(r["points"])])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if args.out is not None:
+        print(f"\n  wrote {args.out} (scores per series)")
+    return 0
+
+
+def _grid_freq(frame: TimeSeriesFrame):
+    from armt_ts.data import parse_freq
+
+    return parse_freq(frame.freq)
+
+
+def _backtest_forecasts(predictor: ARMTPredictor, panel: Panel, starts: np.ndarray, context: int,
+                        levels: Sequence[float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per origin t: the mean [S, H] and quantiles [S, Q, H] forecast from the ``context`` steps before t (every
+    series of the panel, one predict call per batch of origins)."""
+    per_call = max(1, 4096 // max(len(panel.series), 1))
+    for i in range(0, len(starts), per_call):
+        chunk = starts[i:i + per_call]
+        entries = []
+        for t in chunk:
+            entries += list(_gluonts_dataset(_panel(panel.frame.slice(max(0, int(t) - context), int(t)), "")))
+        forecasts = list(predictor.predict(entries))
+        S = len(panel.series)
+        for k in range(len(chunk)):
+            fs = forecasts[k * S:(k + 1) * S]
+            mean = np.stack([np.asarray(f.mean, dtype=np.float64) for f in fs])
+            quantiles = np.stack([np.stack([np.asarray(f.quantile(q), dtype=np.float64) for q in levels])
+                                  for f in fs])
+            yield mean, quantiles
+
+
+def _write_scores(panel: Panel, models: dict, path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["series", "channel", "model", "mse_z", "mae_z", "crps_z", "mae", "points"])
+        for name, sc in models.items():
+            for i, series in enumerate(panel.series):
+                r = sc.summary(np.array([i]))
+                w.writerow([series, "" if panel.channels is None else panel.channels[i], name, f"{r['mse']:.6g}",
+                            f"{r['mae']:.6g}", "" if r["crps"] is None else f"{r['crps']:.6g}",
+                            f"{r['mae_units']:.6g}", r["points"]])
+
+
 def _check_options(args: argparse.Namespace) -> list[float]:
     for name in ("horizon", "context"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CLIError(f"--{name} must be a positive number of steps, got {value}")
     for name in ("epochs", "batches_per_epoch", "batch_size", "plot_series", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     quantiles = list(args.quantiles)
     bad = [q for q in quantiles if not 0.0 < q < 1.0]
@@ -352,9 +527,10 @@ def load_panel(args: argparse.Namespace) -> Panel:
     return _panel(frame, f"{args.file} ({layout}, {frame.n_steps} steps of {frame.freq})")
 
 
-def _check_observed(panel: Panel) -> None:
+def _check_observed(panel: Panel, part: str = "") -> None:
     """A series without a single observed value (an all-empty / all-NaN column) would get a forecast made from
-    nothing: refuse it, naming the file and the column (wide) or series and channel (long)."""
+    nothing: refuse it, naming the file and the column (wide) or series and channel (long); ``part`` says which
+    steps were looked at (evaluate's training part), when not all."""
     empty = np.flatnonzero(~np.isfinite(panel.target).any(axis=1))
     if empty.size == 0:
         return
@@ -365,8 +541,9 @@ def _check_observed(panel: Panel) -> None:
         where = f"series {panel.series[i]!r}" + (f", channel {panel.channels[i]!r}" if panel.channels else "")
         fix = "remove its rows from the file"
     more = f" ({empty.size} such series)" if empty.size > 1 else ""
-    raise CLIError(f"file {panel.frame.source!r}, {where}: the series has no observed value (every cell is empty "
-                   f"or NaN){more}; expected at least one observed value per series ({fix})")
+    part = f" {part}" if part else ""
+    raise CLIError(f"file {panel.frame.source!r}, {where}: the series has no observed value{part} (every cell is "
+                   f"empty or NaN){more}; expected at least one observed value per series ({fix})")
 
 
 def _is_long(args: argparse.Namespace) -> bool:

@@ -1,0 +1,129 @@
+"""``armt-ts evaluate`` and armt_ts/evaluate.py: origins, the naive peers, the scores computed by hand, a backtest
+whose forecasts never read past their origin, and one-line errors."""
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+import pytest
+
+from armt_ts import evaluate as ev
+from armt_ts.cli import _backtest_forecasts, _panel, main, train
+
+TINY = ["--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "8", "--horizon", "6", "--context", "24"]
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_origins_and_default_seasons():
+    assert ev.origins(100, 80, 6, 6).tolist() == [80, 86, 92]  # 92 + 6 = 98 <= 100; 98 + 6 > 100
+    assert ev.origins(100, 94, 6, 1).tolist() == [94]
+    assert ev.origins(100, 95, 6, 1).tolist() == []
+    with pytest.raises(ValueError, match="cut"):
+        ev.origins(100, 100, 6, 1)
+    hour, day = 3600 * 10**9, 86_400 * 10**9
+    assert ev.default_season(hour, None) == 24 and ev.default_season(600 * 10**9, None) == 144
+    assert ev.default_season(day, None) == 7 and ev.default_season(7 * 3600 * 10**9, None) == 1
+    assert ev.default_season(None, 1) == 12 and ev.default_season(None, 3) == 4 and ev.default_season(None, 12) == 1
+
+
+def test_naive_forecasts_read_only_the_past():
+    nan = np.nan
+    target = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+                       [1.0, nan, 3.0, nan, nan, 99.0, 99.0]])
+    assert ev.last_observed(target, 5).tolist() == [5.0, 3.0]
+    assert np.isnan(ev.last_observed(np.array([[nan, nan, 1.0]]), 2)).all()
+    # season 3 at t = 5: steps 2, 3, 4 repeated; the missing ones (series 1) fall back to its last value, 3
+    sn = ev.seasonal_naive(target, 5, 4, 3)
+    assert sn.tolist() == [[3.0, 4.0, 5.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
+
+
+def test_scores_match_a_hand_computation():
+    point = np.array([[1.0, 2.0, 3.0]])
+    actual = np.array([[2.0, np.nan, 5.0]])  # the NaN step is not scored
+    loc, scale = np.array([10.0]), np.array([2.0])
+    q = np.array([[[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]])  # [S, Q, H] at levels 0.25, 0.75
+    sc = ev.Scores.zeros(1, 2)
+    sc.add(point, actual, loc, scale, q, np.array([0.25, 0.75]))
+    r = sc.summary()
+    assert r["points"] == 2
+    assert r["mse"] == pytest.approx(((1 / 2) ** 2 + (2 / 2) ** 2) / 2)
+    assert r["mae"] == pytest.approx((0.5 + 1.0) / 2) and r["mae_units"] == pytest.approx(1.5)
+    # pinball (z units): y=2: q0 -> 0.25 * 1 = 0.25, q4 -> 0.25 * 1 = 0.25; y=5: q0 -> 0.25 * 2.5, q4 -> 0.75 * 0.5
+    pin = 0.25 + 0.25 + 0.625 + 0.375
+    assert r["crps"] == pytest.approx(2 * pin / (2 * 2))
+    assert ev.Scores.zeros(1, 0).summary()["crps"] is None
+    target = np.array([[1.0, 3.0, np.nan, 100.0], [np.nan, np.nan, 5.0, 5.0]])
+    loc, scale = ev.train_statistics(target, 3)
+    assert loc.tolist() == [2.0, 5.0] and scale.tolist() == [1.0, 1.0]  # a constant series: scale 1, not 0
+    loc, scale = ev.train_statistics(target, 2)
+    assert loc.tolist() == [2.0, 0.0] and scale.tolist() == [1.0, 1.0]  # nothing observed before 2: 0 and 1
+
+
+def _periodic_csv(path, steps=400, period=24):
+    t = np.datetime64("2024-01-01T00:00") + np.arange(steps) * np.timedelta64(1, "h")
+    k = np.arange(steps)
+    pl.DataFrame({"timestamp": [str(x).replace("T", " ") for x in t],
+                  "cycle": [f"{np.sin(2 * np.pi * (i % period) / period):.6f}" for i in k],
+                  "walk": [f"{v:.4f}" for v in np.cumsum(np.random.default_rng(0).normal(size=steps))]}
+                 ).write_csv(path)
+
+
+def test_evaluate_scores_armt_and_the_naive_peers_per_series(tmp_path, capsys):
+    src, out = tmp_path / "p.csv", tmp_path / "scores.csv"
+    _periodic_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--out", out)
+    assert code == 0, err
+    assert "2 series" in stdout and "13 origin(s) every 6 steps in [320, 400)" in stdout
+    assert "SeasonalNaive (24)" in stdout and "Naive (last value)" in stdout
+    df = pl.read_csv(out)
+    assert df.columns == ["series", "channel", "model", "mse_z", "mae_z", "crps_z", "mae", "points"]
+    assert df.height == 2 * 3 and set(df["points"]) == {13 * 6}
+    naive = df.filter(pl.col("model") == "SeasonalNaive (24)")
+    # an exactly periodic series: the last season repeated is exact
+    assert naive.filter(pl.col("series") == "cycle")["mse_z"][0] == pytest.approx(0.0, abs=1e-10)
+    armt = df.filter(pl.col("model") == "ARMT")
+    assert (armt["crps_z"] > 0).all() and armt["crps_z"].is_not_null().all()
+    assert naive["crps_z"].is_null().all()
+
+
+def test_backtest_forecasts_never_read_past_their_origin(tmp_path, capsys):
+    src = tmp_path / "p.csv"
+    _periodic_csv(src, steps=200)
+    from armt_ts.cli import build_parser, load_panel
+
+    args = build_parser().parse_args(["evaluate", str(src), *TINY])
+    panel = load_panel(args)
+    predictor = train(_panel(panel.frame.slice(0, 150), ""), 6, 24, args)
+    t = 170
+    changed = panel.frame.values.copy()
+    changed[t:] += 50.0  # everything from the origin on
+    other = _panel(dataclasses.replace(panel.frame, values=changed), "")
+    starts = np.array([160, t])
+    a = list(_backtest_forecasts(predictor, panel, starts, 24, (0.1, 0.9)))
+    b = list(_backtest_forecasts(predictor, other, starts, 24, (0.1, 0.9)))
+    for (ma, qa), (mb, qb) in zip(a, b):
+        assert np.array_equal(ma, mb) and np.array_equal(qa, qb)
+    assert a[0][0].shape == (2, 6) and a[0][1].shape == (2, 2, 6)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1"),
+    (["--stride", "0"], "--stride must be >= 1"),
+    (["--test-fraction", "0.99"], "leaves 4 for training"),
+])
+def test_bad_backtest_options_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    src = tmp_path / "p.csv"
+    _periodic_csv(src)
+    code, _, err = _run(capsys, "evaluate", src, *TINY, *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_lists_evaluate(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "evaluate" in capsys.readouterr().out
