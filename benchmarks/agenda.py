@@ -34,6 +34,7 @@ EXPERIMENTS: dict[str, list[str]] = {
     "streaming": [],
     "state_tracking": [],
     "reliability": [],
+    "channels": [],
 }
 # benchmarks/retrieval_drift.py is not run here: it traces models saved by a full associative_retrieval run
 # result stems to look for, best first (agenda_<name> is what this script's own runs write)
@@ -50,6 +51,7 @@ CANDIDATES: dict[str, list[str]] = {
     "streaming": ["streaming", "agenda_streaming", "streaming_quick"],
     "state_tracking": ["state_tracking", "agenda_state_tracking", "state_tracking_quick"],
     "reliability": ["reliability", "agenda_reliability"],
+    "channels": ["channels", "agenda_channels", "channels_quick"],
 }
 # question 2's 21-channel rows: the first of these Weather forecast results that exists (the current table: per-channel
 # least-squares skips and early stopping, mean of three seeds; then the same without them)
@@ -263,16 +265,43 @@ def q2_channels(res: dict, status: dict) -> list[str]:
     stem_w, w = next((r for r in map(load_result, WEATHER_STEMS) if r[0] is not None), (None, None))
     if w:
         out += [f"Forecast MSE (Weather, 21 channels{_seeds_note(w)}):", "", forecast_table(w), ""]
-    if not f and not m and not w:
+    stem_c, c = res["channels"]
+    if c:
+        counts = sorted({r["channels"] for r in c.get("rows", [])})
+        out += [f"Cost as the channel count grows ({', '.join(map(str, counts))} synthetic channels; prediction ms "
+                f"per window of all channels / seconds per optimiser step; `benchmarks/channels.py`):", "",
+                channels_table(c), ""]
+    if not f and not m and not w and not c:
         out += ["No result file answers this question yet.", ""]
-    out += ["Not measured here: scaling to 1000s of channels"
-            + ("" if w else "; for 21 channels run `python -m benchmarks.forecast --data ../shared/data/weather/"
-               "weather.csv --dataset Weather`") + ".", ""]
+    if not c or max((r["channels"] for r in c.get("rows", [])), default=0) < 1000:
+        out += ["Not measured here: scaling to 1000s of channels (`python -m benchmarks.channels`)"
+                + ("" if w else "; for 21 channels run `python -m benchmarks.forecast --data ../shared/data/weather/"
+                   "weather.csv --dataset Weather`") + ".", ""]
+    if c:
+        out += ["Accuracy at 1000s of channels is not measured: there is no such public dataset here.", ""]
     out += ["Sources:", "", source_line(stem_f, f, "forecast", status)]
     if w:
         out += [source_line(stem_w, w, "forecast", status)]
-    out += [source_line(stem_m, m, "missing_channels", status), ""]
-    return out
+    out += [source_line(stem_m, m, "missing_channels", status)]
+    if c:
+        out += [source_line(stem_c, c, "channels", status)]
+    return out + [""]
+
+
+def channels_table(payload: dict) -> str:
+    """One row per model: 'predict ms / step s' at each channel count, or the status of a run that did not finish."""
+    rows = payload.get("rows", [])
+    counts = sorted({r["channels"] for r in rows})
+    table = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = {r["channels"]: r for r in rows if r["model"] == model}
+        line = {"model": model}
+        for n in counts:
+            r = cells.get(n)
+            line[str(n)] = ("" if r is None else f"{r['predict_ms_per_window']:.3g} / {r['step_seconds']:.3g}"
+                            if r["status"] == "ok" else r["status"])
+        table.append(line)
+    return generic_table(table)
 
 
 def q3_events(res: dict, status: dict) -> list[str]:

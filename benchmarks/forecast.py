@@ -241,6 +241,9 @@ class ARMTHyper:
     # and every ``val_every`` optimiser steps (and after the last), and ends with the weights that scored best
     # (the untrained model, the least-squares fit with "ols*", included); the checks count against the budget
     val_every: int = 0
+    # PatchConfig.mode: "independent" (a token per (patch, channel): a segment holds C * segment_patches tokens, so
+    # attention grows with C^2) or "mixing" (a token per time patch, every channel's values projected together)
+    patch_mode: str = "independent"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -288,6 +291,11 @@ class ARMTHyper:
         if self.val_every and self.ema:
             raise ValueError("ARMTHyper.val_every with ema: the checks score the iterates, not the moving average the "
                              "model would end with; use one or the other")
+        if self.patch_mode not in ("independent", "mixing"):
+            raise ValueError(f"ARMTHyper.patch_mode: expected 'independent' or 'mixing', got {self.patch_mode!r}")
+        if self.patch_mode == "mixing" and (self.channel_independent or self.head_patches > 1):
+            raise ValueError("ARMTHyper.patch_mode='mixing' has one token per time patch for all channels: it goes "
+                             "with neither channel_independent nor head_patches > 1 (per-channel patch outputs)")
         if self.channel_independent and self.impute:
             raise ValueError("ARMTHyper.impute: the channel imputer fills a channel from the others, which a "
                              "channel_independent model never sees together; use one or the other")
@@ -307,7 +315,8 @@ class ARMTHyper:
                 f"{'' if self.skip_halflife is None else f'-hl{self.skip_halflife:g}'}"
                 f"{'' if self.skip_pool is None else f'-pool{self.skip_pool:g}'}"
                 f"{'' if self.read_norm_cap is None else f'-cap{self.read_norm_cap:g}'}"
-                f"{f'-ve{self.val_every}' if self.val_every else ''}")
+                f"{f'-ve{self.val_every}' if self.val_every else ''}"
+                f"{'-mix' if self.patch_mode == 'mixing' else ''}")
 
 
 class ARMTBench(nn.Module):
@@ -343,9 +352,10 @@ class ARMTBench(nn.Module):
         cfg = ForecasterConfig.build(
             horizon, c_model,
             armt=ARMTConfig(d_model=hyper.d_model, n_layers=hyper.n_layers, n_heads=4, d_ff=4 * hyper.d_model,
-                            segment_length=c_model * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
+                            segment_length=(c_model if hyper.patch_mode == "independent" else 1)
+                            * hyper.segment_patches, num_mem_tokens=4, d_mem=32,
                             dropout=hyper.dropout, read_norm_cap=hyper.read_norm_cap),
-            patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode="independent"),
+            patch=PatchConfig(patch_len=hyper.patch_len, stride=hyper.stride, mode=hyper.patch_mode),
             head=HeadConfig(kind="point", point_loss="mse", step_features=8),
             scaling="none", impute="gaussian" if hyper.impute else "none")
         self.forecaster = ARMTForecaster(cfg)
