@@ -181,8 +181,12 @@ def run_child(model: str, n_channels: int, args: argparse.Namespace) -> dict[str
            "--steps", str(args.steps), "--windows", str(args.windows), "--seed", str(args.seed),
            "--device", args.device, "--mem-limit-gb", str(args.mem_limit_gb)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                          timeout=args.child_timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                              timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"channels": n_channels, "model": model, "status": f"stopped at the {args.child_timeout:g} s limit",
+                "wall_s": time.perf_counter() - t0}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--steps", type=int, default=6, help="timed optimiser steps per model (after one warm-up step)")
     p.add_argument("--windows", type=int, default=64, help="test windows predicted per model")
     p.add_argument("--mem-limit-gb", type=float, default=6.0, help="data-size limit of each child process")
-    p.add_argument("--child-timeout", type=float, default=1800.0, help="seconds before a child is stopped")
+    p.add_argument("--child-timeout", type=float, default=900.0,
+                   help="seconds before a child is stopped (its row says so)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="7 and 21 channels, 2 steps, 16 windows")

@@ -44,6 +44,12 @@ def test_one_child_measures_a_model_in_its_own_process():
     assert row["step_seconds"] > 0 and row["predict_ms_per_window"] > 0 and row["peak_rss_mb"] > 100
 
 
+def test_a_child_past_its_time_limit_is_a_row_that_says_so():
+    args = argparse.Namespace(steps=1, windows=2, seed=0, device="cpu", mem_limit_gb=6.0, child_timeout=0.5)
+    row = channels.run_child("ARMT (mixing)", 3, args)
+    assert row["status"] == "stopped at the 0.5 s limit" and row["model"] == "ARMT (mixing)"
+
+
 def test_an_allocation_failure_is_a_status_and_other_errors_are_not():
     oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory")
     assert channels.out_of_memory(oom, 6.0) == "out of memory at the 6 GB limit"
