@@ -66,6 +66,10 @@ WEATHER_STEMS = [
 ]
 
 
+# question 2's 21-channel missing-channel run
+WEATHER_MISSING_STEM = "missing_channels_Weather_150s"
+
+
 def script_help(name: str) -> str | None:
     """The script's --help text, or None if there is no such script."""
     if not (ROOT / "benchmarks" / f"{name}.py").is_file():
@@ -265,6 +269,9 @@ def q2_channels(res: dict, status: dict) -> list[str]:
     stem_w, w = next((r for r in map(load_result, WEATHER_STEMS) if r[0] is not None), (None, None))
     if w:
         out += [f"Forecast MSE (Weather, 21 channels{_seeds_note(w)}):", "", forecast_table(w), ""]
+    stem_mw, mw = load_result(WEATHER_MISSING_STEM)
+    if mw:
+        out += ["Missing channels, Weather (21 channels):", "", *missing_channels_goal(mw)]
     stem_c, c = res["channels"]
     if c:
         counts = sorted({r["channels"] for r in c.get("rows", [])})
@@ -283,6 +290,8 @@ def q2_channels(res: dict, status: dict) -> list[str]:
     if w:
         out += [source_line(stem_w, w, "forecast", status)]
     out += [source_line(stem_m, m, "missing_channels", status)]
+    if mw:
+        out += [source_line(stem_mw, mw, "missing_channels", status)]
     if c:
         out += [source_line(stem_c, c, "channels", status)]
     return out + [""]

@@ -86,3 +86,15 @@ def test_the_preferred_forecast_files_are_the_tables_the_readme_calls_current():
     current = readme[readme.index("The current tables"):][:600]
     assert f"results/{agenda.CANDIDATES['forecast'][0]}.md" in current
     assert f"results/{agenda.WEATHER_STEMS[0]}.md" in current
+
+
+def test_weathers_missing_channel_goal_is_answered_next_to_etth1s(results):
+    goal = {"relative_increase_at_30pct": {"SeasonalNaive": 0.288, "ARMT (mask-aug, impute)": 0.049},
+            "best_baseline": "SeasonalNaive", "best_baseline_increase": 0.288,
+            "met": {"ARMT (mask-aug, impute)": True}}
+    (results / f"{agenda.WEATHER_MISSING_STEM}.json").write_text(json.dumps({"rows": [], "goal": goal,
+                                                                            "git_commit": "w"}))
+    text = agenda.build_agenda({}, prefer_agenda=False).read_text()
+    assert "Missing channels, Weather (21 channels):" in text
+    assert "at most +14.4%" in text and "| ARMT (mask-aug, impute) | +4.9% | True |" in text
+    assert f"`benchmarks/results/{agenda.WEATHER_MISSING_STEM}.json`" in text
