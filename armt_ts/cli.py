@@ -334,6 +334,7 @@ def _read_panel(args: argparse.Namespace) -> Panel:
 def run_evaluate(args: argparse.Namespace) -> int:
     """The ``evaluate`` subcommand: a rolling-origin backtest (``armt_ts/evaluate.py``)."""
     from armt_ts import evaluate as ev
+    from armt_ts.data import fit_scaler, parse_freq
 
     levels = _check_options(args)
     if not 0.0 < args.test_fraction < 1.0:
@@ -357,17 +358,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            f"training, which needs more than the horizon; lower --horizon or --test-fraction")
         train_panel = _panel(panel.frame.slice(0, cut), panel.description)
         _check_observed(train_panel, "before the test part")
-        started = time.perf_counter()
         if args.model is None:
+            started = time.perf_counter()
             predictor = train(train_panel, horizon, context, args)
             how = f"trained on steps [0, {cut}) in {time.perf_counter() - started:.1f} s"
         else:
             how = f"loaded the model from {args.model} (trained elsewhere: the scores assume it never saw them)"
         stride = args.stride or horizon
         starts = ev.origins(n, cut, horizon, stride)
-        freq = _grid_freq(panel.frame)
+        freq = parse_freq(panel.frame.freq)
         season = args.season or ev.default_season(freq.step_ns, freq.months)
-        loc, scale = ev.train_statistics(panel.target, cut)
+        # the training part's z-scores, flattened to the panel's series order (wide: channels; long: series-major)
+        scaler = fit_scaler(panel.frame.slice(0, cut))
+        loc, scale = scaler.mean.reshape(-1), scaler.std.reshape(-1)
         models = {"ARMT": ev.Scores.zeros(len(panel.series), len(levels)),
                   f"SeasonalNaive ({season})": ev.Scores.zeros(len(panel.series), 0),
                   "Naive (last value)": ev.Scores.zeros(len(panel.series), 0)}
@@ -398,30 +401,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_freq(frame: TimeSeriesFrame):
-    from armt_ts.data import parse_freq
-
-    return parse_freq(frame.freq)
-
-
 def _backtest_forecasts(predictor: ARMTPredictor, panel: Panel, starts: np.ndarray, context: int,
                         levels: Sequence[float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per origin t: the mean [S, H] and quantiles [S, Q, H] forecast from the ``context`` steps before t (every
     series of the panel, one predict call per batch of origins)."""
-    per_call = max(1, 4096 // max(len(panel.series), 1))
+    S = len(panel.series)
+    per_call = max(1, 4096 // max(S, 1))
     for i in range(0, len(starts), per_call):
         chunk = starts[i:i + per_call]
         entries = []
         for t in chunk:
             entries += list(_gluonts_dataset(_panel(panel.frame.slice(max(0, int(t) - context), int(t)), "")))
         forecasts = list(predictor.predict(entries))
-        S = len(panel.series)
         for k in range(len(chunk)):
-            fs = forecasts[k * S:(k + 1) * S]
-            mean = np.stack([np.asarray(f.mean, dtype=np.float64) for f in fs])
-            quantiles = np.stack([np.stack([np.asarray(f.quantile(q), dtype=np.float64) for q in levels])
-                                  for f in fs])
-            yield mean, quantiles
+            yield _forecast_arrays(forecasts[k * S:(k + 1) * S], levels)
 
 
 def _write_scores(panel: Panel, models: dict, path: Path) -> None:
@@ -720,11 +713,16 @@ def _check_loaded(predictor: ARMTPredictor, args: argparse.Namespace) -> tuple[i
 
 def predict(predictor: ARMTPredictor, panel: Panel, horizon: int, levels: Sequence[float]) -> Forecasts:
     """Forecast the next ``horizon`` steps of every series, from the end of its history."""
-    forecasts = list(predictor.predict(_gluonts_dataset(panel)))
+    mean, quantiles = _forecast_arrays(list(predictor.predict(_gluonts_dataset(panel))), levels)
+    return Forecasts(future_timestamps(panel.frame, horizon), mean, tuple(levels), quantiles)
+
+
+def _forecast_arrays(forecasts: list, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """gluonts forecasts of S series -> mean [S, H] and quantiles [S, Q, H] at ``levels``, float64."""
     mean = np.stack([np.asarray(f.mean, dtype=np.float64) for f in forecasts])
     quantiles = np.stack([np.stack([np.asarray(f.quantile(q), dtype=np.float64) for q in levels])
                           for f in forecasts])
-    return Forecasts(future_timestamps(panel.frame, horizon), mean, tuple(levels), quantiles)
+    return mean, quantiles
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The series are cut at ``cut``: the model trains on steps [0, cut); forecasts start at origins cut, cut + stride, ...
 (each needs ``horizon`` steps after it) and read only the steps before their origin. Scores are taken on every
 observed (series, origin, step) and on z-scored values (each series by the mean and standard deviation of its
-observed training steps), so series in different units weigh alike; the per-series table also gives MAE in the
+observed training steps, ``armt_ts.data.fit_scaler``), so series in different units weigh alike; the per-series table also gives MAE in the
 series' own units.
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# steps of one season by grid step: a day of sub-daily steps, a week of days, a year of months
 _DAY_NS = 86_400 * 10**9
 
 
@@ -99,15 +98,3 @@ class Scores:
         crps = 2.0 * float(self.qloss[sel].sum()) / (n * self.n_levels) if self.n_levels else None
         return {"mse": float(self.sq[sel].sum()) / n, "mae": float(self.abs_z[sel].sum()) / n,
                 "mae_units": float(self.abs_raw[sel].sum()) / n, "crps": crps, "points": int(self.n[sel].sum())}
-
-
-def train_statistics(target: np.ndarray, cut: int) -> tuple[np.ndarray, np.ndarray]:
-    """[S] mean and standard deviation of each series' observed steps before ``cut`` (std 1 where it is 0 or
-    undefined, mean 0 where nothing is observed)."""
-    past = target[:, :cut]
-    seen = ~np.isnan(past)
-    n = seen.sum(1)
-    loc = np.where(n > 0, np.nansum(past, 1) / np.maximum(n, 1), 0.0)
-    var = np.where(seen, (np.nan_to_num(past) - loc[:, None]) ** 2, 0.0).sum(1) / np.maximum(n, 1)
-    scale = np.sqrt(var)
-    return loc, np.where(scale > 0, scale, 1.0)

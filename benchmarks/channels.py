@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import command_line, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import (command_line, git_commit, machine_info, markdown_table, peak_rss_mb,
+                               write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["ARMT (joint)", "ARMT (channel-independent)", "ARMT (mixing)", "DLinear", "PatchTST", "iTransformer"]
@@ -79,10 +80,6 @@ def synthetic_frame(n_channels: int, n_steps: int, seed: int):
                            channels=[f"ch{i}" for i in range(n_channels)], freq="1h", source="<synthetic>")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def measure(model: str, n_channels: int, steps: int, windows: int, seed: int, device: str) -> dict[str, Any]:
     """One (model, C): train ``1 + steps`` steps and predict ``windows`` test windows, timed (in this process)."""
     import torch
@@ -97,7 +94,7 @@ def measure(model: str, n_channels: int, steps: int, windows: int, seed: int, de
     w = eval_windows(prep, HORIZON)
     idx = np.arange(min(windows, len(w)))
     past, observed = w.past_values[idx], w.past_observed[idx]
-    rss_data = _peak_rss_mb()
+    rss_data = peak_rss_mb()
     out: dict[str, Any] = {"train_rows": prep.train.n_steps}
     if model.startswith("ARMT"):
         hyper = ARMTHyper(channel_independent=model == "ARMT (channel-independent)",
@@ -172,7 +169,7 @@ def child(args: argparse.Namespace) -> None:
         if status is None:
             raise
         row["status"], row["error"] = status, (str(err).splitlines() or [type(err).__name__])[0][:200]
-    row["peak_rss_mb"] = _peak_rss_mb()
+    row["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(row), flush=True)
 
 

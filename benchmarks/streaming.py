@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table, peak_rss_mb, write_results
 
 NAME = "streaming"
 PARTS = ("rss", "latency", "cost", "schedule")
@@ -198,16 +197,6 @@ def reference_matmul_rate(device: str, n: int = 2048, repeats: int = 5) -> float
 # 2. peak RSS against stream length (one fresh process per length) and the long run
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a
-    child started by a large parent would report the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
-
-
 def child_stream(args: argparse.Namespace) -> None:
     """Subprocess: push ``--child-length`` steps for ``--child-entities`` entities in blocks; print one JSON line."""
     torch.set_num_threads(args.threads)
@@ -220,7 +209,7 @@ def child_stream(args: argparse.Namespace) -> None:
     max_a = max_z = 0.0
     nonfinite = 0
     trace = []
-    rss_base = _peak_rss_mb()
+    rss_base = peak_rss_mb()
     t0 = _clock()
     pushed, next_check = 0, checks
     while pushed < length:
@@ -236,10 +225,10 @@ def child_stream(args: argparse.Namespace) -> None:
                 int((~torch.isfinite(x)).sum()) for x in (*sf.state.memory.A, *sf.state.memory.z))
             max_a, max_z, nonfinite = max(max_a, a), max(max_z, z), nonfinite + bad
             trace.append({"steps": pushed, "max_abs_A": a, "max_z": z, "nonfinite": bad,
-                          "rss_mb": _peak_rss_mb()})
+                          "rss_mb": peak_rss_mb()})
     wall, cpu = _since(t0)
     print(json.dumps({
-        "entities": n, "stream_length": length, "peak_rss_mb": _peak_rss_mb(), "rss_after_load_mb": rss_base, "state_bytes": sf.state.nbytes(), "segments": int(sf.state.segments[0]),
+        "entities": n, "stream_length": length, "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": rss_base, "state_bytes": sf.state.nbytes(), "segments": int(sf.state.segments[0]),
         "max_abs_A": max_a, "max_z": max_z, "nonfinite": nonfinite, "wall_s": wall, "cpu_s": cpu, "trace": trace,
     }))
 

@@ -57,11 +57,6 @@ def test_scores_match_a_hand_computation():
     pin = 0.25 + 0.25 + 0.625 + 0.375
     assert r["crps"] == pytest.approx(2 * pin / (2 * 2))
     assert ev.Scores.zeros(1, 0).summary()["crps"] is None
-    target = np.array([[1.0, 3.0, np.nan, 100.0], [np.nan, np.nan, 5.0, 5.0]])
-    loc, scale = ev.train_statistics(target, 3)
-    assert loc.tolist() == [2.0, 5.0] and scale.tolist() == [1.0, 1.0]  # a constant series: scale 1, not 0
-    loc, scale = ev.train_statistics(target, 2)
-    assert loc.tolist() == [2.0, 0.0] and scale.tolist() == [1.0, 1.0]  # nothing observed before 2: 0 and 1
 
 
 def _periodic_csv(path, steps=400, period=24):
@@ -127,3 +122,23 @@ def test_help_lists_evaluate(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "evaluate" in capsys.readouterr().out
+
+
+def test_each_series_is_scored_in_its_own_training_z_units(tmp_path, capsys):
+    """Long layout, series-major with channels inside: each score row is divided by its own training std."""
+    steps, rows = 300, []
+    t = np.datetime64("2024-01-01T00:00") + np.arange(steps) * np.timedelta64(1, "h")
+    rng = np.random.default_rng(1)
+    scales = {("a", "x"): 1.0, ("a", "y"): 100.0, ("b", "x"): 10.0, ("b", "y"): 0.1}
+    series = {k: v * (np.sin(np.arange(steps) / 4) + rng.normal(size=steps)) for k, v in scales.items()}
+    for (sid, ch), values in series.items():
+        rows += [(str(t[i]).replace("T", " "), sid, ch, f"{values[i]:.6f}") for i in range(steps)]
+    src, out = tmp_path / "long.csv", tmp_path / "scores.csv"
+    pl.DataFrame(rows, schema=["timestamp", "series_id", "channel", "value"], orient="row").write_csv(src)
+    code, _, err = _run(capsys, "evaluate", src, *TINY, "--out", out)
+    assert code == 0, err
+    df = pl.read_csv(out).filter(pl.col("model") == "Naive (last value)")
+    cut = steps - 60
+    for r in df.iter_rows(named=True):
+        train = np.array([float(f"{v:.6f}") for v in series[(r["series"], r["channel"])][:cut]])
+        assert r["mae"] / r["mae_z"] == pytest.approx(train.std(), rel=1e-3)
