@@ -222,11 +222,16 @@ def render(payload: dict[str, Any]) -> str:
         table = []
         for m in payload["models"]:
             cells = {r["channels"]: r for r in rows if r["model"] == m}
-            table.append({"model": m} | {str(c): (f"{cells[c]['predict_ms_per_window']:.3g}"
-                                                  if c in cells and cells[c]["status"] == "ok" else "not run")
-                                         for c in chans})
+            table.append({"model": m} | {str(c): summary_cell(cells.get(c)) for c in chans})
         lines += [markdown_table(table, ["model"] + [str(c) for c in chans]), ""]
     return "\n".join(lines)
+
+
+def summary_cell(row: dict[str, Any] | None) -> str:
+    """A model's prediction time at one channel count, or why there is none (its status, e.g. out of memory)."""
+    if row is None:
+        return "not run"
+    return f"{row['predict_ms_per_window']:.3g}" if row["status"] == "ok" else row["status"]
 
 
 def plot(rows: list[dict[str, Any]], models: list[str], path: Path) -> None:

@@ -50,7 +50,7 @@ import warnings
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -1252,6 +1252,30 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
             "partial": True, "rows_left_out": len(payload.get("rows", [])) - len(kept), "rows": kept}
 
 
+def context_by_horizon(found: Iterable[tuple[int, str, int | None]], option: str) -> dict[int, int | None]:
+    """(horizon, run, context length) of every main-table row -> each horizon's context length. The context budget
+    is shared per horizon: every model at a horizon reads the same L (a validation split may choose L per horizon,
+    as it chooses ARMT's other settings), so rows of one horizon with different L are refused."""
+    seen: dict[int, dict[int | None, str]] = {}
+    for h, run, L in found:
+        seen.setdefault(h, {}).setdefault(L, run)
+    mixed = {h: by_l for h, by_l in seen.items() if len(by_l) > 1}
+    if mixed:
+        h, by_l = min(mixed.items())
+        raise ValueError(f"{option}: the rows at H={h} used different context lengths "
+                         f"({', '.join(f'{L} in {run}' for L, run in by_l.items())}); every model at a horizon needs "
+                         f"the same context budget")
+    return {h: next(iter(by_l)) for h, by_l in sorted(seen.items())}
+
+
+def context_note(contexts: dict[int, int | None]) -> str:
+    """The table's context budget in words: one L, or L per horizon."""
+    if len(set(contexts.values())) <= 1:
+        return f"Context length {next(iter(contexts.values()), None)} for every model."
+    return ("Context length per horizon, the same for every model at a horizon: "
+            + ", ".join(f"H={h} L={L}" for h, L in contexts.items()) + ".")
+
+
 def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """One four-horizon table from runs that each trained their own horizons (no training here).
 
@@ -1314,10 +1338,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
                                  f"from one run only")
             seen[key] = path
             rows.append(dict(r, run=path.stem))
-    contexts = {r["run"]: r.get("context_length") for r in rows if r.get("table", "main") == "main"}
-    if len(set(contexts.values())) > 1:
-        raise ValueError(f"--merge-from: the runs used different context lengths ({contexts}); one table needs one "
-                         f"context budget")
+    contexts = context_by_horizon(((r["horizon"], r["run"], r.get("context_length")) for r in rows
+                                   if r.get("table", "main") == "main"), "--merge-from")
     horizons = sorted({h for h, _ in seen})
     rows.sort(key=lambda r: r["horizon"])
     pub = [dict(r, table="main", verified=True) for r in published_rows(first["dataset"], horizons)]
@@ -1331,7 +1353,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
         "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
         "command": command_line("forecast", ["--merge-from", *map(str, paths), "--out", name]),
         "git_commit": git_commit(), "machine": first.get("machine"), "seed": first.get("seed"),
-        "budget": budget, "armt_chosen": chosen[first_path.stem] if one_choice else None,
+        "budget": budget, "context_length_by_horizon": contexts,
+        "armt_chosen": chosen[first_path.stem] if one_choice else None,
         "armt_chosen_by_run": chosen,
         "baseline_settings": first.get("baseline_settings"),
         "published_note": PUBLISHED_NOTE, "summary": summ,
@@ -1350,7 +1373,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
           + (f"the same choice in every run (`{ARMTHyper(**chosen[first_path.stem]).name()}`)" if one_choice else
              "; ".join(f"`{ARMTHyper(**c).name()}` in {run}" for run, c in chosen.items() if c is not None)
              + " (each run's choice was made on the validation split at its own horizons)")
-          + ". Each row's peers are the rows of its own run (column `run`); no training happened in the merge.",
+          + ". Each row's peers are the rows of its own run (column `run`); no training happened in the merge. "
+          + context_note(contexts),
           f"Command: `{payload['command']}`  ",
           f"Commit: {payload['git_commit']}.", "", "Runs:", ""]
     md += [f"- `{m['file']}` (H = {', '.join(map(str, m['horizons']))}): `{m['command']}`, commit {m['git_commit']}, "
@@ -1425,9 +1449,8 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
             if k[1].startswith("ARMT") and choice(payload, t[k]) != choice(first, tables[0][k]):
                 raise ValueError(f"{path}: H={k[0]} {k[1]} used other ARMT settings than {first_path}; a mean over "
                                  f"seeds needs the same choice")
-    contexts = {t[k].get("context_length") for t in tables for k in keys if t[k].get("table", "main") == "main"}
-    if len(contexts) > 1:
-        raise ValueError(f"--seed-mean-from: the files used different context lengths {sorted(contexts)}")
+    contexts = context_by_horizon(((k[0], path.stem, t[k].get("context_length")) for (path, _), t in zip(runs, tables)
+                                   for k in keys if t[k].get("table", "main") == "main"), "--seed-mean-from")
 
     def mean(vals: list) -> float | None:
         return None if any(v is None for v in vals) else float(np.mean(vals))
@@ -1458,7 +1481,8 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
         "benchmark": "forecast", "dataset": first["dataset"], "protocol": first.get("protocol"),
         "command": command_line("forecast", ["--seed-mean-from", *map(str, paths), "--out", name]),
         "git_commit": git_commit(), "machine": first.get("machine"), "seed": None, "seeds": seeds,
-        "budget": first["budget"], "baseline_settings": first.get("baseline_settings"),
+        "budget": first["budget"], "context_length_by_horizon": contexts,
+        "baseline_settings": first.get("baseline_settings"),
         "published_note": PUBLISHED_NOTE, "summary": summ,
         "average_mse_by_seed": averages, "armt_average_below_baseline_in_seeds": below,
         "mean_of": [{"file": str(path), "seed": payload.get("seed"), "command": payload.get("command"),
@@ -1479,7 +1503,7 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
           f"Protocol: DESIGN.md section 7, exactly. Budget in every run: {first['budget'].get('train_seconds'):g} wall "
           f"seconds of training per model, {first['budget'].get('threads')} thread(s). Every file has the same "
           f"settings but its seed (the seed moves every model's initial weights and batches; the wall-clock cut "
-          f"moves its step count). No training happened here.",
+          f"moves its step count). No training happened here. {context_note(contexts)}",
           f"Command: `{payload['command']}`  ", f"Commit: {payload['git_commit']}.", "", "Files:", ""]
     md += [f"- `{m['file']}` (seed {m['seed']}): `{m['command']}`" for m in payload["mean_of"]]
     md += ["", "Test MSE, mean over the seeds (min-max over the seeds):", "", markdown_table(lines, head), ""]

@@ -56,3 +56,15 @@ def test_an_allocation_failure_is_a_status_and_other_errors_are_not():
     assert channels.out_of_memory(MemoryError(), 2.5) == "out of memory at the 2.5 GB limit"
     assert channels.out_of_memory(RuntimeError("shape mismatch"), 6.0) is None
     assert channels.out_of_memory(ValueError("alloc"), 6.0) is None
+
+
+def test_the_summary_table_names_why_a_cell_has_no_time():
+    rows = [{"channels": 7, "model": "A", "status": "ok", "predict_ms_per_window": 1.234},
+            {"channels": 1000, "model": "A", "status": "out of memory at the 6 GB limit"},
+            {"channels": 7, "model": "B", "status": "ok", "predict_ms_per_window": 20.0}]
+    payload = {"rows": rows, "models": ["A", "B"], "command": "x", "git_commit": "abc", "wall_seconds": 1.0, "seed": 0,
+               "machine": {}, "device": "cpu", "mem_limit_gb": 6.0, "steps": 1, "windows": 2}
+    text = channels.render(payload)
+    summary = text[text.index("Prediction milliseconds per window"):]
+    assert "| A | 1.23 | out of memory at the 6 GB limit |" in summary
+    assert "| B | 20 | not run |" in summary

@@ -611,10 +611,18 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
     d = _run_file(tmp_path / "run_d.json", [96, 192])
     with pytest.raises(ValueError, match=r"run_d.json: H=96 ARMT is also in .*run_a.json"):
         fc.merge_results([a, d], "x")
-    g = _run_file(tmp_path / "run_g.json", [192])
+    # the context budget is per horizon: every model at a horizon reads the same L, horizons may differ
+    g = _run_file(tmp_path / "run_g.json", [96], models=("PatchTST",))
     g.write_text(g.read_text().replace('"context_length": 336', '"context_length": 512'))
-    with pytest.raises(ValueError, match="different context lengths"):
+    with pytest.raises(ValueError, match=r"H=96 used different context lengths \(336 in run_a, 512 in run_g\)"):
         fc.merge_results([a, g], "x")
+    g2 = _run_file(tmp_path / "run_g2.json", [192])
+    g2.write_text(g2.read_text().replace('"context_length": 336', '"context_length": 512'))
+    per_h = fc.merge_results([a, g2], "per_h")
+    assert per_h["context_length_by_horizon"] == {96: 336, 192: 512}
+    assert "H=96 L=336, H=192 L=512" in (tmp_path / "per_h.md").read_text()
+    assert out["context_length_by_horizon"] == {96: 336, 192: 336, 336: 336, 720: 336}
+    assert "Context length 336 for every model." in (tmp_path / "merged.md").read_text()
     e = _run_file(tmp_path / "run_e.json", [192], benchmark="streaming")
     with pytest.raises(ValueError, match="run_e.json: not a benchmarks.forecast result"):
         fc.merge_results([a, e], "x")
@@ -1139,6 +1147,15 @@ def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, 
                                                                  "lr": 0.123})
     with pytest.raises(ValueError, match="other ARMT settings"):
         fc.seed_mean([a, e], "x")
+    f = _run_file(tmp_path / "f.json", hs, seed=2)
+    f_payload = json.loads(f.read_text())
+    for r in f_payload["rows"]:
+        if r["horizon"] == 192 and r["source"] == "same-run":
+            r["context_length"] = 512
+    f.write_text(json.dumps(f_payload))
+    with pytest.raises(ValueError, match=r"H=192 used different context lengths \(336 in s0, 512 in f\)"):
+        fc.seed_mean([a, f], "x")
+    assert out["context_length_by_horizon"] == {96: 336, 192: 336}
     with pytest.raises(SystemExit):
         fc.main(["--seed-mean-from", str(a), "--out", "x"])
 
