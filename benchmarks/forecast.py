@@ -1280,7 +1280,8 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """One four-horizon table from runs that each trained their own horizons (no training here).
 
     The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, budget, the
-    baseline settings, the seed) and must not share a (horizon, model); a run's peers stay the peers it trained in
+    baseline settings, the seed), every row of a horizon must have the same context length (``context_by_horizon``),
+    and the runs must not share a (horizon, model); a run's peers stay the peers it trained in
     the same run, and every same-run row names its run (``run``: the file's stem). Each run keeps its own ARMT
     choice (a validation grid at its own horizons may choose differently), recorded per run (``armt_chosen_by_run``;
     ``armt_chosen`` only when every run made the same one). The published rows are made anew for the union of
@@ -1402,7 +1403,8 @@ SEED_MEAN_MUST_AGREE = ("dataset", "budget", "baseline_settings")
 
 def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
     """The mean over seeds of result files (runs or merges) that differ only in their seed: the same models at the
-    same horizons, the same budget, baseline settings, context length and ARMT choice per horizon (no training).
+    same horizons, the same budget and baseline settings, and per horizon the same context length and ARMT choice
+    (no training).
 
     One wall-clock-budgeted run is one sample: the seed moves every model's initial weights and batches, and the
     budget's cut moves its step count. Per (horizon, model): the mean MSE / MAE / CRPS over the seeds and each seed's
