@@ -41,10 +41,12 @@ EXPERIMENTS: dict[str, list[str]] = {
 CANDIDATES: dict[str, list[str]] = {
     "associative_retrieval": ["associative_retrieval", "agenda_associative_retrieval", "associative_retrieval_quick"],
     "ops": ["ops", "agenda_ops"],
-    # the current ETTh1 table (150 s per model, ARMT with early stopping, context 512 at H=192 and cross-channel
-    # terms at H=192 / 720 where validation chose them, mean of three seeds), the same before the cross-channel terms,
-    # the same at context 336 throughout, the same without early stopping, then the early 45 s run with DeepAR
-    "forecast": ["forecast_ETTh1_150s_es_cross_seeds", "forecast_ETTh1_150s_es_L512_seeds",
+    # the current ETTh1 table (150 s per model, ARMT with early stopping, context 512 at H=192, cross-channel terms at
+    # H=192 / 720 and the skip's ridge at H=720 where validation chose them, mean of three seeds), the same before the
+    # skip's ridge, before the cross-channel terms, at context 336 throughout, without early stopping, then the early
+    # 45 s run with DeepAR
+    "forecast": ["forecast_ETTh1_150s_es_crosssr_seeds", "forecast_ETTh1_150s_es_cross_seeds",
+                 "forecast_ETTh1_150s_es_L512_seeds",
                  "forecast_ETTh1_150s_es_seeds", "forecast_ETTh1_150s_pruned_seeds", "forecast_ETTh1",
                  "agenda_forecast", "forecast_ETTh1_quick"],
     # the full run with the current H=96 choice (150 s per model) before the early 45 s run

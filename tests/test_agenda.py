@@ -86,6 +86,9 @@ def test_forecast_and_missing_channel_answers_are_tables_of_the_current_files(re
     (results / "forecast_ETTh1_150s_es_cross_seeds.json").write_text(
         json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "jkl"}))
     assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_cross_seeds"
+    (results / "forecast_ETTh1_150s_es_crosssr_seeds.json").write_text(
+        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "mno"}))
+    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_crosssr_seeds"
 
 
 def test_the_preferred_forecast_files_are_the_tables_the_readme_calls_current():
