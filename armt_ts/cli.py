@@ -119,11 +119,7 @@ def _add_forecast(commands: argparse._SubParsersAction) -> None:
     _data_args(p)
 
     g = p.add_argument_group("forecast")
-    g.add_argument("--horizon", type=int, metavar="H",
-                   help=f"steps to forecast (default {DEFAULT_HORIZON}, or the --model's)")
-    g.add_argument("--context", type=int, metavar="T",
-                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
-                        f"--model's); it may span many ARMT segments, carried by the associative memory")
+    _horizon_context_args(g, "steps to forecast", "; it may span many ARMT segments, carried by the associative memory")
     g.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
                    help="quantile levels in (0, 1) written to the CSV (default: "
                         f"{' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
@@ -171,11 +167,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     _data_args(p)
     g = p.add_argument_group("backtest")
-    g.add_argument("--horizon", type=int, metavar="H",
-                   help=f"steps to forecast from each origin (default {DEFAULT_HORIZON}, or the --model's)")
-    g.add_argument("--context", type=int, metavar="T",
-                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
-                        f"--model's)")
+    _horizon_context_args(g, "steps to forecast from each origin")
     g.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
                    help="the last fraction of the steps that is forecast and scored (default: %(default)s; at "
                         "least one horizon)")
@@ -192,6 +184,15 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--out", metavar="CSV", help="scores per series and model (default: the summary only)")
     p.set_defaults(run=run_evaluate)
+
+
+def _horizon_context_args(g: argparse._ArgumentGroup, horizon_help: str, context_note: str = "") -> None:
+    """--horizon and --context, shared by forecast and evaluate (defaults: the --model's, else the package's)."""
+    g.add_argument("--horizon", type=int, metavar="H",
+                   help=f"{horizon_help} (default {DEFAULT_HORIZON}, or the --model's)")
+    g.add_argument("--context", type=int, metavar="T",
+                   help=f"steps of history the model reads (default {CONTEXT_PER_HORIZON} * horizon, or the "
+                        f"--model's){context_note}")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:

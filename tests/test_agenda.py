@@ -74,21 +74,13 @@ def test_forecast_and_missing_channel_answers_are_tables_of_the_current_files(re
     assert "fit alone" not in text and "| PatchTST/64 (published) | 0.37 |  |  |" in text
     assert "mean over seeds 0, 1, 2" in text
     assert "at most +16.5%" in text and "| ARMT (impute) | +20.0% | False |" in text
-    # the early-stopping table, once there, comes before the one without it
-    (results / "forecast_ETTh1_150s_es_seeds.json").write_text(
-        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "def"}))
-    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_seeds"
-    # and the table with context 512 at H=192 (chosen on validation) before that
-    (results / "forecast_ETTh1_150s_es_L512_seeds.json").write_text(
-        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "ghi"}))
-    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_L512_seeds"
-    # and the one that also follows validation's cross-channel choices before that
-    (results / "forecast_ETTh1_150s_es_cross_seeds.json").write_text(
-        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "jkl"}))
-    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_cross_seeds"
-    (results / "forecast_ETTh1_150s_es_crosssr_seeds.json").write_text(
-        json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": "mno"}))
-    assert agenda.load_result("forecast")[0] == "forecast_ETTh1_150s_es_crosssr_seeds"
+    # each later ETTh1 table, once there, comes before the ones above it: early stopping, then context 512 at H=192,
+    # then validation's cross-channel terms, then the skip's ridge at H=720
+    for stem in ("forecast_ETTh1_150s_es_seeds", "forecast_ETTh1_150s_es_L512_seeds",
+                 "forecast_ETTh1_150s_es_cross_seeds", "forecast_ETTh1_150s_es_crosssr_seeds"):
+        (results / f"{stem}.json").write_text(
+            json.dumps({"rows": rows, "dataset": "ETTh1", "seeds": [0, 1, 2], "git_commit": stem}))
+        assert agenda.load_result("forecast")[0] == stem
 
 
 def test_the_preferred_forecast_files_are_the_tables_the_readme_calls_current():
