@@ -614,7 +614,7 @@ def pointwise_loss(err: Tensor, kind: str) -> Tensor:
 def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, horizon: int, budget_s: float,
                seed: int, device: str, bf16: bool, max_steps: int | None = None,
                augment: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
-               val: Windows | None = None) -> dict[str, Any]:
+               val: Windows | None = None, step_seconds: list[float] | None = None) -> dict[str, Any]:
     """Train on random stride-1 train windows for ``budget_s`` wall seconds (or ``max_steps``); AdamW, MSE
     (or ``hyper.loss``). With ``hyper.skip_init`` "ols*" the least-squares skip fit (``ARMTBench.fit_skip`` on all
     train windows) comes first, inside the wall budget; ``max_steps=0`` leaves the model at that fit.
@@ -630,6 +630,9 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
     the first step, every k steps and after the last step, inside the wall budget; the model ends with the weights
     of the best (lowest MSE) check, the earliest on a tie. ``best_step`` / ``best_val_mse`` / ``val_checks`` in the
     result say which (None without early stopping).
+
+    ``step_seconds``, a list, gets each optimiser step's wall seconds appended: forward, backward, clipping and the
+    update, not the batch's sampling before them (what a lightning callback's batch start to end times for gluonts).
     """
     if model.hyper.val_every and val is None:
         raise ValueError(f"train_armt: ARMTHyper.val_every={model.hyper.val_every} (early stopping) needs the "
@@ -678,6 +681,7 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         po = torch.as_tensor(po_np, device=device)
         fv = torch.as_tensor(np.ascontiguousarray(w.future_values[idx]), device=device)
         fo = torch.as_tensor(np.ascontiguousarray(w.future_observed[idx]), device=device) != 0
+        step_start = time.perf_counter()
         with autocast(device, bf16):
             pred = model(pv, po)
         err = torch.where(fo, pred.float() - fv, torch.zeros((), device=device))
@@ -692,6 +696,10 @@ def train_armt(model: ARMTBench, train: TimeSeriesFrame, context_length: int, ho
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if step_seconds is not None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            step_seconds.append(time.perf_counter() - step_start)
         steps += 1
         losses.append(loss_value)
         if ema is not None:
@@ -1165,8 +1173,11 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     main = [r for r in rows if r.get("table", "main") == "main"]
+    ctx = sorted((r for r in rows if r.get("table") == "context"), key=lambda r: r["context_length"])
+    # without a context table one panel, its legend outside on the right (inside it covered the top curve)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4)) if ctx else plt.subplots(1, 1, figsize=(7.5, 4))
+    axes = axes if ctx else [axes]
     for model, source in dict.fromkeys((r["model"], r["source"]) for r in main):
         rs = sorted((r for r in main if r["model"] == model and r["source"] == source), key=lambda r: r["horizon"])
         style = "--" if source == "published" else "-"
@@ -1175,9 +1186,8 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
     axes[0].set_xlabel("horizon H")
     axes[0].set_ylabel("test MSE (z-scored)")
     axes[0].set_title(f"{dataset}: MSE vs horizon")
-    axes[0].legend(fontsize=7)
-    ctx = sorted((r for r in rows if r.get("table") == "context"), key=lambda r: r["context_length"])
     if ctx:
+        axes[0].legend(fontsize=7)
         axes[1].plot([r["context_length"] for r in ctx], [r["mse"] for r in ctx], marker="o", label="ARMT")
         for r in ctx:  # equal wall time: a longer context gets fewer optimiser steps, say so on the plot
             axes[1].annotate(f"{r['train_steps']} steps", (r["context_length"], r["mse"]), fontsize=7,
@@ -1187,7 +1197,7 @@ def plot(rows: list[dict], dataset: str, path: Path) -> None:
         axes[1].set_ylabel("test MSE")
         axes[1].set_title(f"{dataset} H={ctx[0]['horizon']}: ARMT vs context length (equal wall time)")
     else:
-        axes[1].axis("off")
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -183,6 +183,20 @@ def test_armt_training_runs_a_step_budget_with_mask_augmentation(etth1_like):
     assert ((hidden >= 1) & (hidden <= 6)).all()
 
 
+def test_train_armt_times_each_step_without_changing_the_training():
+    """``step_seconds`` gets one positive time per optimiser step (the channel benchmark's step time) and the
+    weights are those of the same run untimed."""
+    hyper = ARMTHyper(d_model=16, n_layers=1, segment_patches=4, batch_size=4)
+    frame = prepare_frame(synthetic_frame(14400), "ETTh1", 96).train
+    timed, plain, seconds = ARMTBench(hyper, 7, 24, 96, seed=0), ARMTBench(hyper, 7, 24, 96, seed=0), []
+    train_armt(timed, frame, 96, 24, budget_s=60.0, seed=0, device="cpu", bf16=False, max_steps=3,
+               step_seconds=seconds)
+    train_armt(plain, frame, 96, 24, budget_s=60.0, seed=0, device="cpu", bf16=False, max_steps=3)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    for (name, a), b in zip(timed.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 def test_batched_gluonts_prediction_matches_gluonts_own_predictor():
     """predict_gluonts calls the trained network on [W * C, L] at once; its means must equal the forecasts of
     gluonts' predictor, series by series (this checks the [W, H, C] reshapes too)."""
