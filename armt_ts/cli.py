@@ -49,6 +49,10 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 # One intra-op thread: the default model's matmuls are too small to gain much from a second one, and on a busy
 # 2-core machine two threads wait on each other at every op (measured: 130 s instead of 26 s for the default run).
 DEFAULT_THREADS = 1
+# Context steps the least-squares linear skip reads (ForecasterConfig.linear_skip; capped at the context; 0: none):
+# as the forecast benchmark's ARMT, whose validation grids chose a least-squares skip over min(context, 512) steps
+# on every dataset and horizon (benchmarks/results/HISTORY.md)
+DEFAULT_LINEAR_SKIP = 512
 # The plot shows the median and the 10-90% band, whatever --quantiles the CSV gets.
 PLOT_LEVELS = (0.1, 0.5, 0.9)
 SCORE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # evaluate's CRPS approximation, as gluonts' mean_wQL
@@ -214,6 +218,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="merge rows with the same timestamp this way instead of rejecting them")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
+
+
 def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (ignored with --model)")
     g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)")
@@ -223,6 +237,10 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="windows per batch (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed of training (default: %(default)s)")
     g.add_argument("--bf16", action="store_true", help="train in bf16 mixed precision (the memory stays fp32)")
+    g.add_argument("--linear-skip", type=_non_negative_int, default=DEFAULT_LINEAR_SKIP, metavar="N",
+                   help="add a least-squares linear forecast from the last N context steps (at most --context), "
+                        "fitted on every training window before the network trains on its residual; 0: the "
+                        "network alone (default: %(default)s)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -660,6 +678,7 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
             armt=ARMTConfig(segment_length=SEGMENT_LENGTH),
             patch=PatchConfig(patch_len=PATCH_LEN, stride=PATCH_LEN),
             head=HeadConfig(kind="student_t"),  # a distribution: any quantile level can be asked for
+            linear_skip=min(args.linear_skip, context),
             batch_size=args.batch_size,
             num_batches_per_epoch=args.batches_per_epoch,
             trainer_kwargs=dict(

@@ -6,6 +6,7 @@ Modules take a config object, never loose hyperparameters, so a value lives in e
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -238,6 +239,15 @@ class ForecasterConfig(_ConfigMethods):
     # The imputer fills an entry only where the step's observed channels explain at least this fraction of its
     # variance (R^2); below it the entry stays unobserved for the embedder's mask (GaussianChannelImputer.min_r2).
     impute_min_r2: float = 0.5
+    # n > 0: a linear map from each channel's last n normalised context steps (0 where unobserved or before the
+    # series starts) to its H future steps, shared by the channels, is added to the head's location: the forecast is
+    # the least-squares linear forecast plus what the network adds. ``ARMTForecaster.fit_skip`` sets it in closed
+    # form (ridge least squares on the training windows; ``ARMTEstimator`` does this before training) and it stays
+    # fixed while the network trains on the residual. 0: no skip (the network alone).
+    linear_skip: int = 0
+    # the least-squares fit's ridge, times the mean diagonal of the Gram matrix of the skip's inputs (the weights
+    # only, not the bias); > 0. 0.2: the forecast benchmark's validation choice for its skip on ETTh1
+    linear_skip_ridge: float = 0.2
 
     def __post_init__(self) -> None:
         c = "ForecasterConfig"
@@ -262,6 +272,13 @@ class ForecasterConfig(_ConfigMethods):
         _check(isinstance(self.impute_min_r2, (int, float)) and not isinstance(self.impute_min_r2, bool)
                and 0.0 <= self.impute_min_r2 <= 1.0, c, "impute_min_r2",
                f"must be a fraction in [0, 1], got {self.impute_min_r2!r}")
+        _check(isinstance(self.linear_skip, int) and not isinstance(self.linear_skip, bool) and self.linear_skip >= 0,
+               c, "linear_skip", f"must be an int >= 0 (context steps the skip reads; 0: none), got "
+               f"{self.linear_skip!r}")
+        _check(isinstance(self.linear_skip_ridge, (int, float)) and not isinstance(self.linear_skip_ridge, bool)
+               and math.isfinite(self.linear_skip_ridge) and self.linear_skip_ridge > 0, c, "linear_skip_ridge",
+               f"must be a finite number > 0 (the scaler centres each window, so its steps sum to 0 and the "
+               f"least-squares fit has no unique solution without a ridge), got {self.linear_skip_ridge!r}")
 
     @classmethod
     def build(
@@ -274,6 +291,8 @@ class ForecasterConfig(_ConfigMethods):
         scaling: Literal["std", "mean", "none"] = "std",
         impute: Literal["none", "gaussian"] = "none",
         impute_min_r2: float = 0.5,
+        linear_skip: int = 0,
+        linear_skip_ridge: float = 0.2,
     ) -> "ForecasterConfig":
         """A consistent config from its parts: the shared fields are set HERE, once, and overwrite the parts'.
 
@@ -284,7 +303,8 @@ class ForecasterConfig(_ConfigMethods):
         patch = (patch or PatchConfig()).replace(n_channels=n_channels, d_model=armt.d_model)
         head = (head or HeadConfig()).replace(horizon=horizon, n_channels=n_channels, d_model=armt.d_model,
                                               per_channel=patch.mode == "independent")
-        return cls(armt=armt, patch=patch, head=head, scaling=scaling, impute=impute, impute_min_r2=impute_min_r2)
+        return cls(armt=armt, patch=patch, head=head, scaling=scaling, impute=impute, impute_min_r2=impute_min_r2,
+                   linear_skip=linear_skip, linear_skip_ridge=linear_skip_ridge)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ForecasterConfig":

@@ -15,7 +15,8 @@ log-likelihood only by the constant log(scale), so the gradients are the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -28,6 +29,12 @@ from .embed import PatchEmbedder
 from .heads import Params, build_head
 from .impute import GaussianChannelImputer
 from .state import MemoryState
+
+
+# fit_skip leaves out a (window, channel) whose normalised future leaves this many window standard deviations: a
+# least-squares fit has no defence against such rows (a near-constant window, then a jump), and no linear map of
+# the window could forecast them
+SKIP_FIT_BOUND = 100.0
 
 
 class ForecasterOutput(NamedTuple):
@@ -66,6 +73,11 @@ class ARMTForecaster(nn.Module):
         # config.impute == "gaussian": filled from the other channels of the same step before anything else
         self.imputer = (GaussianChannelImputer(config.patch.n_channels, min_r2=config.impute_min_r2)
                         if config.impute == "gaussian" else None)
+        # config.linear_skip = n > 0: the least-squares linear forecast from the last n normalised steps, shared by
+        # the channels (``fit_skip``); buffers, not parameters: the optimiser never moves them, the files keep them
+        if config.linear_skip:
+            self.register_buffer("skip_weight", torch.zeros(config.head.horizon, config.linear_skip))
+            self.register_buffer("skip_bias", torch.zeros(config.head.horizon))
 
     def fit_imputer(self, values: Tensor, observed: Tensor) -> "ARMTForecaster":
         """Fit the channel imputer (``config.impute == "gaussian"``) on training data [..., C]; returns self."""
@@ -138,7 +150,87 @@ class ARMTForecaster(nn.Module):
         y, loc, scale, state = self.encode(past_values, past_observed, state, loc, scale,
                                            outputs=C if independent else 1)
         rep = y[:, -C:] if independent else y[:, -1]  # [B, C, D] or [B, D]
-        return ForecasterOutput(self.head(rep), loc, scale, state)
+        params = self.head(rep)
+        if self.config.linear_skip:  # the least-squares linear forecast, moved into the head's location
+            params = self.head.shift(params, self.skip_forecast(*self.skip_inputs(past_values, past_observed),
+                                                                loc, scale))
+        return ForecasterOutput(params, loc, scale, state)
+
+    def skip_inputs(self, values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+        """The linear skip's raw inputs: the last n = ``config.linear_skip`` steps of a context [B, T, C] (imputed as
+        the backbone's inputs are), left-padded with unobserved zeros where T < n -> (values, observed bool), each
+        [B, n, C]."""
+        n = self.config.linear_skip
+        values, observed = self.impute(values, observed)
+        keep = observed[:, -n:] != 0
+        v = torch.where(keep, values[:, -n:], torch.zeros((), dtype=values.dtype, device=values.device))
+        if v.shape[1] < n:
+            pad = n - v.shape[1]
+            v = torch.cat([v.new_zeros(v.shape[0], pad, v.shape[2]), v], dim=1)
+            keep = torch.cat([keep.new_zeros(keep.shape[0], pad, keep.shape[2]), keep], dim=1)
+        return v, keep
+
+    def skip_window(self, values: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The skip's inputs (``skip_inputs``) normalised by their own statistics (this model's scaler over the n
+        steps) -> (x [B, n, C], 0 where unobserved; loc_w, scale_w [B, 1, C]). The skip is a forecaster of its
+        own over the last n steps: a stream, whose scaler has seen the whole history, gets the same skip forecast
+        from the same n steps as a batch forecast does."""
+        dtype = self.skip_weight.dtype
+        zero = torch.zeros((), dtype=dtype, device=values.device)
+        x, loc_w, scale_w = self.scaler(torch.where(keep, values.to(dtype), zero), keep.to(dtype))
+        return torch.where(keep, x, zero), loc_w, scale_w
+
+    def skip_forecast(self, values: Tensor, keep: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """The linear skip's forecast [B, H, C] from its inputs (``skip_inputs``), in the normalised units of
+        ``loc`` / ``scale`` [B, 1, C] (the head's): the shared weights map the window's ``skip_window`` values to
+        its future in the window's own units, which are then re-expressed in the head's (the same units when the
+        skip reads the whole context, n = T). 0 for a channel with no observed value among the n steps."""
+        x, loc_w, scale_w = self.skip_window(values, keep)
+        y = torch.einsum("bnc,hn->bhc", x, self.skip_weight) + self.skip_bias[:, None]
+        # a channel with no observed value in the window gets no skip forecast (the network's alone)
+        return torch.where(keep.any(1, keepdim=True), (loc_w - loc) / scale + (scale_w / scale) * y,
+                           torch.zeros((), dtype=y.dtype, device=y.device))
+
+    @torch.no_grad()
+    def fit_skip(self, batches: Iterable[tuple[Tensor, Tensor, Tensor, Tensor]]) -> int:
+        """Set the linear skip (``config.linear_skip``) to the ridge least-squares map from its inputs to the
+        normalised future, (future - loc_w) / scale_w with the statistics of its own n steps (``skip_window``), over
+        every (window, channel) whose future is fully observed and within ``SKIP_FIT_BOUND`` window standard
+        deviations, with two or more observed steps among the n. ``batches`` yields (past_values [B, T, C],
+        past_observed, future_values [B, H, C], future_observed) training windows (one context length T). Normal
+        equations in float64; the ridge is ``config.linear_skip_ridge`` times the mean diagonal of the Gram matrix
+        of the inputs (not on the bias). Returns the number of rows fitted; raises if none."""
+        n, H = self.config.linear_skip, self.config.head.horizon
+        if not n:
+            raise ValueError("fit_skip: this model has no linear skip (ForecasterConfig.linear_skip is 0)")
+        dev = self.skip_weight.device
+        gram = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=dev)
+        cross = torch.zeros(n + 1, H, dtype=torch.float64, device=dev)
+        rows = 0
+        for past_values, past_observed, future_values, future_observed in batches:
+            v, keep = self.skip_inputs(past_values.to(dev), past_observed.to(dev))
+            x, loc, scale = self.skip_window(v, keep)
+            y = (future_values.to(dev, x.dtype) - loc) / scale  # [B, H, C], in the window's units
+            # rows: a fully observed future, two or more observed window steps, and a future within SKIP_FIT_BOUND
+            # window standard deviations (a near-constant window's tiny scale would make one row outweigh the rest)
+            ok = ((future_observed.to(dev) != 0).all(1) & (keep.sum(1) >= 2)
+                  & (torch.nan_to_num(y, nan=math.inf).abs().amax(1) <= SKIP_FIT_BOUND))  # [B, C]
+            x = x.transpose(1, 2)[ok].double()  # [rows, n]
+            y = y.transpose(1, 2)[ok].double()  # [rows, H]
+            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=dev)], 1)
+            gram += x1.T @ x1
+            cross += x1.T @ y
+            rows += len(x)
+        if rows == 0:
+            raise ValueError(f"fit_skip: no training window has a fully observed future of {H} steps; the linear "
+                             f"skip has nothing to fit (train without it, ForecasterConfig.linear_skip=0)")
+        reg = torch.zeros(n + 1, dtype=torch.float64, device=dev)
+        diag = gram.diagonal()[:-1]
+        reg[:-1] = self.config.linear_skip_ridge * diag.mean() + (diag == 0).to(reg.dtype)  # an input never seen: 0
+        sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [n + 1, H]
+        self.skip_weight.copy_(sol[:-1].T.to(self.skip_weight.dtype))
+        self.skip_bias.copy_(sol[-1].to(self.skip_bias.dtype))
+        return rows
 
     def encode(
         self,

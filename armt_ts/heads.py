@@ -100,6 +100,12 @@ class ForecastHead(nn.Module):
         """[B, H, C, Q] forecast quantiles at ``levels`` (each in (0, 1)), in data units."""
         raise NotImplementedError
 
+    def shift(self, params: Params, delta: Tensor) -> Params:
+        """params whose forecast is moved by ``delta`` [B, H, C] (normalised units): the same distribution or
+        quantiles, translated (``ForecasterConfig.linear_skip`` adds its forecast this way). Every head here is
+        location-equivariant, so this is exact."""
+        raise NotImplementedError
+
     def _shape(self, params: Params) -> tuple[int, int, int]:
         return (params[0].shape[0], self.config.horizon, self.config.n_channels)
 
@@ -167,6 +173,9 @@ class PointHead(ForecastHead):
     def point(self, params: Params, loc: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         return self._affine(params[0], loc, scale)
 
+    def shift(self, params: Params, delta: Tensor) -> Params:
+        return (params[0] + delta.to(params[0].dtype),)
+
     def quantiles(
         self, params: Params, levels: Sequence[float] | Tensor, loc: Tensor | None = None, scale: Tensor | None = None
     ) -> Tensor:
@@ -203,6 +212,9 @@ class QuantileHead(ForecastHead):
 
     def point(self, params: Params, loc: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         return self.quantiles(params, [0.5], loc, scale)[..., 0]  # the median
+
+    def shift(self, params: Params, delta: Tensor) -> Params:
+        return (params[0] + delta.to(params[0].dtype).unsqueeze(-1),)
 
     def quantiles(
         self, params: Params, levels: Sequence[float] | Tensor, loc: Tensor | None = None, scale: Tensor | None = None
@@ -253,6 +265,10 @@ class DistributionHead(ForecastHead):
 
     def point(self, params: Params, loc: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
         return self.distribution(params, loc, scale).mean
+
+    def shift(self, params: Params, delta: Tensor) -> Params:
+        i = list(self.output.args_dim).index("loc")  # Student-t (df, loc, scale); normal, Laplace (loc, scale)
+        return params[:i] + (params[i] + delta.to(params[i].dtype),) + params[i + 1:]
 
     def quantiles(
         self, params: Params, levels: Sequence[float] | Tensor, loc: Tensor | None = None, scale: Tensor | None = None

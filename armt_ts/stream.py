@@ -25,9 +25,13 @@ same state (tests/test_stream.py, the streaming contract):
   ``ARMTForecaster``), runs them through one segment step that reads the memory and discards the write, and
   applies the head to the last patch's outputs. Right after a segment completes, the tail is that segment's last
   patch: its output, cached in the state at completion, is used.
+- A model with a linear skip (``ForecasterConfig.linear_skip`` = n) keeps each entity's last n steps in a ring;
+  ``forecast`` adds the skip's forecast from them (``ARMTForecaster.skip_forecast``: the n steps normalised by
+  their own statistics, as in a batch forecast whose context holds them), whatever the stream's length.
 
 Memory: the state of an entity is fixed-size (per layer A [H, K, Dv] and z [H, K], a buffer of G*S + P steps,
-the scaler statistics, counters and the last timestamp), whatever the stream length.
+the scaler statistics, counters, the last timestamp and, with a linear skip, its last n steps), whatever the
+stream length.
 
 What ``push`` accepts (all checks happen before anything changes: a rejected push leaves the state
 bit-identical):
@@ -171,6 +175,9 @@ class StreamState:
     stat_n, stat_mean, stat_m2, stat_abs [N, C] float64: causal scaler statistics of the observed values up to
         the end of the last completed segment (count, mean, sum of squared deviations, sum of |x|).
     rep [N, tokens per patch, D] float32: the backbone's output at the last completed segment's last patch.
+    hist_values [N, n, C] float32 and hist_observed [N, n, C] bool: the last n pushed steps of a model with a
+        linear skip (``ForecasterConfig.linear_skip`` = n; n = 0 without one), a ring: step t (counted from the
+        entity's first) sits at t mod n.
     segments [N] int64: completed segments. steps [N] int64: steps pushed.
     last_write_step [N] int64: the step count at the end of the last segment written to memory (-1: never).
     last_time [N] int64: last timestamp (int64 min: none seen).
@@ -190,10 +197,13 @@ class StreamState:
     steps: Tensor
     last_write_step: Tensor
     last_time: Tensor
+    hist_values: Tensor
+    hist_observed: Tensor
     entities: tuple = ()
 
     TENSOR_FIELDS = ("buf_values", "buf_observed", "fill", "stat_n", "stat_mean", "stat_m2", "stat_abs", "rep",
-                     "segments", "steps", "last_write_step", "last_time")
+                     "segments", "steps", "last_write_step", "last_time", "hist_values", "hist_observed")
+    HISTORY_FIELDS = ("hist_values", "hist_observed")  # empty (and left out of files) without a linear skip
 
     @property
     def num_entities(self) -> int:
@@ -203,7 +213,8 @@ class StreamState:
         """Every tensor of the state by name (memory as ``memory.A.l`` / ``memory.z.l``)."""
         out = {f"memory.A.{l}": a for l, a in enumerate(self.memory.A)}
         out |= {f"memory.z.{l}": z for l, z in enumerate(self.memory.z)}
-        out |= {name: getattr(self, name) for name in self.TENSOR_FIELDS}
+        out |= {name: getattr(self, name) for name in self.TENSOR_FIELDS
+                if name not in self.HISTORY_FIELDS or getattr(self, name).shape[1]}
         return out
 
     def clone(self) -> "StreamState":
@@ -350,6 +361,7 @@ class StreamingForecaster:
         self.window = self.capacity - self.S  # steps one segment's patches cover
         self.horizon = c.head.horizon
         self.scaling = c.scaling
+        self.skip_steps = c.linear_skip  # the last steps the linear skip reads (0: no skip)
         names = [str(i) for i in range(self.C)] if channels is None else [str(ch) for ch in channels]
         if len(names) != self.C or len(set(names)) != self.C:
             raise UnknownChannelError(f"channels: need {self.C} distinct names, got {names}")
@@ -417,6 +429,8 @@ class StreamingForecaster:
             rep=torch.zeros(n, self.tokens_per_patch, c.armt.d_model, device=dev),
             segments=torch.zeros(n, **i64), steps=torch.zeros(n, **i64),
             last_write_step=torch.full((n,), -1, **i64), last_time=torch.full((n,), _NO_TIME, **i64),
+            hist_values=torch.zeros(n, self.skip_steps, C, device=dev),
+            hist_observed=torch.zeros(n, self.skip_steps, C, dtype=torch.bool, device=dev),
             entities=entities,
         )
 
@@ -635,6 +649,14 @@ class StreamingForecaster:
         for g, up in zip(groups, updates):
             completed += self._commit(g, up)
         st = self.state
+        if self.skip_steps:  # the skip's ring: the last min(L, n) steps at their slots (distinct within a row)
+            n, L = self.skip_steps, x.shape[1]
+            k = min(L, n)
+            slots = (st.steps.index_select(0, rows)[:, None] + (L - k)
+                     + torch.arange(k, device=self.device)[None]) % n  # [g, k]
+            keep = m[:, L - k:] != 0
+            st.hist_values[rows[:, None], slots] = torch.where(keep, x[:, L - k:], torch.zeros((), device=x.device))
+            st.hist_observed[rows[:, None], slots] = keep
         st.steps.index_add_(0, rows, torch.full_like(rows, x.shape[1]))
         if t is not None:
             st.last_time.index_copy_(0, rows, t[:, -1])
@@ -783,6 +805,12 @@ class StreamingForecaster:
         head = self.model.head
         params = head(rep if self.model.config.patch.mode == "independent" else rep[:, 0])
         loc, scale = loc.unsqueeze(1), scale.unsqueeze(1)  # [n, 1, C]
+        if self.skip_steps:  # the linear skip over the last n steps, oldest first (never-written slots: unobserved)
+            k = self.skip_steps
+            slots = (st.steps.index_select(0, rows)[:, None] - k + torch.arange(k, device=self.device)[None]) % k
+            hv = st.hist_values.index_select(0, rows).gather(1, slots.unsqueeze(-1).expand(-1, -1, self.C))
+            ho = st.hist_observed.index_select(0, rows).gather(1, slots.unsqueeze(-1).expand(-1, -1, self.C))
+            params = head.shift(params, self.model.skip_forecast(hv, ho, loc, scale))
         point = head.point(params, loc, scale)[:, :h]
         try:
             q = head.quantiles(params, list(levels), loc, scale)[:, :h]
@@ -894,7 +922,9 @@ class StreamingForecaster:
         fill = tensors["fill"]
         if fill.numel() and (int(fill.min()) < 0 or int(fill.max()) >= sf.capacity):
             raise StreamFileError(f"{path}: buffer fill out of range [0, {sf.capacity})")
+        # a state without a linear skip has no history tensors in its file (they are empty)
         sf.state = StreamState(memory=mem, entities=ids,
-                               **{k: tensors[k].to(dev) for k in StreamState.TENSOR_FIELDS})
+                               **{k: tensors[k].to(dev) if k in tensors else getattr(template, k)
+                                  for k in StreamState.TENSOR_FIELDS})
         sf._rows = {e: i for i, e in enumerate(ids)}
         return sf

@@ -20,3 +20,17 @@ def assert_close(name: str, ref: Tensor, out: Tensor, tol: float = 1e-5) -> None
         return
     err = relative_error(ref, out)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+def pushed(model, x: Tensor, m: Tensor, chunks: list[int]):
+    """A single-entity ``StreamingForecaster`` of ``model`` fed ``x[0]`` / ``m[0]`` ([T, C]) in blocks of the given
+    sizes, cycled (the streaming contract's push granularities)."""
+    from .stream import StreamingForecaster
+
+    sf = StreamingForecaster(model)
+    t, i = 0, 0
+    while t < x.shape[1]:
+        L = chunks[i % len(chunks)]
+        sf.push(x[0, t:t + L].numpy(), m[0, t:t + L].numpy())
+        t, i = t + L, i + 1
+    return sf

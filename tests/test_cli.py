@@ -163,6 +163,26 @@ def test_saved_model_is_safetensors_and_json_and_forecasts_identically(tmp_path,
     assert code == 2 and "--horizon" in err
 
 
+def test_linear_skip_option_reaches_the_saved_model(tmp_path, capsys):
+    """--linear-skip N: the model's least-squares skip reads min(N, --context) steps (the default 512 caps at the
+    context), fitted before training; 0 trains the network alone; a negative N is a usage error."""
+    from armt_ts.gluonts import ARMTPredictor
+
+    src = tmp_path / "wide.csv"
+    _wide_csv(src)
+    for option, steps in (([], 24), (["--linear-skip", "10"], 10), (["--linear-skip", "0"], 0)):
+        model = tmp_path / f"model{steps}"
+        code, _, err = _run(capsys, "forecast", src, *TINY, *option, "--save-model", model, "--out",
+                            tmp_path / "f.csv", "--no-plot")
+        assert code == 0, err
+        f = ARMTPredictor.deserialize(model).prediction_net.model.forecaster
+        assert f.config.linear_skip == steps
+        assert (f.skip_weight.abs().max() > 0) if steps else not hasattr(f, "skip_weight")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", str(src), "--linear-skip", "-1"])
+    assert exit_info.value.code == 2 and "--linear-skip: expected an int >= 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["non_numeric", "bad_timestamp", "missing_file"])
 def test_bad_file_is_one_line_and_exit_2(tmp_path, capsys, case):
     src = tmp_path / "bad.csv"

@@ -8,7 +8,6 @@
 - rejected pushes leave the state bit-identical; save / load is bit-exact; memory does not grow with length.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from armt_ts.stream import (ArgumentError, DuplicateEntityError, ModelMismatchEr
                             StreamError, StreamFileError, StreamingForecaster, TimeOrderError, UnknownChannelError,
                             UnknownEntityError)
 from armt_ts.state import StateFileError
-from armt_ts.testing import assert_close
+from armt_ts.testing import assert_close, pushed
 
 SCHEDULES = ("sequential", "auto")
 
@@ -72,17 +71,6 @@ def reference(model, x, m):
     if n_seg:
         _, memory = model.backbone(torch.cat(tokens, dim=1), None)
     return memory, n_seg
-
-
-def pushed(model, x, m, chunks):
-    """A single-entity stream fed ``x[0]`` in chunks of the given sizes (cycled)."""
-    sf = StreamingForecaster(model)
-    t, i = 0, 0
-    while t < x.shape[1]:
-        L = chunks[i % len(chunks)]
-        sf.push(x[0, t:t + L].numpy(), m[0, t:t + L].numpy())
-        t, i = t + L, i + 1
-    return sf
 
 
 @pytest.mark.parametrize("mode,P,S", [("independent", 4, 3), ("independent", 4, 4), ("mixing", 5, 2)])
