@@ -649,18 +649,47 @@ class StreamingForecaster:
         for g, up in zip(groups, updates):
             completed += self._commit(g, up)
         st = self.state
-        if self.skip_steps:  # the skip's ring: the last min(L, n) steps at their slots (distinct within a row)
-            n, L = self.skip_steps, x.shape[1]
-            k = min(L, n)
-            slots = (st.steps.index_select(0, rows)[:, None] + (L - k)
-                     + torch.arange(k, device=self.device)[None]) % n  # [g, k]
-            keep = m[:, L - k:] != 0
-            st.hist_values[rows[:, None], slots] = torch.where(keep, x[:, L - k:], torch.zeros((), device=x.device))
-            st.hist_observed[rows[:, None], slots] = keep
+        if self.skip_steps:
+            self._remember(rows, x, m)
         st.steps.index_add_(0, rows, torch.full_like(rows, x.shape[1]))
         if t is not None:
             st.last_time.index_copy_(0, rows, t[:, -1])
         return completed
+
+    def _remember(self, rows: Tensor, x: Tensor, m: Tensor) -> None:
+        """The linear skip's ring: the last min(L, n) steps of x / m [g, L, C] at their slots, step t at t mod n
+        (``steps`` not yet advanced). Entities at one step count (a fleet in lockstep) write slices."""
+        st, n, L = self.state, self.skip_steps, x.shape[1]
+        k = min(L, n)
+        keep = m[:, L - k:] != 0
+        vals = torch.where(keep, x[:, L - k:], torch.zeros((), dtype=x.dtype, device=x.device))
+        steps = st.steps.index_select(0, rows)
+        if bool((steps == steps[0]).all()):
+            s = (int(steps[0]) + L - k) % n
+            first = min(k, n - s)
+            at = slice(None) if self._all_rows(rows) else rows
+            for lo, hi, a, b in ((s, s + first, 0, first), (0, k - first, first, k)):
+                if hi > lo:
+                    st.hist_values[at, lo:hi] = vals[:, a:b]
+                    st.hist_observed[at, lo:hi] = keep[:, a:b]
+            return
+        slots = (steps[:, None] + (L - k) + torch.arange(k, device=self.device)[None]) % n  # [g, k], distinct per row
+        st.hist_values[rows[:, None], slots] = vals
+        st.hist_observed[rows[:, None], slots] = keep
+
+    def _recall(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The ring's last n steps of the entities at ``rows``, oldest first (slots never written: unobserved)
+        -> (values, observed), each [r, n, C]."""
+        st, n = self.state, self.skip_steps
+        steps = st.steps.index_select(0, rows)
+        if bool((steps == steps[0]).all()):  # one step count: the oldest step sits at the same slot in every row
+            s = int(steps[0]) % n
+            hv, ho = ((t if self._all_rows(rows) else t.index_select(0, rows))
+                      for t in (st.hist_values, st.hist_observed))
+            return torch.cat([hv[:, s:], hv[:, :s]], 1), torch.cat([ho[:, s:], ho[:, :s]], 1)
+        slots = ((steps[:, None] + torch.arange(n, device=self.device)[None]) % n).unsqueeze(-1).expand(-1, -1, self.C)
+        return (st.hist_values.index_select(0, rows).gather(1, slots),
+                st.hist_observed.index_select(0, rows).gather(1, slots))
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast where ``bf16`` is set (the memory modules keep their math in fp32 inside it)."""
@@ -805,12 +834,8 @@ class StreamingForecaster:
         head = self.model.head
         params = head(rep if self.model.config.patch.mode == "independent" else rep[:, 0])
         loc, scale = loc.unsqueeze(1), scale.unsqueeze(1)  # [n, 1, C]
-        if self.skip_steps:  # the linear skip over the last n steps, oldest first (never-written slots: unobserved)
-            k = self.skip_steps
-            slots = (st.steps.index_select(0, rows)[:, None] - k + torch.arange(k, device=self.device)[None]) % k
-            hv = st.hist_values.index_select(0, rows).gather(1, slots.unsqueeze(-1).expand(-1, -1, self.C))
-            ho = st.hist_observed.index_select(0, rows).gather(1, slots.unsqueeze(-1).expand(-1, -1, self.C))
-            params = head.shift(params, self.model.skip_forecast(hv, ho, loc, scale))
+        if self.skip_steps:  # the linear skip over the entities' last n steps
+            params = head.shift(params, self.model.skip_forecast(*self._recall(rows), loc, scale))
         point = head.point(params, loc, scale)[:, :h]
         try:
             q = head.quantiles(params, list(levels), loc, scale)[:, :h]

@@ -244,6 +244,13 @@ def test_fleet_with_a_skip_equals_one_stream_per_entity_and_survives_save_load(t
                 v, o = x[0, t * step:(t + 1) * step], m[0, t * step:(t + 1) * step]
                 fleet.push(v[None].numpy(), o[None].numpy(), entities=["abc"[i]])
                 solos[i].push(v.numpy(), o.numpy())
+    # one push to all three at different step counts (the ring's per-row slots), then the lockstep fast path
+    for _ in range(2):
+        block, mask = _series(3, B=3, seed=99)
+        fleet.push(block.numpy(), mask.numpy(), entities=["a", "b", "c"])
+        for i, solo in enumerate(solos):
+            solo.push(block[i].numpy(), mask[i].numpy())
+    assert len(set(fleet.state.steps.tolist())) == 3
     fc = fleet.forecast()
     for i, solo in enumerate(solos):
         assert_close(f"entity {i}", solo.forecast().quantiles[0], fc.quantiles[i], 1e-5)
@@ -253,3 +260,19 @@ def test_fleet_with_a_skip_equals_one_stream_per_entity_and_survives_save_load(t
     restored = StreamingForecaster.load(path, model)
     assert restored.state.equal(fleet.state)
     assert torch.equal(restored.forecast().quantiles, fc.quantiles)
+
+
+def test_lockstep_fleet_with_a_skip_equals_one_stream_per_entity():
+    """All entities at one step count: the ring is written and read by slices (wrapping around), for the whole
+    fleet or a subset of it."""
+    model = _model(n=7)
+    x, m = _series(23, B=3, seed=5)
+    fleet = StreamingForecaster(model, entities=[0, 1, 2])
+    for t in range(0, 23, 5):
+        fleet.push(x[:, t:t + 5].numpy(), m[:, t:t + 5].numpy(), entities=[0, 1, 2])
+    fc, part = fleet.forecast(), fleet.forecast(entities=[2, 0])
+    for e in range(3):
+        solo = pushed(model, x[e:e + 1], m[e:e + 1], [1])
+        assert torch.equal(solo.state.hist_values[0], fleet.state.hist_values[e])
+        assert_close(f"entity {e}", solo.forecast().quantiles[0], fc.quantiles[e], 1e-5)
+    assert_close("subset", fc.quantiles[[2, 0]], part.quantiles, 1e-6)
