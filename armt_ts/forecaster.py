@@ -7,6 +7,8 @@
          reaches the forecast through the associative memory; a shorter one is a single partial segment
       -> representation: the last time patch's output tokens, [B, C, D] ("independent") or [B, D] ("mixing")
       -> head: params in normalised units; loc / scale bring forecasts back to data units.
+      (+ with config.linear_skip = n: a least-squares linear forecast from the last n steps, fitted before
+         training (``fit_skip``) and fixed, moves the head's location; the network learns what it leaves)
 
 The loss is computed in normalised units (the target is scaled with the context's loc / scale), so every series
 weighs the same whatever its magnitude; for the distribution heads this differs from the data-unit negative
