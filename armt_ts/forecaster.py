@@ -39,6 +39,24 @@ from .state import MemoryState
 SKIP_FIT_BOUND = 100.0
 
 
+def _fill_gaps(y: Tensor, observed: Tensor) -> Tensor:
+    """y [R, H] with ``observed`` [R, H] (each row observed somewhere) -> y with every unobserved entry linearly
+    interpolated between the row's nearest observed steps before and after it (the nearest one's value where
+    there is only one side)."""
+    R, H = y.shape
+    steps = torch.arange(H, device=y.device).expand(R, H)
+    before = torch.where(observed, steps, torch.full_like(steps, -1)).cummax(1).values  # last observed <= h
+    after = torch.where(observed, steps, torch.full_like(steps, H)).flip(1).cummin(1).values.flip(1)  # first >= h
+    lo, hi = before.clamp(0, H - 1), after.clamp(0, H - 1)
+    y_lo, y_hi = y.gather(1, lo), y.gather(1, hi)
+    y_lo = torch.where(before >= 0, y_lo, y_hi)  # nothing before: the next observed value
+    y_hi = torch.where(after < H, y_hi, y_lo)  # nothing after: the last observed value
+    w = torch.where((before >= 0) & (after < H) & (after > before),
+                    (steps - before).to(y.dtype) / (after - before).clamp_min(1).to(y.dtype),
+                    torch.zeros((), dtype=y.dtype, device=y.device))
+    return torch.where(observed, y, y_lo + w * (y_hi - y_lo))
+
+
 class ForecasterOutput(NamedTuple):
     """What ``ARMTForecaster.forward`` returns."""
 
@@ -194,42 +212,59 @@ class ARMTForecaster(nn.Module):
                            torch.zeros((), dtype=y.dtype, device=y.device))
 
     @torch.no_grad()
-    def fit_skip(self, batches: Iterable[tuple[Tensor, Tensor, Tensor, Tensor]]) -> int:
+    def fit_skip(self, batches: Iterable[tuple[Tensor, Tensor, Tensor, Tensor]], refits: int = 2) -> int:
         """Set the linear skip (``config.linear_skip``) to the ridge least-squares map from its inputs to the
-        normalised future, (future - loc_w) / scale_w with the statistics of its own n steps (``skip_window``), over
-        every (window, channel) whose future is fully observed and within ``SKIP_FIT_BOUND`` window standard
-        deviations, with two or more observed steps among the n. ``batches`` yields (past_values [B, T, C],
-        past_observed, future_values [B, H, C], future_observed) training windows (one context length T). Normal
-        equations in float64; the ridge is ``config.linear_skip_ridge`` times the mean diagonal of the Gram matrix
-        of the inputs (not on the bias). Returns the number of rows fitted; raises if none."""
+        normalised future, (future - loc_w) / scale_w with the statistics of its own n steps (``skip_window``).
+
+        ``batches`` yields (past_values [B, T, C], past_observed, future_values [B, H, C], future_observed) training
+        windows (one context length T); it is read once per pass, so it must start over when iterated again (a
+        list, or ``armt_ts.gluonts.estimator.SkipWindows``; not a generator). A (window, channel) row counts with
+        two or more observed steps among the n and one or more observed future steps, all within
+        ``SKIP_FIT_BOUND`` window standard deviations. Without gaps in the rows' futures this is one exact
+        least-squares fit. Gappy telemetry may have few or no fully observed futures, so a gap is filled, first by
+        linear interpolation between the row's observed future steps (``_fill_gaps``), then in each of ``refits``
+        more passes by the previous fit's forecast (least squares with missing targets by expectation-maximisation;
+        the interpolation is the start, so two refits come close to its limit). Normal equations in float64; the
+        ridge is ``config.linear_skip_ridge`` times the mean diagonal of the Gram matrix of the inputs (not on the
+        bias). Returns the number of rows fitted; raises if there are none."""
         n, H = self.config.linear_skip, self.config.head.horizon
         if not n:
             raise ValueError("fit_skip: this model has no linear skip (ForecasterConfig.linear_skip is 0)")
+        if iter(batches) is batches:
+            raise TypeError("fit_skip: batches must be re-iterable (a list, or SkipWindows), not an iterator")
         dev = self.skip_weight.device
-        gram = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=dev)
-        cross = torch.zeros(n + 1, H, dtype=torch.float64, device=dev)
-        rows = 0
-        for past_values, past_observed, future_values, future_observed in batches:
-            v, keep = self.skip_inputs(past_values.to(dev), past_observed.to(dev))
-            x, loc, scale = self.skip_window(v, keep)
-            y = (future_values.to(dev, x.dtype) - loc) / scale  # [B, H, C], in the window's units
-            # rows: a fully observed future, two or more observed window steps, and a future within SKIP_FIT_BOUND
-            # window standard deviations (a near-constant window's tiny scale would make one row outweigh the rest)
-            ok = ((future_observed.to(dev) != 0).all(1) & (keep.sum(1) >= 2)
-                  & (torch.nan_to_num(y, nan=math.inf).abs().amax(1) <= SKIP_FIT_BOUND))  # [B, C]
-            x = x.transpose(1, 2)[ok].double()  # [rows, n]
-            y = y.transpose(1, 2)[ok].double()  # [rows, H]
-            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=dev)], 1)
-            gram += x1.T @ x1
-            cross += x1.T @ y
-            rows += len(x)
-        if rows == 0:
-            raise ValueError(f"fit_skip: no training window has a fully observed future of {H} steps; the linear "
-                             f"skip has nothing to fit (train without it, ForecasterConfig.linear_skip=0)")
-        reg = torch.zeros(n + 1, dtype=torch.float64, device=dev)
-        diag = gram.diagonal()[:-1]
-        reg[:-1] = self.config.linear_skip_ridge * diag.mean() + (diag == 0).to(reg.dtype)  # an input never seen: 0
-        sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [n + 1, H]
+        sol = None
+        for fill in range(refits + 1):
+            gram = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=dev)
+            cross = torch.zeros(n + 1, H, dtype=torch.float64, device=dev)
+            rows, gaps = 0, 0
+            for past_values, past_observed, future_values, future_observed in batches:
+                v, keep = self.skip_inputs(past_values.to(dev), past_observed.to(dev))
+                x, loc, scale = self.skip_window(v, keep)
+                fo = (future_observed.to(dev) != 0).transpose(1, 2)  # [B, C, H]
+                y = ((future_values.to(dev, x.dtype) - loc) / scale).transpose(1, 2)  # [B, C, H], window units
+                y = torch.where(fo, y, torch.zeros((), dtype=y.dtype, device=dev))
+                # a near-constant window's tiny scale would make one row outweigh the rest
+                use = (keep.sum(1) >= 2) & fo.any(2) & (y.abs().amax(2) <= SKIP_FIT_BOUND)  # [B, C]
+                x1 = torch.cat([x.transpose(1, 2)[use].double(),
+                                torch.ones(int(use.sum()), 1, dtype=torch.float64, device=dev)], 1)  # [rows, n + 1]
+                seen = fo[use]
+                target = y[use].double()
+                gaps += int((~seen).sum())
+                target = _fill_gaps(target, seen) if sol is None else torch.where(seen, target, x1 @ sol)
+                gram += x1.T @ x1
+                cross += x1.T @ target
+                rows += len(x1)
+            if rows == 0:
+                raise ValueError(f"fit_skip: no training window has an observed future step (of {H}) and two "
+                                 f"observed steps among its last {n}; the linear skip has nothing to fit (train "
+                                 f"without it, ForecasterConfig.linear_skip=0)")
+            reg = torch.zeros(n + 1, dtype=torch.float64, device=dev)
+            diag = gram.diagonal()[:-1]
+            reg[:-1] = self.config.linear_skip_ridge * diag.mean() + (diag == 0).to(reg.dtype)  # never seen: 0
+            sol = torch.linalg.solve(gram + torch.diag(reg), cross)  # [n + 1, H]
+            if not gaps:
+                break
         self.skip_weight.copy_(sol[:-1].T.to(self.skip_weight.dtype))
         self.skip_bias.copy_(sol[-1].to(self.skip_bias.dtype))
         return rows

@@ -219,37 +219,45 @@ class _RankShard:
                 yield item
 
 
-def skip_windows(data: Iterable[dict], context_length: int, horizon: int, target_dim: int, chunk: int = 4096,
-                 max_windows: int = 500_000) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The linear skip's training windows (``ARMTForecaster.fit_skip``) from transformed training entries (a
-    ``target`` [T] or [C, T] with ``observed_values``): every forecast origin with a whole context and a whole
-    future inside its series; a series too short for one gets its origins from the latest one back to
-    T - H (the context left-padded with unobserved zeros, as the instance splitter pads). In batches of ``chunk``
-    windows (past_values [b, L, C], past_observed, future_values [b, H, C], future_observed). Over ``max_windows``
-    windows in all, every k-th origin of each series is taken instead, evenly."""
-    entries = [(np.asarray(e[FieldName.TARGET], np.float32), np.asarray(e[FieldName.OBSERVED_VALUES], np.float32))
-               for e in data]
-    if target_dim == 1:
-        entries = [(t[None], o[None]) for t, o in entries]
-    L, H = context_length, horizon
+class SkipWindows:
+    """The linear skip's training windows (``ARMTForecaster.fit_skip``, which reads them once per pass) from
+    transformed training entries (a ``target`` [T] or [C, T] with ``observed_values``): every forecast origin with
+    a whole context and a whole future inside its series; a series too short for one context gets every origin
+    with a whole future (the context left-padded with unobserved zeros, as the instance splitter pads). Iterating
+    yields batches of ``chunk`` windows (past_values [b, L, C], past_observed, future_values [b, H, C],
+    future_observed), the same ones each time. Over ``max_windows`` windows in all, every k-th origin of each
+    series is taken instead, evenly."""
 
-    def first(T: int) -> int:  # the earliest origin: a whole context where the series holds one
-        return min(L, T - H)
+    def __init__(self, data: Iterable[dict], context_length: int, horizon: int, target_dim: int, chunk: int = 4096,
+                 max_windows: int = 500_000):
+        entries = [(np.asarray(e[FieldName.TARGET], np.float32),
+                    np.asarray(e[FieldName.OBSERVED_VALUES], np.float32)) for e in data]
+        self.entries = [(t[None], o[None]) for t, o in entries] if target_dim == 1 else entries
+        self.L, self.H, self.chunk = context_length, horizon, chunk
+        total = sum(T - horizon - self._first(T) + 1 for T in (t.shape[-1] for t, _ in self.entries) if T > horizon)
+        self.every = max(1, -(-total // max_windows))
 
-    total = sum(T - H - first(T) + 1 for T in (t.shape[-1] for t, _ in entries) if T > H)
-    every = max(1, -(-total // max_windows))
-    for target, observed in entries:
-        T = target.shape[-1]
+    def _first(self, T: int) -> int:
+        """The earliest origin of a series of T steps: a whole context where it holds one, else its first step."""
+        return self.L if T - self.H >= self.L else 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for target, observed in self.entries:
+            yield from self._series(target, observed)
+
+    def _series(self, target: np.ndarray, observed: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
+        L, H, T = self.L, self.H, target.shape[-1]
         if T <= H:
-            continue
+            return
         # [C, T] -> [L + T, C], L unobserved steps first; origin t (1 .. T - H) reads padded rows t .. t + L
         v = np.concatenate([np.zeros((L, target.shape[0]), np.float32), target.T])
         o = np.concatenate([np.zeros((L, target.shape[0]), np.float32), observed.T])
-        windows_v = np.lib.stride_tricks.sliding_window_view(v, L + H, axis=0)[first(T):T - H + 1:every]  # [n, C, L+H]
-        windows_o = np.lib.stride_tricks.sliding_window_view(o, L + H, axis=0)[first(T):T - H + 1:every]
-        for i in range(0, len(windows_v), chunk):
-            wv = torch.from_numpy(np.ascontiguousarray(windows_v[i:i + chunk].transpose(0, 2, 1)))  # [b, L+H, C]
-            wo = torch.from_numpy(np.ascontiguousarray(windows_o[i:i + chunk].transpose(0, 2, 1)))
+        origins = slice(self._first(T), T - H + 1, self.every)
+        windows_v = np.lib.stride_tricks.sliding_window_view(v, L + H, axis=0)[origins]  # [n, C, L + H]
+        windows_o = np.lib.stride_tricks.sliding_window_view(o, L + H, axis=0)[origins]
+        for i in range(0, len(windows_v), self.chunk):
+            wv = torch.from_numpy(np.ascontiguousarray(windows_v[i:i + self.chunk].transpose(0, 2, 1)))  # [b, L+H, C]
+            wo = torch.from_numpy(np.ascontiguousarray(windows_o[i:i + self.chunk].transpose(0, 2, 1)))
             yield wv[:, :L], wo[:, :L], wv[:, L:], wo[:, L:]
 
 
@@ -266,7 +274,7 @@ class ARMTEstimator(PyTorchLightningEstimator):
             ``HeadConfig(kind="student_t")``, a probabilistic forecast as gluonts' estimators give.
         scaling: "std", "mean" or "none" (``ForecasterConfig.scaling``).
         linear_skip, linear_skip_ridge: ``ForecasterConfig.linear_skip`` / ``linear_skip_ridge``. With
-            ``linear_skip`` = n > 0 the skip is fitted by least squares on every training window (``skip_windows``)
+            ``linear_skip`` = n > 0 the skip is fitted by least squares on every training window (``SkipWindows``)
             before the first optimiser step, and the network then trains on its residual.
         lr, weight_decay: Adam's.
         batch_size: windows per batch (training, validation and prediction).
@@ -348,8 +356,8 @@ class ARMTEstimator(PyTorchLightningEstimator):
         self, data: Dataset, module: ARMTLightningModule, shuffle_buffer_length: Optional[int] = None, **kwargs
     ) -> Iterable:
         if self.config.linear_skip:  # the least-squares skip first (on every rank alike: each sees all the data)
-            module.model.forecaster.fit_skip(skip_windows(data, self.context_length, self.prediction_length,
-                                                          self.target_dim))
+            module.model.forecaster.fit_skip(SkipWindows(data, self.context_length, self.prediction_length,
+                                                         self.target_dim))
         instances = self._create_instance_splitter(module, "training").apply(Cyclic(data).stream(), is_train=True)
         return as_stacked_batches(
             _RankShard(instances),
