@@ -49,10 +49,11 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 # One intra-op thread: the default model's matmuls are too small to gain much from a second one, and on a busy
 # 2-core machine two threads wait on each other at every op (measured: 130 s instead of 26 s for the default run).
 DEFAULT_THREADS = 1
-# Context steps the least-squares linear skip reads (ForecasterConfig.linear_skip; capped at the context; 0: none):
-# as the forecast benchmark's ARMT, whose validation grids chose a least-squares skip over min(context, 512) steps
-# on every dataset and horizon (benchmarks/results/HISTORY.md)
-DEFAULT_LINEAR_SKIP = 512
+# Context steps the least-squares linear skip reads (ForecasterConfig.linear_skip; capped at the context; 0: none).
+# Off by default: it lowers the backtest error on the synthetic default and on ETTh1 (README), but the models
+# trained with it have let the memory state grow over long streams (max |A| in the thousands after 10^7 steps,
+# against about 2 without; benchmarks/results/HISTORY.md, "With the linear skip"), and that is not understood yet.
+DEFAULT_LINEAR_SKIP = 0
 # The plot shows the median and the 10-90% band, whatever --quantiles the CSV gets.
 PLOT_LEVELS = (0.1, 0.5, 0.9)
 SCORE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # evaluate's CRPS approximation, as gluonts' mean_wQL
@@ -240,7 +241,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--linear-skip", type=_non_negative_int, default=DEFAULT_LINEAR_SKIP, metavar="N",
                    help="add a least-squares linear forecast from the last N context steps (at most --context), "
                         "fitted on every training window before the network trains on its residual; 0: the "
-                        "network alone (default: %(default)s)")
+                        "network alone (default: %(default)s; 512 lowers the backtest error on the data the README "
+                        "shows, but grows the memory state of long streams, see the README)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
