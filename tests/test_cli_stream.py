@@ -27,12 +27,14 @@ def _wide_rows(steps=300, start="2024-01-01T00:00"):
     return lines
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 24], ids=["network", "skip"])
+def saved_model(tmp_path_factory, request):
+    """The CLI's model, the network alone and with a linear skip over its 24-step context (a ring in the stream)."""
     d = tmp_path_factory.mktemp("model")
     data = d / "train.csv"
     data.write_text("\n".join(_wide_rows()) + "\n")
-    code = main(["forecast", str(data), *TINY, "--save-model", str(d / "m"), "--no-plot", "--out", str(d / "f.csv")])
+    code = main(["forecast", str(data), *TINY, "--linear-skip", str(request.param), "--save-model", str(d / "m"),
+                 "--no-plot", "--out", str(d / "f.csv")])
     assert code == 0
     return d / "m"
 
