@@ -109,6 +109,9 @@ def measure(model: str, n_channels: int, steps: int, windows: int, seed: int, de
         seconds: list[float] = []
         train_armt(net, prep.train, CONTEXT, HORIZON, 1e9, seed, device, False, max_steps=1 + steps,
                    step_seconds=seconds)
+        if len(seconds) < 2:  # a non-finite loss stops training early (train_armt logs it)
+            raise RuntimeError(f"{model}: {len(seconds)} of {1 + steps} optimiser steps ran; none to time after the "
+                               f"warm-up")
         out["step_seconds"] = float(np.mean(seconds[1:]))
         predict_armt(net, past[:2], observed[:2], device, False, batch=32)  # warm-up
         t0 = time.perf_counter()
