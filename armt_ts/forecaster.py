@@ -181,9 +181,9 @@ class ARMTForecaster(nn.Module):
         the backbone's inputs are), left-padded with unobserved zeros where T < n -> (values, observed bool), each
         [B, n, C]."""
         n = self.config.linear_skip
-        values, observed = self.impute(values, observed)
-        keep = observed[:, -n:] != 0
-        v = torch.where(keep, values[:, -n:], torch.zeros((), dtype=values.dtype, device=values.device))
+        values, observed = self.impute(values[:, -n:], observed[:, -n:])  # step-wise: the last n steps suffice
+        keep = observed != 0
+        v = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
         if v.shape[1] < n:
             pad = n - v.shape[1]
             v = torch.cat([v.new_zeros(v.shape[0], pad, v.shape[2]), v], dim=1)

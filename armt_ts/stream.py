@@ -684,9 +684,8 @@ class StreamingForecaster:
         steps = st.steps.index_select(0, rows)
         if bool((steps == steps[0]).all()):  # one step count: the oldest step sits at the same slot in every row
             s = int(steps[0]) % n
-            hv, ho = ((t if self._all_rows(rows) else t.index_select(0, rows))
-                      for t in (st.hist_values, st.hist_observed))
-            return torch.cat([hv[:, s:], hv[:, :s]], 1), torch.cat([ho[:, s:], ho[:, :s]], 1)
+            return tuple(torch.roll(t if self._all_rows(rows) else t.index_select(0, rows), -s, 1)
+                         for t in (st.hist_values, st.hist_observed))
         slots = ((steps[:, None] + torch.arange(n, device=self.device)[None]) % n).unsqueeze(-1).expand(-1, -1, self.C)
         return (st.hist_values.index_select(0, rows).gather(1, slots),
                 st.hist_observed.index_select(0, rows).gather(1, slots))
