@@ -946,7 +946,7 @@ def run_stream(args: argparse.Namespace) -> int:
         resumed = args.state is not None and Path(args.state).exists()
         try:
             sf = (StreamingForecaster.load(args.state, model, device=args.device, bf16=args.bf16) if resumed
-                  else StreamingForecaster(model, entities=[], device=args.device, bf16=args.bf16))
+                  else StreamingForecaster.from_predictor(predictor, entities=[], device=args.device, bf16=args.bf16))
         except StateFileError as err:
             raise CLIError(f"--state {args.state!r}: {err}") from None
         try:

@@ -16,6 +16,10 @@ same state (tests/test_stream.py, the streaming contract):
   "independent" mode, 1 in "mixing" mode), so segment s covers steps [s*G*S, s*G*S + W) with W = G*S + P - S.
 - Causal scaler: per (entity, channel) the statistics (count, mean, M2, sum |x|) of every observed value up to
   the end of the segment being processed (merged segment by segment with Chan's parallel formula, in float64).
+  With ``scaler_window`` = w steps (``from_predictor``'s default: the model's training context) the statistics
+  forget: before each segment's values are merged, the weight of everything before it is multiplied by
+  exp(-G*S / w), so they follow a drifting series as the model's own context window does in training (with the
+  whole history, a series that drifts ends up far outside the units the model was trained in).
   A completed segment is normalised with those statistics ("std": (x - mean) / sqrt(var + 1e-5), "mean":
   x / mean|x|, "none"), the same formulas as the gluonts scalers the forecaster trains with.
 - Each completed segment runs through the backbone (read and write, ``ARMT.forward``); its steps are then
@@ -66,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -278,6 +283,15 @@ def _merge_stats(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Tensor, 
     return n, mean, m2, abs_a + abs_b
 
 
+def _forget(stats: tuple[Tensor, ...], keep: float | None) -> tuple[Tensor, ...]:
+    """Statistics with every past observation's weight multiplied by ``keep`` (count, M2 and sum|x| scale; the mean
+    does not): exponential forgetting, applied once per segment. None: no forgetting."""
+    if keep is None:
+        return stats
+    n, mean, m2, abs_sum = stats
+    return n * keep, mean, m2 * keep, abs_sum * keep
+
+
 def _loc_scale(kind: str, stats: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
     """-> loc [n, C], scale [n, C] float32, the gluonts scalers' formulas on the statistics."""
     n, mean, m2, abs_sum = stats
@@ -325,6 +339,10 @@ class StreamingForecaster:
         bf16: run the patch embedder and the backbone under bf16 autocast (the memory math, the state, the scaler
             statistics and the head stay fp32). Forecasts differ from fp32 ones by bf16 rounding; the streaming
             contract (block and point pushes give the same state, save / load) holds as in fp32.
+        scaler_window: None (default here): the scaler statistics weigh the whole history equally. w (steps):
+            exponential forgetting, segment by segment, with time constant w (see the module docstring).
+            ``from_predictor`` / ``from_directory`` default to the predictor's context length. A saved state keeps
+            its window; ``load`` restores it.
 
     The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
     of thousands of entities at every update would cost more than the update); ``state.clone()`` is a snapshot.
@@ -337,6 +355,7 @@ class StreamingForecaster:
         channels: Sequence[str] | None = None,
         device: torch.device | str | None = None,
         bf16: bool = False,
+        scaler_window: int | None = None,
     ):
         if not isinstance(model, ARMTForecaster):
             raise TypeError(f"model: expected an ARMTForecaster, got {type(model).__name__}")
@@ -349,6 +368,10 @@ class StreamingForecaster:
         if not isinstance(bf16, bool):
             raise TypeError(f"bf16: expected a bool, got {bf16!r}")
         self.bf16 = bf16
+        if scaler_window is not None and (isinstance(scaler_window, bool) or not isinstance(scaler_window, int)
+                                          or scaler_window < 1):
+            raise ValueError(f"scaler_window: expected None or an int >= 1 (steps), got {scaler_window!r}")
+        self.scaler_window = scaler_window
         self.model.to(self.device)
         self.C = c.patch.n_channels
         self.P, self.S = c.patch.patch_len, c.patch.stride
@@ -359,6 +382,8 @@ class StreamingForecaster:
                              f"{self.tokens_per_patch} tokens")
         self.capacity = self.G * self.S + self.P  # buffer steps
         self.window = self.capacity - self.S  # steps one segment's patches cover
+        # per segment, the stored statistics' weight is multiplied by this (None: the whole history, equally)
+        self._keep = None if scaler_window is None else math.exp(-self.G * self.S / scaler_window)
         self.horizon = c.head.horizon
         self.scaling = c.scaling
         self.skip_steps = c.linear_skip  # the last steps the linear skip reads (0: no skip)
@@ -376,7 +401,10 @@ class StreamingForecaster:
 
     @classmethod
     def from_predictor(cls, predictor: Any, **kwargs: Any) -> "StreamingForecaster":
-        """From an ``ARMTPredictor`` (``armt-ts forecast --save-model``)."""
+        """From an ``ARMTPredictor`` (``armt-ts forecast --save-model``). ``scaler_window`` defaults to the
+        predictor's context length: the stream's statistics then cover about the steps the model was trained to
+        read (pass None for the whole history)."""
+        kwargs.setdefault("scaler_window", predictor.prediction_net.model.context_length)
         return cls(predictor.prediction_net.model.forecaster, **kwargs)
 
     @classmethod
@@ -719,7 +747,7 @@ class StreamingForecaster:
             end = self.capacity + j * GS
             xs = vals[:, start:end].double().contiguous()
             ms = obs[:, start:end].double().contiguous()
-            stats = _merge_stats(stats, _block_stats(xs, ms))
+            stats = _merge_stats(_forget(stats, self._keep), _block_stats(xs, ms))
             loc, scale = _loc_scale(self.scaling, stats)
             w = slice(self.S + j * GS, end)
             windows.append((vals[:, w] - loc.unsqueeze(1)) / scale.unsqueeze(1))
@@ -854,8 +882,9 @@ class StreamingForecaster:
         start = torch.where(first, torch.full_like(fill, S), torch.full_like(fill, P))
         inc = ((pos >= start[:, None]) & (pos < fill[:, None])).unsqueeze(-1) & obs  # [n, cap, C]
         m = inc.double()
-        stats = _merge_stats(tuple(getattr(st, k).index_select(0, rows) for k in
-                                   ("stat_n", "stat_mean", "stat_m2", "stat_abs")),
+        # the buffered steps belong to the next segment, whose statistics forget the stored ones once
+        stats = _merge_stats(_forget(tuple(getattr(st, k).index_select(0, rows) for k in
+                                           ("stat_n", "stat_mean", "stat_m2", "stat_abs")), self._keep),
                              _block_stats(vals.double() * m, m))
         loc, scale = _loc_scale(self.scaling, stats)
         cached = ~first & (fill == P)
@@ -904,6 +933,7 @@ class StreamingForecaster:
             "format": _FORMAT, "version": _FORMAT_VERSION, "fingerprint": self.fingerprint,
             "entities": list(self.state.entities), "channels": list(self.channels),
             "num_layers": self.state.memory.num_layers, "config": self.model.config.to_dict(),
+            "scaler_window": self.scaler_window,
         }
         atomic_save_safetensors(self.state.tensors(), path, meta)
 
@@ -923,7 +953,10 @@ class StreamingForecaster:
         ents, chans = meta.get("entities"), meta.get("channels")
         if not isinstance(ents, list) or not isinstance(chans, list):
             raise StreamFileError(f"{path}: metadata lacks the entity / channel lists")
-        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16)
+        window = meta.get("scaler_window")  # absent in files written before it existed: the whole history
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise StreamFileError(f"{path}: metadata scaler_window {window!r} is not None or an int >= 1")
+        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window)
         if meta.get("fingerprint") != sf.fingerprint:
             raise ModelMismatchError(f"{path}: the state was written for another model (weights or configuration "
                                      "differ); load it with the model it was made with")

@@ -22,12 +22,12 @@ def assert_close(name: str, ref: Tensor, out: Tensor, tol: float = 1e-5) -> None
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
 
 
-def pushed(model, x: Tensor, m: Tensor, chunks: list[int]):
-    """A single-entity ``StreamingForecaster`` of ``model`` fed ``x[0]`` / ``m[0]`` ([T, C]) in blocks of the given
-    sizes, cycled (the streaming contract's push granularities)."""
+def pushed(model, x: Tensor, m: Tensor, chunks: list[int], **kwargs):
+    """A single-entity ``StreamingForecaster(model, **kwargs)`` fed ``x[0]`` / ``m[0]`` ([T, C]) in blocks of the
+    given sizes, cycled (the streaming contract's push granularities)."""
     from .stream import StreamingForecaster
 
-    sf = StreamingForecaster(model)
+    sf = StreamingForecaster(model, **kwargs)
     t, i = 0, 0
     while t < x.shape[1]:
         L = chunks[i % len(chunks)]

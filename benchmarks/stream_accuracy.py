@@ -17,7 +17,10 @@ Origins: segment ends, spread evenly (geometric bins of stream length: 128-1024,
 ``--length``). At each origin:
 
 - stream: ``StreamingForecaster.forecast`` after pushing every step up to the origin (block pushes between
-  origins): the memory of the whole stream, the scaler statistics of the whole stream;
+  origins): the memory of the whole stream, with the scaler statistics of ``from_predictor``'s default
+  (``scaler_window`` = the model's context: exponential forgetting);
+- stream, whole history: the same with ``scaler_window=None`` (the statistics of every step, equally weighted;
+  the only behaviour before ``scaler_window`` existed);
 - batch: ``ARMTForecaster.point`` over the last ``context`` steps (at most the origin's): what ``armt-ts
   forecast --model`` does, and the window re-run of ``benchmarks.streaming``'s cost table;
 - seasonal naive: the value 24 steps before.
@@ -26,7 +29,7 @@ Scored: squared error of the 24 steps after the origin, in each series' standard
 over observed targets; MSE per bin. Also max |A| of the stream's memory at each bin's last origin.
 
 Writes ``benchmarks/results/stream_accuracy.json`` (``rows``: model, data, bin_lo, bin_hi, origins,
-stream_mse, batch_mse, naive_mse, max_abs_A) and ``.md``.
+stream_mse, stream_whole_mse, batch_mse, naive_mse, max_abs_A) and ``.md``.
 """
 
 from __future__ import annotations
@@ -103,21 +106,25 @@ def score(model_dir: Path, values: np.ndarray, observed: np.ndarray, scale: np.n
     model = predictor.prediction_net.model.forecaster.eval()
     context = predictor.prediction_net.model.context_length
     ids = list(range(values.shape[0]))
-    sf = StreamingForecaster(model, entities=ids)
+    streams = {"stream": StreamingForecaster.from_predictor(predictor, entities=ids),
+               "stream_whole": StreamingForecaster(model, entities=ids, scaler_window=None)}
+    sf = streams["stream"]
     sd = scale[:, None]
     pushed, rows = 0, []
     for lo, hi, origins in bins:
-        err = {k: [0.0, 0] for k in ("stream", "batch", "naive")}
+        err = {k: [0.0, 0] for k in ("stream", "stream_whole", "batch", "naive")}
         for t in origins:
             while pushed < t:  # blocks of at most 64 segments up to the origin
                 n = min(t - pushed, 64 * sf.G * sf.S)
-                sf.push(values[:, pushed:pushed + n], observed[:, pushed:pushed + n], entities=ids)
+                for f in streams.values():
+                    f.push(values[:, pushed:pushed + n], observed[:, pushed:pushed + n], entities=ids)
                 pushed += n
             truth, seen = values[:, t:t + HORIZON, 0], observed[:, t:t + HORIZON, 0]
             a = max(0, t - context)
             with torch.no_grad():
                 batch = model.point(torch.from_numpy(np.nan_to_num(values[:, a:t])), torch.from_numpy(observed[:, a:t]))
-            forecasts = {"stream": sf.forecast(HORIZON).point[:, :, 0].numpy(), "batch": batch[:, :, 0].numpy(),
+            forecasts = {k: f.forecast(HORIZON).point[:, :, 0].numpy() for k, f in streams.items()}
+            forecasts |= {"batch": batch[:, :, 0].numpy(),
                          "naive": values[:, t - SEASON:t - SEASON + HORIZON, 0]}  # HORIZON <= SEASON
             for k, f in forecasts.items():
                 ok = seen & np.isfinite(f)
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 for r in score(d, values, observed, scale, bins):
                     rows.append({"model": name, "data": kind, **r})
-                    print(f"{name} / {kind} / ({r['bin_lo']}, {r['bin_hi']}]: stream {r['stream_mse']:.3f} batch "
+                    print(f"{name} / {kind} / ({r['bin_lo']}, {r['bin_hi']}]: stream {r['stream_mse']:.3f} "
+                          f"(whole history {r['stream_whole_mse']:.3f}) batch "
                           f"{r['batch_mse']:.3f} naive {r['naive_mse']:.3f} max|A| {r['max_abs_A']:.3g}",
                           file=sys.stderr, flush=True)
                 print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -181,14 +189,16 @@ def render(payload: dict[str, Any]) -> str:
            f"Each model is trained by `armt-ts forecast` on the embedded synthetic telemetry (1344 steps per series), "
            f"then streams a generated panel of the same kind, {payload['length']} steps x 32 series (seed "
            f"{payload['seed'] + 1}). At segment-end origins in each bin of stream length: stream = the "
-           f"`StreamingForecaster`'s forecast (memory and scaler statistics of the whole stream); batch = the same "
+           f"`StreamingForecaster`'s forecast (the memory of the whole stream; scaler statistics forgetting with "
+           f"`scaler_window` = the model's context, `from_predictor`'s default); stream_whole = the same with "
+           f"`scaler_window=None` (every step's statistics, equally weighted); batch = the same "
            f"model's forecast over its last context window (`ARMTForecaster.point`, as `armt-ts forecast --model`); "
            f"naive = seasonal naive (24). MSE of the next {HORIZON} steps in each series' standard units. "
            f"\"telemetry\" drifts (trends, level shifts); \"stationary\" has neither.", ""]
     for kind in ("telemetry", "stationary"):
         rows = [dict(r, bin=f"({r['bin_lo']}, {r['bin_hi']}]") for r in payload["rows"] if r["data"] == kind]
-        out += [f"## {kind}", "", markdown_table(rows, ["model", "bin", "origins", "stream_mse", "batch_mse",
-                                                          "naive_mse", "max_abs_A"]), ""]
+        out += [f"## {kind}", "", markdown_table(rows, ["model", "bin", "origins", "stream_mse", "stream_whole_mse",
+                                                          "batch_mse", "naive_mse", "max_abs_A"]), ""]
     out += ["Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in payload["train_seconds"].items()), ""]
     return "\n".join(out)
 

@@ -65,8 +65,10 @@ def test_stream_matches_the_api_and_writes_at_the_cadence(saved_model, tmp_path,
     # the same rows through the Python API
     from armt_ts.cli import load_model
 
-    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
-    sf = StreamingForecaster(model, entities=["a", "b"])
+    predictor = load_model(str(saved_model), "cpu")
+    # the CLI's stream is from_predictor's: the scaler statistics forget with the model's context as time constant
+    sf = StreamingForecaster.from_predictor(predictor, entities=["a", "b"])
+    assert sf.scaler_window == predictor.prediction_net.model.context_length
     vals = np.array([[float(x) if x else np.nan for x in r.split(",")[1:]] for r in rows[1:]])
     sf.push(vals.T[:, :, None], entities=["a", "b"])
     fc = sf.forecast(H, [0.1, 0.5, 0.9])
@@ -85,6 +87,11 @@ def test_stdin_and_restart_with_state_continue_exactly(saved_model, tmp_path, ca
     code, out, err = _run(capsys, "stream", "--model", saved_model, "-", "--state", state, "--every", 0)
     assert code == 0, err
     assert state.exists() and "149 row(s) from <stdin>" in err
+    from armt_ts.cli import load_model
+    from armt_ts.state import load_safetensors
+
+    context = load_model(str(saved_model), "cpu").prediction_net.model.context_length
+    assert load_safetensors(state, "armt_ts.StreamState")[1]["scaler_window"] == context
     # restart, replaying the whole file: the rows already in the state are skipped
     f = tmp_path / "all.csv"
     f.write_text("\n".join(rows) + "\n")

@@ -46,9 +46,12 @@ def series(T, C=2, B=1, seed=1, p_missing=0.2):
     return x, m
 
 
-def reference(model, x, m):
+def reference(model, x, m, keep=None):
     """The streaming recurrence written directly: segment s covers steps [s*G*S, s*G*S + W); it is normalised with
-    gluonts' scaler over every step up to its end; all segments' tokens go through the backbone at once."""
+    gluonts' scaler over every step up to its end; all segments' tokens go through the backbone at once.
+
+    keep (a stream's ``scaler_window`` w: exp(-G*S / w)): the "std" statistics instead weigh the steps of segment
+    j's new part (from segment j - 1's end to segment j's) by keep ** (s - j), computed directly in float64."""
     c = model.config
     P, S = c.patch.patch_len, c.patch.stride
     tpp = c.patch.n_channels if c.patch.mode == "independent" else 1
@@ -56,14 +59,21 @@ def reference(model, x, m):
     W = G * S + P - S
     T = x.shape[1]
     n_seg = 0 if T < W else 1 + (T - W) // (G * S)
-    keep = m.float()
+    keep_w, obs = keep, m.float()
     xz = torch.where(m, x, torch.zeros(()))
     tokens = []
     for s in range(n_seg):
         a, end = s * G * S, s * G * S + W
         # gluonts' scaler on float64 data: the stream keeps its statistics in float64 (a float32 sum over a long
         # stream would drift), then normalises in float32
-        _, loc, scale = model.scaler(xz[:, :end].double(), keep[:, :end].double())
+        if keep_w is None:
+            _, loc, scale = model.scaler(xz[:, :end].double(), obs[:, :end].double())
+        else:  # the weighted mean and variance of every observed step so far
+            seg_of = ((torch.arange(end) - W).clamp_min(-1) // (G * S) + 1).clamp_max(s)  # the segment a step is new in
+            w = (keep_w ** (s - seg_of)).double()[None, :, None] * obs[:, :end].double()
+            n = w.sum(1, keepdim=True)
+            loc = (w * xz[:, :end].double()).sum(1, keepdim=True) / n
+            scale = torch.sqrt((w * (xz[:, :end].double() - loc) ** 2).sum(1, keepdim=True) / n + 1e-5)
         loc, scale = loc.float(), scale.float()
         tok, _ = model.embed((xz[:, a:end] - loc) / scale, m[:, a:end])
         tokens.append(tok)
@@ -469,3 +479,77 @@ def test_lockstep_fleet_in_chunks_with_deferred_writes_equals_separate_streams(m
     for t in range(12):
         fleet.push(y[:, t].numpy(), mm[:, t].numpy(), entities=[0, 2, 4, "new"])
     assert all(bool(torch.isfinite(a).all()) for a in fleet.state.memory.A)
+
+
+# --- scaler_window: statistics that forget, segment by segment ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,P,S", [("independent", 4, 3), ("mixing", 5, 2)])
+@pytest.mark.parametrize("T", [23, 100])
+def test_scaler_window_keeps_the_contract(mode, P, S, T):
+    """With scaler_window, block / segment / point / ragged pushes are bit-identical, and the state equals the
+    recurrence computed directly with weighted statistics."""
+    model = make_model(mode, P=P, S=S)
+    x, m = series(T, seed=T)
+    window = 20
+    block = pushed(model, x, m, [T], scaler_window=window)
+    for chunks in ([block.G * S], [1], [3, 1, 8, 2]):
+        other = pushed(model, x, m, chunks, scaler_window=window)
+        assert block.state.equal(other.state), chunks
+        assert torch.equal(block.forecast().quantiles, other.forecast().quantiles), chunks
+    memory, n_seg = reference(model, x, m, keep=np.exp(-block.G * S / window))
+    assert int(block.state.segments[0]) == n_seg >= 1
+    for l in range(memory.num_layers):
+        assert_close(f"A[{l}]", memory.A[l], block.state.memory.A[l], 1e-5)
+        assert_close(f"z[{l}]", memory.z[l], block.state.memory.z[l], 1e-5)
+    # forgetting changes the statistics, hence the state: the test above is not the whole-history one
+    whole = pushed(model, x, m, [T])
+    assert not torch.allclose(whole.state.memory.A[-1], block.state.memory.A[-1], atol=1e-6)
+
+
+def test_scaler_window_follows_a_level_shift_that_the_whole_history_averages_away():
+    model = make_model()
+    T = 600
+    x = torch.zeros(1, T, 2)
+    x[:, T // 2:] = 100.0  # a step change halfway
+    x += torch.randn(1, T, 2, generator=torch.Generator().manual_seed(0))
+    m = torch.ones(1, T, 2, dtype=torch.bool)
+    window = 30
+    forgets = pushed(model, x, m, [T], scaler_window=window)
+    whole = pushed(model, x, m, [T])
+    assert float(whole.state.stat_mean.min()) < 60  # the mean of both halves
+    assert float(forgets.state.stat_mean.min()) > 99  # the recent level: 300 steps ago weighs ~exp(-10)
+    # the effective count stays bounded (a segment's steps / (1 - keep)) while the whole history's grows
+    GS = forgets.G * forgets.S
+    assert float(forgets.state.stat_n.max()) < (GS + model.config.patch.patch_len) / (1 - np.exp(-GS / window))
+    assert float(whole.state.stat_n.min()) > 550
+
+
+def test_scaler_window_is_validated_saved_and_restored(tmp_path):
+    model = make_model()
+    for bad in (0, -3, 2.5, True, "30"):
+        with pytest.raises(ValueError, match="scaler_window"):
+            StreamingForecaster(model, scaler_window=bad)
+    x, m = series(60)
+    live = pushed(model, x[:, :37], m[:, :37], [37], scaler_window=25)
+    path = tmp_path / "s.safetensors"
+    live.save(path)
+    restored = StreamingForecaster.load(path, model)
+    assert restored.scaler_window == 25 and restored.state.equal(live.state)
+    for sf in (live, restored):
+        sf.push(x[0, 37:].numpy(), m[0, 37:].numpy())
+    assert restored.state.equal(live.state)
+    assert torch.equal(restored.forecast().quantiles, live.forecast().quantiles)
+    # a file written before scaler_window existed has no such key: the whole history, as it was made
+    from armt_ts.state import atomic_save_safetensors, load_safetensors
+    tensors, meta = load_safetensors(path, "armt_ts.StreamState")
+    for value, ok in ((None, True), (-1, False), ("x", False)):
+        edited = {k: v for k, v in meta.items() if k != "scaler_window"}
+        if value is not None:
+            edited["scaler_window"] = value
+        atomic_save_safetensors(tensors, tmp_path / "e.safetensors", edited)
+        if ok:
+            assert StreamingForecaster.load(tmp_path / "e.safetensors", model).scaler_window is None
+        else:
+            with pytest.raises(StreamFileError, match="scaler_window"):
+                StreamingForecaster.load(tmp_path / "e.safetensors", model)

@@ -35,8 +35,8 @@ def test_scores_every_forecaster_at_every_origin(tmp_path):
     rows = sa.score(model, v, o, scale, bins)
     assert [(r["bin_lo"], r["bin_hi"]) for r in rows] == [(lo, hi) for lo, hi, _ in bins]
     for r in rows:
-        assert r["targets"] > 0 and all(math.isfinite(r[k]) and r[k] > 0 for k in ("stream_mse", "batch_mse",
-                                                                                  "naive_mse"))
+        mses = ("stream_mse", "stream_whole_mse", "batch_mse", "naive_mse")
+        assert r["targets"] > 0 and all(math.isfinite(r[k]) and r[k] > 0 for k in mses)
         assert math.isfinite(r["max_abs_A"])  # 0 here: a 96-step training context never writes the memory
     # the naive forecast is the day before: its error is computable by hand for the first bin
     t = bins[0][2]
