@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -54,6 +55,12 @@ DEFAULT_THREADS = 1
 # trained with it have let the memory state grow over long streams (max |A| in the thousands after 10^7 steps,
 # against about 2 without; benchmarks/results/HISTORY.md, "With the linear skip"), and that is not understood yet.
 DEFAULT_LINEAR_SKIP = 0
+DEFAULT_RANDOM_START = False  # ARMTEstimator(random_start=...): contexts start a random number of patches later
+# ARMTConfig.read_norm_cap (0: none, the paper's read): the norm of each memory read is capped at this. The paper's
+# read lets a stream's forecasts drift away from the batch forecaster's as the stream outgrows the training context
+# (benchmarks/results/stream_accuracy.md); trained with a cap they stay close. 0.1 was chosen among 0.1 / 0.25 / 0.5
+# / 1 on a validation panel (HISTORY.md, "Stream forecast accuracy"); the batch forecasts hardly move.
+DEFAULT_READ_NORM_CAP = 0.1
 # The plot shows the median and the 10-90% band, whatever --quantiles the CSV gets.
 PLOT_LEVELS = (0.1, 0.5, 0.9)
 SCORE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # evaluate's CRPS approximation, as gluonts' mean_wQL
@@ -229,6 +236,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (ignored with --model)")
     g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)")
@@ -243,6 +260,14 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                         "fitted on every training window before the network trains on its residual; 0: the "
                         "network alone (default: %(default)s; 512 lowers the backtest error on the data the README "
                         "shows, but grows the memory state of long streams, see the README)")
+    g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=DEFAULT_RANDOM_START,
+                   help="start each training batch's contexts a random number of patches later, so the head learns "
+                        "to forecast from every position in an ARMT segment, as `armt-ts stream` does (default: "
+                        "%(default)s)")
+    g.add_argument("--read-norm-cap", type=_non_negative_float, default=DEFAULT_READ_NORM_CAP, metavar="X",
+                   help="cap the norm of every associative-memory read at X (ARMTConfig.read_norm_cap; 0: the "
+                        "paper's uncapped read, whose long streams drift from the batch forecasts; default: "
+                        "%(default)s)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -677,10 +702,11 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
         estimator = ARMTEstimator(
             prediction_length=horizon,
             context_length=context,
-            armt=ARMTConfig(segment_length=SEGMENT_LENGTH),
+            armt=ARMTConfig(segment_length=SEGMENT_LENGTH, read_norm_cap=args.read_norm_cap or None),
             patch=PatchConfig(patch_len=PATCH_LEN, stride=PATCH_LEN),
             head=HeadConfig(kind="student_t"),  # a distribution: any quantile level can be asked for
             linear_skip=min(args.linear_skip, context),
+            random_start=args.random_start,
             batch_size=args.batch_size,
             num_batches_per_epoch=args.batches_per_epoch,
             trainer_kwargs=dict(

@@ -183,6 +183,37 @@ def test_linear_skip_option_reaches_the_saved_model(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--linear-skip: expected an int >= 0, got -1" in capsys.readouterr().err
 
 
+def test_read_norm_cap_and_random_start_reach_the_model(tmp_path, capsys, monkeypatch):
+    """--read-norm-cap X: ARMTConfig.read_norm_cap (default 0.1; 0: None); --random-start: the estimator's flag;
+    bad values are usage errors."""
+    from armt_ts.gluonts import ARMTEstimator, ARMTPredictor
+
+    seen = []
+    real_init = ARMTEstimator.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("random_start"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ARMTEstimator, "__init__", spy)
+    src = tmp_path / "wide.csv"
+    _wide_csv(src)
+    for option, cap, start in (([], 0.1, False), (["--read-norm-cap", "0"], None, False),
+                               (["--read-norm-cap", "0.25", "--random-start"], 0.25, True)):
+        model = tmp_path / f"model{cap}"
+        code, _, err = _run(capsys, "forecast", src, *TINY, *option, "--save-model", model, "--out",
+                            tmp_path / "f.csv", "--no-plot")
+        assert code == 0, err
+        assert ARMTPredictor.deserialize(model).prediction_net.model.config.armt.read_norm_cap == cap
+        assert seen[-1] is start
+    for bad, message in ((["--read-norm-cap", "-1"], "expected a finite number >= 0, got -1"),
+                         (["--read-norm-cap", "nan"], "expected a finite number >= 0, got nan"),
+                         (["--read-norm-cap", "x"], "expected a number >= 0, got 'x'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["forecast", str(src), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["non_numeric", "bad_timestamp", "missing_file"])
 def test_bad_file_is_one_line_and_exit_2(tmp_path, capsys, case):
     src = tmp_path / "bad.csv"

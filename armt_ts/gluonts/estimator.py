@@ -277,6 +277,8 @@ class ARMTEstimator(PyTorchLightningEstimator):
             ``linear_skip`` = n > 0 the skip is fitted by least squares on every training window (``SkipWindows``)
             before the first optimiser step, and the network then trains on its residual.
         lr, weight_decay: Adam's.
+        random_start: ``ARMTLightningModule``'s: each training batch starts its contexts a random number of patches
+            later, so the head learns to forecast from every position in a segment, as a stream does.
         batch_size: windows per batch (training, validation and prediction).
         num_batches_per_epoch: training batches per epoch (per rank under DDP).
         trainer_kwargs: extra ``lightning.pytorch.Trainer`` arguments, merged over the defaults.
@@ -297,6 +299,7 @@ class ARMTEstimator(PyTorchLightningEstimator):
         linear_skip_ridge: float = 0.2,
         lr: float = 1e-3,
         weight_decay: float = 1e-8,
+        random_start: bool = False,
         batch_size: int = 32,
         num_batches_per_epoch: int = 50,
         trainer_kwargs: Optional[dict[str, Any]] = None,
@@ -317,6 +320,7 @@ class ARMTEstimator(PyTorchLightningEstimator):
         )
         self.lr = lr
         self.weight_decay = weight_decay
+        self.random_start = random_start
         self.batch_size = batch_size
         self.num_batches_per_epoch = num_batches_per_epoch
         self.train_sampler = train_sampler or ExpectedNumInstanceSampler(num_instances=1.0,
@@ -334,7 +338,7 @@ class ARMTEstimator(PyTorchLightningEstimator):
 
     def create_lightning_module(self) -> pl.LightningModule:
         return ARMTLightningModule(config=self.config.to_dict(), context_length=self.context_length,
-                                   lr=self.lr, weight_decay=self.weight_decay)
+                                   lr=self.lr, weight_decay=self.weight_decay, random_start=self.random_start)
 
     def _create_instance_splitter(self, module: ARMTLightningModule, mode: str) -> InstanceSplitter:
         assert mode in ("training", "validation", "test")

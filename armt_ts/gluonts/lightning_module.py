@@ -29,14 +29,20 @@ class ARMTLightningModule(pl.LightningModule):
         config: ``ForecasterConfig.to_dict()`` (a plain dict, so that gluonts can serialise the predictor as JSON).
         context_length: steps of context the model reads.
         lr, weight_decay: Adam's.
+        random_start: each training batch drops k patches' steps (k uniform in 0 .. G - 1, G patches per segment)
+            from the start of its contexts, so the last patch, whose output the head reads, takes every position
+            in its segment, as a stream's forecasts do (``StreamingForecaster`` forecasts at any step; right after a
+            segment completes, from that segment's last patch). Validation keeps the whole context.
     """
 
     @validated()
-    def __init__(self, config: dict, context_length: int, lr: float = 1e-3, weight_decay: float = 1e-8):
+    def __init__(self, config: dict, context_length: int, lr: float = 1e-3, weight_decay: float = 1e-8,
+                 random_start: bool = False):
         super().__init__()
         self.model = ARMTModel(ForecasterConfig.from_dict(config), context_length)
         self.lr = lr
         self.weight_decay = weight_decay
+        self.random_start = random_start
         self.inputs = self.model.describe_inputs()
 
     def forward(self, *args, **kwargs):
@@ -65,7 +71,25 @@ class ARMTLightningModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):  # type: ignore[override]
         self._train_batch_idx = batch_idx
+        if self.random_start:
+            batch = self._drop_start(batch)
         return self._loss(batch, batch_idx, "train")
+
+    def _drop_start(self, batch: dict) -> dict:
+        """``random_start``: the batch with its contexts' first k * stride steps dropped (torch's global generator,
+        which ``lightning.seed_everything`` seeds; k = 0 keeps the batch as it is)."""
+        c = self.model.config
+        per_patch = c.patch.n_channels if c.patch.mode == "independent" else 1
+        G = max(1, c.armt.segment_length // per_patch)
+        T = batch["past_target"].shape[1]
+        k = int(torch.randint(0, G, ()))
+        while k and T - k * c.patch.stride < c.patch.patch_len:  # keep at least one whole patch
+            k -= 1
+        if not k:
+            return batch
+        cut = k * c.patch.stride
+        return dict(batch, past_target=batch["past_target"][:, cut:],
+                    past_observed_values=batch["past_observed_values"][:, cut:])
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # A finite loss can still give a non-finite gradient (an overflow in backward); clipping would then spread

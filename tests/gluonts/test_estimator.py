@@ -183,3 +183,39 @@ def test_lightning_module_is_rebuilt_from_its_arguments():
     rebuilt = ARMTLightningModule(*args, **kwargs)
     assert rebuilt.model.config == cfg and rebuilt.lr == 3e-3
     assert rebuilt.state_dict().keys() == module.state_dict().keys()
+
+
+def test_random_start_drops_whole_patches_from_training_contexts_only(tmp_path):
+    """random_start: each training batch's contexts lose k * stride steps, k uniform in 0 .. G - 1 (G = patches per
+    segment), never below one patch; the validation loss reads the whole context; the seed fixes the draws."""
+    cfg = ForecasterConfig.build(H, armt=ARMT, patch=PatchConfig(patch_len=8, stride=8))
+    module = ARMTLightningModule(config=cfg.to_dict(), context_length=CONTEXT, random_start=True)
+    G = ARMT.segment_length  # "independent" with one channel: one token per patch
+    batch = {"past_target": torch.randn(3, CONTEXT), "past_observed_values": torch.ones(3, CONTEXT),
+             "future_target": torch.randn(3, H), "future_observed_values": torch.ones(3, H)}
+    torch.manual_seed(0)
+    lengths = [module._drop_start(batch)["past_target"].shape[1] for _ in range(200)]
+    assert sorted(set(lengths)) == [CONTEXT - 8 * k for k in range(G - 1, -1, -1)]
+    cut = module._drop_start(batch)
+    T = cut["past_target"].shape[1]
+    assert torch.equal(cut["past_target"], batch["past_target"][:, CONTEXT - T:])
+    assert torch.equal(cut["past_observed_values"], batch["past_observed_values"][:, CONTEXT - T:])
+    assert cut["future_target"] is batch["future_target"]
+    # a context of one patch and a bit: nothing to drop beyond it
+    short = {k: v[:, -10:] if k.startswith("past") else v for k, v in batch.items()}
+    assert all(module._drop_start(short)["past_target"].shape[1] >= 8 for _ in range(50))
+    torch.manual_seed(1)
+    first = [module._drop_start(batch)["past_target"].shape[1] for _ in range(20)]
+    torch.manual_seed(1)
+    assert first == [module._drop_start(batch)["past_target"].shape[1] for _ in range(20)]
+    # off (the default): the batch as it is; and the estimator passes the flag to its module
+    assert ARMTLightningModule(config=cfg.to_dict(), context_length=CONTEXT).random_start is False
+    est = ARMTEstimator(prediction_length=H, context_length=CONTEXT, armt=ARMT, random_start=True)
+    assert est.create_lightning_module().random_start is True
+    train, test = _split(_sines())
+    kwargs = dict(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                  enable_model_summary=False, logger=False)
+    predictor = ARMTEstimator(prediction_length=H, context_length=CONTEXT, armt=ARMT,
+                              patch=PatchConfig(patch_len=8, stride=8), batch_size=8, num_batches_per_epoch=4,
+                              random_start=True, trainer_kwargs=kwargs).train(train)
+    assert all(math.isfinite(v) for v in _metrics(predictor, test).values())
