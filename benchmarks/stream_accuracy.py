@@ -14,8 +14,10 @@ Two panels: "telemetry" (the generator's defaults: trends and level shifts make 
 (``trend_scale=0``, ``level_shift_rate=0``: no drift, so the stream's whole-history scaler statistics stay
 representative and what changes along the stream is mostly the memory).
 
-Origins: segment ends, spread evenly (geometric bins of stream length: 128-1024, 1024-8192, ... up to
-``--length``). At each origin:
+Origins: PER_BIN segment ends spread evenly over each geometric bin of stream length (128-1024, 1024-8192, ... up
+to ``--length``), and after each of them the start of every patch of the next segment (offsets 0, 16, ..., 112
+steps): a stream forecasts at any step, and its last patch then sits anywhere in its segment (a model trained on a
+192-step context has only ever forecast from the 4th patch of a segment). At each origin:
 
 - stream: ``StreamingForecaster.forecast`` after pushing every step up to the origin (block pushes between
   origins): the memory of the whole stream, with the scaler statistics of ``from_predictor``'s default
@@ -27,10 +29,11 @@ Origins: segment ends, spread evenly (geometric bins of stream length: 128-1024,
 - seasonal naive: the value 24 steps before.
 
 Scored: squared error of the 24 steps after the origin, in each series' standard units (the generator's scale),
-over observed targets; MSE per bin. Also max |A| of the stream's memory at each bin's last origin.
+over observed targets; MSE per bin, over every origin and (``*_end_mse``) over the segment ends only. Also max |A|
+of the stream's memory at each bin's last origin.
 
 Writes ``benchmarks/results/stream_accuracy.json`` (``rows``: model, data, bin_lo, bin_hi, origins,
-stream_mse, stream_whole_mse, batch_mse, naive_mse, max_abs_A) and ``.md``.
+stream_mse, stream_whole_mse, batch_mse, naive_mse, stream_end_mse, batch_end_mse, max_abs_A) and ``.md``.
 """
 
 from __future__ import annotations
@@ -83,9 +86,9 @@ def panel(kind: str, length: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def origin_bins(length: int, segment: int, first: int = 1024) -> list[tuple[int, int, list[int]]]:
-    """Geometric bins (lo, hi] of stream length from one segment to ``length`` - HORIZON, each with up to PER_BIN
-    segment-end origins spread evenly inside it."""
-    last = (length - HORIZON) // segment * segment
+    """Geometric bins (lo, hi] of stream length from one segment to the last segment end that leaves a segment and a
+    horizon after it, each with up to PER_BIN segment-end origins spread evenly inside it."""
+    last = (length - HORIZON - segment) // segment * segment
     edges = [segment]
     while edges[-1] * 8 < last:
         edges.append(first if edges[-1] == segment else edges[-1] * 8)
@@ -114,8 +117,8 @@ def score(model_dir: Path, values: np.ndarray, observed: np.ndarray, scale: np.n
     sd = scale[:, None]
     pushed, rows = 0, []
     for lo, hi, origins in bins:
-        err = {k: [0.0, 0] for k in ("stream", "stream_whole", "batch", "naive")}
-        for t in origins:
+        err = {k: [0.0, 0] for k in ("stream", "stream_whole", "batch", "naive", "stream_end", "batch_end")}
+        for t in (end + j * sf.S for end in origins for j in range(sf.G)):
             while pushed < t:  # blocks of at most 64 segments up to the origin
                 n = min(t - pushed, 64 * sf.G * sf.S)
                 for f in streams.values():
@@ -128,6 +131,8 @@ def score(model_dir: Path, values: np.ndarray, observed: np.ndarray, scale: np.n
             forecasts = {k: f.forecast(HORIZON).point[:, :, 0].numpy() for k, f in streams.items()}
             forecasts |= {"batch": batch[:, :, 0].numpy(),
                          "naive": values[:, t - SEASON:t - SEASON + HORIZON, 0]}  # HORIZON <= SEASON
+            if t in origins:  # a segment end: the stream's last patch is the segment's last
+                forecasts |= {"stream_end": forecasts["stream"], "batch_end": forecasts["batch"]}
             for k, f in forecasts.items():
                 ok = seen & np.isfinite(f)
                 e = ((f - truth) / sd)[ok]
@@ -190,17 +195,20 @@ def render(payload: dict[str, Any]) -> str:
            f"Machine: {m.get('cpu_model', '?')} ({m.get('cpu_count', '?')} CPUs)", "",
            f"Each model is trained by `armt-ts forecast` on the embedded synthetic telemetry (1344 steps per series), "
            f"then streams a generated panel of the same kind, {payload['length']} steps x 32 series (seed "
-           f"{payload['seed'] + 1}). At segment-end origins in each bin of stream length: stream = the "
+           f"{payload['seed'] + 1}). At origins in each bin of stream length: stream = the "
            f"`StreamingForecaster`'s forecast (the memory of the whole stream; scaler statistics forgetting with "
            f"`scaler_window` = the model's context, `from_predictor`'s default); stream_whole = the same with "
            f"`scaler_window=None` (every step's statistics, equally weighted); batch = the same "
            f"model's forecast over its last context window (`ARMTForecaster.point`, as `armt-ts forecast --model`); "
-           f"naive = seasonal naive (24). MSE of the next {HORIZON} steps in each series' standard units. "
+           f"naive = seasonal naive (24). Origins: {PER_BIN} segment ends per bin and the start of every patch of "
+           f"the segment after each (origins counts the segment ends; *_end: at the segment ends only). "
+           f"MSE of the next {HORIZON} steps in each series' standard units. "
            f"\"telemetry\" drifts (trends, level shifts); \"stationary\" has neither.", ""]
     for kind in ("telemetry", "stationary"):
         rows = [dict(r, bin=f"({r['bin_lo']}, {r['bin_hi']}]") for r in payload["rows"] if r["data"] == kind]
         out += [f"## {kind}", "", markdown_table(rows, ["model", "bin", "origins", "stream_mse", "stream_whole_mse",
-                                                          "batch_mse", "naive_mse", "max_abs_A"]), ""]
+                                                          "batch_mse", "naive_mse", "stream_end_mse",
+                                                          "batch_end_mse", "max_abs_A"]), ""]
     out += ["Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in payload["train_seconds"].items()), ""]
     return "\n".join(out)
 
