@@ -51,10 +51,11 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 # 2-core machine two threads wait on each other at every op (measured: 130 s instead of 26 s for the default run).
 DEFAULT_THREADS = 1
 # Context steps the least-squares linear skip reads (ForecasterConfig.linear_skip; capped at the context; 0: none).
-# Off by default: it lowers the backtest error on the synthetic default and on ETTh1 (README), but the models
-# trained with it have let the memory state grow over long streams (max |A| in the thousands after 10^7 steps,
-# against about 2 without; benchmarks/results/HISTORY.md, "With the linear skip"), and that is not understood yet.
-DEFAULT_LINEAR_SKIP = 0
+# It lowers the backtest error on the synthetic default and on ETTh1 (README), and on a validation panel it gave the
+# most accurate streams and batch forecasts (HISTORY.md, "Stream forecast accuracy"). It was off for a while because
+# models trained with it let the memory state grow over long streams (max |A| 3664 after 10^7 steps); with the
+# memory reads capped (DEFAULT_READ_NORM_CAP) that became 128, against 48 without the skip (results/linear_skip.md).
+DEFAULT_LINEAR_SKIP = 512
 DEFAULT_RANDOM_START = False  # ARMTEstimator(random_start=...): contexts start a random number of patches later
 # ARMTConfig.read_norm_cap (0: none, the paper's read): the norm of each memory read is capped at this. The paper's
 # read lets a stream's forecasts drift away from the batch forecaster's as the stream outgrows the training context
@@ -258,8 +259,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--linear-skip", type=_non_negative_int, default=DEFAULT_LINEAR_SKIP, metavar="N",
                    help="add a least-squares linear forecast from the last N context steps (at most --context), "
                         "fitted on every training window before the network trains on its residual; 0: the "
-                        "network alone (default: %(default)s; 512 lowers the backtest error on the data the README "
-                        "shows, but grows the memory state of long streams, see the README)")
+                        "network alone (default: %(default)s, capped at --context)")
     g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=DEFAULT_RANDOM_START,
                    help="start each training batch's contexts a random number of patches later, so the head learns "
                         "to forecast from every position in an ARMT segment, as `armt-ts stream` does (default: "

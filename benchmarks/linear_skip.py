@@ -5,7 +5,7 @@ without it, in one run:
 
 1. Backtests: ``armt-ts evaluate`` on the embedded synthetic telemetry (the main job's data and training) and on
    ETTh1 (``--horizon 96 --context 336``; skipped, saying so, when ``--data`` is absent), each with
-   ``--linear-skip 0`` (the default) and ``512``: MSE, MAE and CRPS on z-scored values as the command prints them.
+   ``--linear-skip 0`` and ``512`` (the default): MSE, MAE and CRPS on z-scored values as the command prints them.
 2. The memory state of a long stream: the main job's model (``armt-ts forecast --save-model``, its default
    training, ``--seed``) with and without the skip, streamed by ``benchmarks.streaming``'s child (8 entities,
    ``--state-length`` steps each, blocks of 64 segments): max |A|, max z and non-finite values, ten times along.

@@ -164,13 +164,13 @@ def test_saved_model_is_safetensors_and_json_and_forecasts_identically(tmp_path,
 
 
 def test_linear_skip_option_reaches_the_saved_model(tmp_path, capsys):
-    """--linear-skip N: the model's least-squares skip reads min(N, --context) steps, fitted before training; 0 (the
-    default) trains the network alone; a negative N is a usage error."""
+    """--linear-skip N: the model's least-squares skip reads min(N, --context) steps, fitted before training (the
+    default, 512, reads the whole 24-step context here); 0 trains the network alone; a negative N is a usage error."""
     from armt_ts.gluonts import ARMTPredictor
 
     src = tmp_path / "wide.csv"
     _wide_csv(src)
-    for option, steps in (([], 0), (["--linear-skip", "10"], 10), (["--linear-skip", "512"], 24)):
+    for option, steps in (([], 24), (["--linear-skip", "0"], 0), (["--linear-skip", "10"], 10)):
         model = tmp_path / f"model{steps}"
         code, _, err = _run(capsys, "forecast", src, *TINY, *option, "--save-model", model, "--out",
                             tmp_path / "f.csv", "--no-plot")
