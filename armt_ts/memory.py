@@ -20,6 +20,15 @@ from .config import ARMTConfig
 from .ops import get_ops
 
 
+
+def cap_read(out: Tensor, cap: float | None) -> Tensor:
+    """``ARMTConfig.read_norm_cap``'s bounded read: each row's retrieved vector out [..., N, H, Dv] (all heads
+    together) scaled down to norm <= cap; None: unchanged (the paper's read)."""
+    if cap is None:
+        return out
+    norm = out.flatten(-2).norm(dim=-1)[..., None, None]
+    return out * torch.clamp(cap / norm.clamp_min(1e-12), max=1.0)
+
 class AssociativeMemory(nn.Module):
     """Read before a transformer block, write after it.
 
@@ -91,10 +100,7 @@ class AssociativeMemory(nn.Module):
         # the memory math runs in fp32 even under bf16 autocast: the state accumulates over many writes
         with torch.autocast(device_type=h.device.type, enabled=False):
             out = self.ops.associative_read(self._phi(q.float()), A, z, self.config.eps)  # [B, N, H, Dv]
-            cap = self.config.read_norm_cap
-            if cap is not None:  # bounded read: each row's retrieved vector scaled down to norm <= cap
-                norm = out.flatten(2).norm(dim=-1)[..., None, None]
-                out = out * torch.clamp(cap / norm.clamp_min(1e-12), max=1.0)
+            out = cap_read(out, self.config.read_norm_cap)
         return h + out.reshape(h.shape).to(h.dtype)
 
     def write(self, m: Tensor, A: Tensor, z: Tensor, first: bool, key_ids: Tensor | None = None,

@@ -19,7 +19,7 @@ sequences); with large batches the per-diagonal stacking of the states costs mor
 records (training).
 
 Supported: the paper's content-keyed memory with every ARMTConfig option of this file's time (memory_heads,
-phi_l2norm, beta_per_channel, tbptt_segments, ops_backend, positional), bf16 autocast (the memory math stays
+phi_l2norm, beta_per_channel, tbptt_segments, ops_backend, positional, read_norm_cap), bf16 autocast (the memory math stays
 fp32), gradients. Not supported (``diagonal_supported`` says why; "auto" then runs sequentially, "diagonal"
 raises): keyed memory (key_mode != "content"), dropout while training.
 """
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .memory import cap_read
 from .state import MemoryState
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 _KNOWN_FIELDS = frozenset({
     "d_model", "n_layers", "n_heads", "d_ff", "dropout", "segment_length", "num_mem_tokens", "d_mem", "nu", "eps",
     "memory_heads", "phi_l2norm", "beta_per_channel", "tbptt_segments", "ops_backend", "positional", "schedule",
+    "read_norm_cap",
 })
 _CONTENT_ONLY = {"key_mode": "content"}
 
@@ -211,7 +213,7 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
             q = lin(hr, "q", a, b_)  # [n, B*N, H*r]
             with torch.autocast(device_type=x.device.type, enabled=False):
                 phi_q = mem0._phi(q.float().reshape(n * B, N, H * r))
-                out = ops.associative_read(phi_q, As, zs, c.eps)  # [n*B, N, H, Dv]
+                out = cap_read(ops.associative_read(phi_q, As, zs, c.eps), c.read_norm_cap)  # [n*B, N, H, Dv]
             hr = hr + out.reshape(n, B * N, D).to(hr.dtype)
 
             # transformer block (Block.forward with per-layer weights). With ``outputs`` a last-layer cell that runs
