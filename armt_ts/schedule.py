@@ -19,8 +19,8 @@ sequences); with large batches the per-diagonal stacking of the states costs mor
 records (training).
 
 Supported: the paper's content-keyed memory with every ARMTConfig option of this file's time (memory_heads,
-phi_l2norm, beta_per_channel, tbptt_segments, ops_backend, positional, read_norm_cap), bf16 autocast (the memory math stays
-fp32), gradients. Not supported (``diagonal_supported`` says why; "auto" then runs sequentially, "diagonal"
+phi_l2norm, beta_per_channel, tbptt_segments, ops_backend, positional, read_norm_cap), bf16 autocast (the memory
+math stays fp32), gradients. Not supported (``diagonal_supported`` says why; "auto" then runs sequentially, "diagonal"
 raises): keyed memory (key_mode != "content"), dropout while training.
 """
 
