@@ -20,7 +20,6 @@ from .config import ARMTConfig
 from .ops import get_ops
 
 
-
 def cap_read(out: Tensor, cap: float | None) -> Tensor:
     """``ARMTConfig.read_norm_cap``'s bounded read: each row's retrieved vector out [..., N, H, Dv] (all heads
     together) scaled down to norm <= cap; None: unchanged (the paper's read)."""
@@ -28,6 +27,7 @@ def cap_read(out: Tensor, cap: float | None) -> Tensor:
         return out
     norm = out.flatten(-2).norm(dim=-1)[..., None, None]
     return out * torch.clamp(cap / norm.clamp_min(1e-12), max=1.0)
+
 
 class AssociativeMemory(nn.Module):
     """Read before a transformer block, write after it.

@@ -131,7 +131,7 @@ def score(model_dir: Path, values: np.ndarray, observed: np.ndarray, scale: np.n
                 batch = model.point(torch.from_numpy(np.nan_to_num(values[:, a:t])), torch.from_numpy(observed[:, a:t]))
             forecasts = {k: f.forecast(HORIZON).point[:, :, 0].numpy() for k, f in streams.items()}
             forecasts |= {"batch": batch[:, :, 0].numpy(),
-                         "naive": values[:, t - SEASON:t - SEASON + HORIZON, 0]}  # HORIZON <= SEASON
+                          "naive": values[:, t - SEASON:t - SEASON + HORIZON, 0]}  # HORIZON <= SEASON
             if t in origins:  # a segment end: the stream's last patch is the segment's last
                 forecasts |= {"stream_end": forecasts["stream"], "batch_end": forecasts["batch"]}
             for k, f in forecasts.items():
