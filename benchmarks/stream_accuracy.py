@@ -1,7 +1,7 @@
 """How accurate is a stream's forecast as the stream grows? The stream against the same model's batch forecast over
 its context window, and seasonal naive, at the same origins, in one run:
 
-    python -m benchmarks.stream_accuracy [--length 1048576] [--seed 0] [--quick]
+    python -m benchmarks.stream_accuracy [--length 1048576] [--seed 0] [--quick] [--out-name NAME]
 
 Models: the main job's (``armt-ts forecast --save-model``, its default training on the embedded synthetic
 telemetry: context 192 steps, 1.5 ARMT segments of 128; a least-squares linear skip over the whole context; memory
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed; the panels use seed + 1 (default 0)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="2^14 steps and a few training batches per model")
+    p.add_argument("--out-name", default=None, help="results file stem (default: stream_accuracy, or _quick)")
     args = p.parse_args(argv)
     from armt_ts.stream import StreamingForecaster
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"benchmark": NAME, "command": command_line(NAME, argv), "git_commit": git_commit(),
                "machine": machine_info("cpu"), "seed": args.seed, "length": length, "threads": args.threads,
                "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - started, "rows": rows}
-    write_results(NAME + ("_quick" if args.quick else ""), payload, render(payload))
+    write_results(args.out_name or NAME + ("_quick" if args.quick else ""), payload, render(payload))
 
 
 def render(payload: dict[str, Any]) -> str:
