@@ -17,9 +17,10 @@ same state (tests/test_stream.py, the streaming contract):
 - Causal scaler: per (entity, channel) the statistics (count, mean, M2, sum |x|) of every observed value up to
   the end of the segment being processed (merged segment by segment with Chan's parallel formula, in float64).
   With ``scaler_window`` = w steps (``from_predictor``'s default: the model's training context) the statistics
-  forget: before each segment's values are merged, the weight of everything before it is multiplied by
-  exp(-G*S / w), so they follow a drifting series as the model's own context window does in training (with the
-  whole history, a series that drifts ends up far outside the units the model was trained in).
+  forget: before a segment's k observed values of a channel are merged, the weight of everything before them is
+  multiplied by exp(-k / w) (exp(-G*S / w) for a fully observed segment; a channel with no new values keeps its
+  statistics through an outage), so they follow a drifting series as the model's own context window does in
+  training (with the whole history, a series that drifts ends up far outside the units the model was trained in).
   A completed segment is normalised with those statistics ("std": (x - mean) / sqrt(var + 1e-5), "mean":
   x / mean|x|, "none"), the same formulas as the gluonts scalers the forecaster trains with.
 - Each completed segment runs through the backbone (read and write, ``ARMT.forward``); its steps are then
@@ -70,7 +71,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -283,11 +283,13 @@ def _merge_stats(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Tensor, 
     return n, mean, m2, abs_a + abs_b
 
 
-def _forget(stats: tuple[Tensor, ...], keep: float | None) -> tuple[Tensor, ...]:
-    """Statistics with every past observation's weight multiplied by ``keep`` (count, M2 and sum|x| scale; the mean
-    does not): exponential forgetting, applied once per segment. None: no forgetting."""
-    if keep is None:
+def _forget(stats: tuple[Tensor, ...], new: Tensor, window: int | None) -> tuple[Tensor, ...]:
+    """Statistics [n, C] before ``new`` [n, C] more observed values are merged in: every past observation's weight
+    multiplied by exp(-new / window) (count, M2 and sum|x| scale; the mean does not), so they forget as new values
+    arrive, and a channel with none keeps its statistics. window None: no forgetting."""
+    if window is None:
         return stats
+    keep = torch.exp(-new / window)
     n, mean, m2, abs_sum = stats
     return n * keep, mean, m2 * keep, abs_sum * keep
 
@@ -340,7 +342,8 @@ class StreamingForecaster:
             statistics and the head stay fp32). Forecasts differ from fp32 ones by bf16 rounding; the streaming
             contract (block and point pushes give the same state, save / load) holds as in fp32.
         scaler_window: None (default here): the scaler statistics weigh the whole history equally. w (steps):
-            exponential forgetting, segment by segment, with time constant w (see the module docstring).
+            exponential forgetting, segment by segment, with time constant w observed values (see the module
+            docstring).
             ``from_predictor`` / ``from_directory`` default to the predictor's context length. A saved state keeps
             its window; ``load`` restores it.
 
@@ -382,8 +385,6 @@ class StreamingForecaster:
                              f"{self.tokens_per_patch} tokens")
         self.capacity = self.G * self.S + self.P  # buffer steps
         self.window = self.capacity - self.S  # steps one segment's patches cover
-        # per segment, the stored statistics' weight is multiplied by this (None: the whole history, equally)
-        self._keep = None if scaler_window is None else math.exp(-self.G * self.S / scaler_window)
         self.horizon = c.head.horizon
         self.scaling = c.scaling
         self.skip_steps = c.linear_skip  # the last steps the linear skip reads (0: no skip)
@@ -747,7 +748,8 @@ class StreamingForecaster:
             end = self.capacity + j * GS
             xs = vals[:, start:end].double().contiguous()
             ms = obs[:, start:end].double().contiguous()
-            stats = _merge_stats(_forget(stats, self._keep), _block_stats(xs, ms))
+            block = _block_stats(xs, ms)
+            stats = _merge_stats(_forget(stats, block[0], self.scaler_window), block)
             loc, scale = _loc_scale(self.scaling, stats)
             w = slice(self.S + j * GS, end)
             windows.append((vals[:, w] - loc.unsqueeze(1)) / scale.unsqueeze(1))
@@ -882,10 +884,10 @@ class StreamingForecaster:
         start = torch.where(first, torch.full_like(fill, S), torch.full_like(fill, P))
         inc = ((pos >= start[:, None]) & (pos < fill[:, None])).unsqueeze(-1) & obs  # [n, cap, C]
         m = inc.double()
-        # the buffered steps belong to the next segment, whose statistics forget the stored ones once
+        block = _block_stats(vals.double() * m, m)
         stats = _merge_stats(_forget(tuple(getattr(st, k).index_select(0, rows) for k in
-                                           ("stat_n", "stat_mean", "stat_m2", "stat_abs")), self._keep),
-                             _block_stats(vals.double() * m, m))
+                                           ("stat_n", "stat_mean", "stat_m2", "stat_abs")), block[0],
+                                     self.scaler_window), block)
         loc, scale = _loc_scale(self.scaling, stats)
         cached = ~first & (fill == P)
         rep = st.rep.index_select(0, rows).clone()

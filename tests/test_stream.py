@@ -46,12 +46,13 @@ def series(T, C=2, B=1, seed=1, p_missing=0.2):
     return x, m
 
 
-def reference(model, x, m, keep=None):
+def reference(model, x, m, window=None):
     """The streaming recurrence written directly: segment s covers steps [s*G*S, s*G*S + W); it is normalised with
     gluonts' scaler over every step up to its end; all segments' tokens go through the backbone at once.
 
-    keep (a stream's ``scaler_window`` w: exp(-G*S / w)): the "std" statistics instead weigh the steps of segment
-    j's new part (from segment j - 1's end to segment j's) by keep ** (s - j), computed directly in float64."""
+    window (a stream's ``scaler_window`` w): the "std" statistics instead weigh channel c's observed steps of segment
+    j's new part (from segment j - 1's end to segment j's) by exp(-(channel c's observed steps in the new parts of
+    segments j + 1 .. s) / w), computed directly in float64."""
     c = model.config
     P, S = c.patch.patch_len, c.patch.stride
     tpp = c.patch.n_channels if c.patch.mode == "independent" else 1
@@ -59,18 +60,20 @@ def reference(model, x, m, keep=None):
     W = G * S + P - S
     T = x.shape[1]
     n_seg = 0 if T < W else 1 + (T - W) // (G * S)
-    keep_w, obs = keep, m.float()
+    obs = m.float()
     xz = torch.where(m, x, torch.zeros(()))
     tokens = []
     for s in range(n_seg):
         a, end = s * G * S, s * G * S + W
         # gluonts' scaler on float64 data: the stream keeps its statistics in float64 (a float32 sum over a long
         # stream would drift), then normalises in float32
-        if keep_w is None:
+        if window is None:
             _, loc, scale = model.scaler(xz[:, :end].double(), obs[:, :end].double())
         else:  # the weighted mean and variance of every observed step so far
             seg_of = ((torch.arange(end) - W).clamp_min(-1) // (G * S) + 1).clamp_max(s)  # the segment a step is new in
-            w = (keep_w ** (s - seg_of)).double()[None, :, None] * obs[:, :end].double()
+            new = torch.stack([obs[:, :end][:, seg_of == j].double().sum(1) for j in range(s + 1)], 1)  # [B, s+1, C]
+            later = new.flip(1).cumsum(1).flip(1) - new  # observed steps in the segments after each
+            w = torch.exp(-later / window)[:, seg_of] * obs[:, :end].double()
             n = w.sum(1, keepdim=True)
             loc = (w * xz[:, :end].double()).sum(1, keepdim=True) / n
             scale = torch.sqrt((w * (xz[:, :end].double() - loc) ** 2).sum(1, keepdim=True) / n + 1e-5)
@@ -497,7 +500,7 @@ def test_scaler_window_keeps_the_contract(mode, P, S, T):
         other = pushed(model, x, m, chunks, scaler_window=window)
         assert block.state.equal(other.state), chunks
         assert torch.equal(block.forecast().quantiles, other.forecast().quantiles), chunks
-    memory, n_seg = reference(model, x, m, keep=np.exp(-block.G * S / window))
+    memory, n_seg = reference(model, x, m, window=window)
     assert int(block.state.segments[0]) == n_seg >= 1
     for l in range(memory.num_layers):
         assert_close(f"A[{l}]", memory.A[l], block.state.memory.A[l], 1e-5)
@@ -523,6 +526,24 @@ def test_scaler_window_follows_a_level_shift_that_the_whole_history_averages_awa
     GS = forgets.G * forgets.S
     assert float(forgets.state.stat_n.max()) < (GS + model.config.patch.patch_len) / (1 - np.exp(-GS / window))
     assert float(whole.state.stat_n.min()) > 550
+
+
+def test_scaler_window_keeps_a_channels_statistics_through_an_outage():
+    """The statistics forget as new values arrive, not as time passes: 2000 steps with one channel missing leave
+    that channel's statistics (and so its forecast's spread) as they were; the other channel's move on."""
+    model = make_model()
+    x, m = series(2600, seed=3, p_missing=0.0)
+    T0 = 604  # a segment end (10 + 66 * 9 steps): every value before it is in the statistics
+    m[:, T0:, 1] = False  # channel 1 goes dark
+    sf = pushed(model, x[:, :T0], m[:, :T0], [T0], scaler_window=30)
+    before = {k: getattr(sf.state, k).clone() for k in ("stat_n", "stat_mean", "stat_m2")}
+    spread = sf.forecast().quantiles[0, :, 1, -1] - sf.forecast().quantiles[0, :, 1, 0]
+    sf.push(x[0, T0:].numpy(), m[0, T0:].numpy())
+    for k, old in before.items():
+        assert torch.equal(getattr(sf.state, k)[:, 1], old[:, 1]), k
+        assert not torch.equal(getattr(sf.state, k)[:, 0], old[:, 0]), k
+    after = sf.forecast().quantiles[0, :, 1, -1] - sf.forecast().quantiles[0, :, 1, 0]
+    assert float(after.min()) > 0.2 * float(spread.min())  # no collapse toward the scaler's minimum scale
 
 
 def test_scaler_window_is_validated_saved_and_restored(tmp_path):
