@@ -283,6 +283,11 @@ def _merge_stats(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Tensor, 
     return n, mean, m2, abs_a + abs_b
 
 
+def _bad_window(w: Any) -> bool:
+    """Not a valid ``scaler_window``: None or an int >= 1."""
+    return w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1)
+
+
 def _forget(stats: tuple[Tensor, ...], new: Tensor, window: int | None) -> tuple[Tensor, ...]:
     """Statistics [n, C] before ``new`` [n, C] more observed values are merged in: every past observation's weight
     multiplied by exp(-new / window) (count, M2 and sum|x| scale; the mean does not), so they forget as new values
@@ -341,9 +346,9 @@ class StreamingForecaster:
         bf16: run the patch embedder and the backbone under bf16 autocast (the memory math, the state, the scaler
             statistics and the head stay fp32). Forecasts differ from fp32 ones by bf16 rounding; the streaming
             contract (block and point pushes give the same state, save / load) holds as in fp32.
-        scaler_window: None (default here): the scaler statistics weigh the whole history equally. w (steps):
-            exponential forgetting, segment by segment, with time constant w observed values (see the module
-            docstring).
+        scaler_window: None (default here): the scaler statistics weigh the whole history equally. w: exponential
+            forgetting, segment by segment, with time constant w observed values per channel (w steps of a fully
+            observed series; see the module docstring).
             ``from_predictor`` / ``from_directory`` default to the predictor's context length. A saved state keeps
             its window; ``load`` restores it.
 
@@ -371,8 +376,7 @@ class StreamingForecaster:
         if not isinstance(bf16, bool):
             raise TypeError(f"bf16: expected a bool, got {bf16!r}")
         self.bf16 = bf16
-        if scaler_window is not None and (isinstance(scaler_window, bool) or not isinstance(scaler_window, int)
-                                          or scaler_window < 1):
+        if _bad_window(scaler_window):
             raise ValueError(f"scaler_window: expected None or an int >= 1 (steps), got {scaler_window!r}")
         self.scaler_window = scaler_window
         self.model.to(self.device)
@@ -956,7 +960,7 @@ class StreamingForecaster:
         if not isinstance(ents, list) or not isinstance(chans, list):
             raise StreamFileError(f"{path}: metadata lacks the entity / channel lists")
         window = meta.get("scaler_window")  # absent in files written before it existed: the whole history
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        if _bad_window(window):
             raise StreamFileError(f"{path}: metadata scaler_window {window!r} is not None or an int >= 1")
         sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window)
         if meta.get("fingerprint") != sf.fingerprint:

@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,16 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
+
+
+def train_main_job(directory: Path, extra: list[str], seed: int) -> float:
+    """``python -m armt_ts forecast --save-model DIRECTORY --seed SEED EXTRA`` (the main job's model, one thread, in
+    a fresh process); returns the wall seconds. A failed training exits with its stderr's tail."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "armt_ts", "forecast", "--save-model", str(directory), "--no-plot",
+                          "--out", str(Path(directory) / "forecast.csv"), "--seed", str(seed), *extra],
+                         capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        raise SystemExit(f"training the main job's model (armt-ts forecast {' '.join(extra)}) failed:\n"
+                         f"{out.stderr[-3000:]}")
+    return time.perf_counter() - t0

@@ -10,7 +10,8 @@ without it, in one run:
    training, ``--seed``) with and without the skip, streamed by ``benchmarks.streaming``'s child (8 entities,
    ``--state-length`` steps each, blocks of 64 segments): max |A|, max z and non-finite values, ten times along.
 
-Writes ``benchmarks/results/linear_skip.json`` (``rows``: part, data, linear_skip, and the metrics) and ``.md``.
+Writes ``benchmarks/results/linear_skip.json`` (``rows``: part, data, linear_skip, and the metrics) and ``.md``
+(``linear_skip_quick`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import command_line, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import command_line, git_commit, machine_info, markdown_table, train_main_job, write_results
 
 NAME = "linear_skip"
 SKIPS = (0, 512)
@@ -79,11 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for skip in SKIPS:
             d = Path(tmp) / f"skip{skip}"
-            out = subprocess.run([sys.executable, "-m", "armt_ts", "forecast", "--save-model", str(d), "--no-plot",
-                                  "--out", str(d / "f.csv"), "--seed", str(args.seed), "--linear-skip", str(skip)],
-                                 capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
-            if out.returncode != 0:
-                raise SystemExit(f"training the main job's model failed:\n{out.stderr[-3000:]}")
+            train_main_job(d, ["--linear-skip", str(skip)], args.seed)
             r = state_trace(d, length, args.entities, args.seed)
             print(f"state --linear-skip {skip}: max |A| {r['max_abs_A']:.4g}, max z {r['max_z']:.4g}", file=sys.stderr)
             rows.append({"part": "state", "data": "synthetic stream", "linear_skip": skip, "entities": r["entities"],
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"benchmark": NAME, "command": command_line(NAME, argv), "git_commit": git_commit(),
                "machine": machine_info("cpu"), "seed": args.seed, "wall_seconds": time.perf_counter() - started,
                "rows": rows}
-    write_results(NAME, payload, render(payload))
+    write_results(NAME + ("_quick" if args.quick else ""), payload, render(payload))  # a quick run keeps the full one
 
 
 def render(payload: dict[str, Any]) -> str:

@@ -40,8 +40,6 @@ stream_mse, stream_whole_mse, batch_mse, naive_mse, stream_end_mse, batch_end_ms
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import command_line, git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import command_line, git_commit, machine_info, markdown_table, train_main_job, write_results
 
 NAME = "stream_accuracy"
 HORIZON = 24  # the main job's
@@ -60,18 +58,6 @@ MODELS = {"main job (default)": [], "--linear-skip 0": ["--linear-skip", "0"],
           "--linear-skip 0 --read-norm-cap 0": ["--linear-skip", "0", "--read-norm-cap", "0"],
           "--context 1152": ["--context", "1152"], "--random-start": ["--random-start"]}
 PER_BIN = 8  # origins per stream-length bin
-
-
-def train(directory: Path, extra: list[str], seed: int, quick: bool) -> float:
-    """``armt-ts forecast --save-model DIRECTORY EXTRA`` (one thread); returns the wall seconds."""
-    t0 = time.perf_counter()
-    short = ["--epochs", "1", "--batches-per-epoch", "4"] if quick else []
-    out = subprocess.run([sys.executable, "-m", "armt_ts", "forecast", "--save-model", str(directory), "--no-plot",
-                          "--out", str(directory / "forecast.csv"), "--seed", str(seed), *short, *extra],
-                         capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
-    if out.returncode != 0:
-        raise SystemExit(f"training (armt-ts forecast {' '.join(extra)}) failed:\n{out.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def panel(kind: str, length: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, extra in MODELS.items():
             d = Path(tmp) / f"m{len(dirs)}"
             print(f"training {name} ...", file=sys.stderr, flush=True)
-            train_seconds[name] = train(d, extra, args.seed, args.quick)
+            short = ["--epochs", "1", "--batches-per-epoch", "4"] if args.quick else []
+            train_seconds[name] = train_main_job(d, [*short, *extra], args.seed)
             dirs[name] = d
         for kind in ("telemetry", "stationary"):
             values, observed, scale = panel(kind, length, args.seed + 1)
