@@ -887,6 +887,10 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast for the embedder and the backbone (the memory state and the head stay fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the segment updates and the forecasts' memory reads through torch.compile (faster "
+                        "per update; the first of each compiles for several seconds; values within float rounding "
+                        "of the default's; needs a C++ compiler)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                    help="CPU threads per torch operation (default: %(default)s)")
     p.set_defaults(run=run_stream)
@@ -964,7 +968,7 @@ def run_stream(args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     with _quiet_libraries(), _torch_threads(args.threads):
         from armt_ts.state import StateFileError
-        from armt_ts.stream import StreamingForecaster
+        from armt_ts.stream import CompileError, StreamingForecaster
 
         predictor = load_model(args.model, args.device)
         model = predictor.prediction_net.model.forecaster
@@ -973,8 +977,9 @@ def run_stream(args: argparse.Namespace) -> int:
             raise CLIError(f"--horizon {horizon}: the model forecasts at most {model.config.head.horizon} steps")
         resumed = args.state is not None and Path(args.state).exists()
         try:
-            sf = (StreamingForecaster.load(args.state, model, device=args.device, bf16=args.bf16) if resumed
-                  else StreamingForecaster.from_predictor(predictor, entities=[], device=args.device, bf16=args.bf16))
+            run_opts = dict(device=args.device, bf16=args.bf16, compile=args.compile)
+            sf = (StreamingForecaster.load(args.state, model, **run_opts) if resumed
+                  else StreamingForecaster.from_predictor(predictor, entities=[], **run_opts))
         except StateFileError as err:
             raise CLIError(f"--state {args.state!r}: {err}") from None
         try:
@@ -994,6 +999,10 @@ def run_stream(args: argparse.Namespace) -> int:
             if run.counts["rows"]:
                 run.save_state()  # the rows before the bad one are kept: a restart continues from there
             raise
+        except CompileError as err:  # --compile without a working torch.compile: the rows pushed so far are kept
+            if run.counts["rows"]:
+                run.save_state()
+            raise CLIError(f"--compile: {err}") from None
         except BrokenPipeError:  # the reader of stdout went away (`| head`): keep the state, stop quietly
             run.save_state()
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -264,7 +264,19 @@ class DistributionHead(ForecastHead):
         return self.output.loss(target, params, loc=loc, scale=scale)  # negative log-likelihood, [B, H, C]
 
     def point(self, params: Params, loc: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-        return self.distribution(params, loc, scale).mean
+        """The mean, as gluonts computes it (the base distribution's mean * scale + loc; a Student-t's is NaN where
+        df <= 1), without building the distribution objects: their construction and argument checks were about a
+        quarter of a one-entity streaming forecast. Equal, bit for bit, to ``distribution(...).mean``."""
+        if (loc is None) != (scale is None):
+            return self.distribution(params, loc, scale).mean
+        names = list(self.output.args_dim)  # Student-t (df, loc, scale); normal, Laplace (loc, scale)
+        shape = self._shape(params)
+        mean = params[names.index("loc")]
+        if self.config.kind == "student_t":
+            mean = torch.where(params[names.index("df")] <= 1, torch.full_like(mean, float("nan")), mean)
+        if loc is None:
+            return mean.clone()
+        return mean * _broadcast("scale", scale, shape) + _broadcast("loc", loc, shape)
 
     def shift(self, params: Params, delta: Tensor) -> Params:
         i = list(self.output.args_dim).index("loc")  # Student-t (df, loc, scale); normal, Laplace (loc, scale)

@@ -64,6 +64,9 @@ Errors (all subclasses of ``StreamError``, itself a ``ValueError``):
     ArgumentError         forecast(h, quantiles): h not in [1, horizon], levels the head cannot give
     StreamFileError       (also a ``StateFileError``) a state file that is unreadable, of another format, or made
                           for another model (``ModelMismatchError``)
+
+``CompileError`` (a ``RuntimeError``, not a ``StreamError``: the input was fine) is raised by a push or forecast of a
+``compile=True`` forecaster when torch.compile cannot compile its step (no C++ compiler, say); the state is unchanged.
 """
 
 from __future__ import annotations
@@ -80,11 +83,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .backbone import PendingWrite
 from .forecaster import ARMTForecaster
 from .state import MemoryState, StateFileError, atomic_save_safetensors, load_safetensors
 
 __all__ = [
     "ArgumentError",
+    "CompileError",
     "DuplicateEntityError",
     "ModelMismatchError",
     "NonFiniteValueError",
@@ -164,6 +169,10 @@ class StreamFileError(StreamError, StateFileError):
 
 class ModelMismatchError(StreamFileError):
     """A stream state file written for another model (configuration or weights differ)."""
+
+
+class CompileError(RuntimeError):
+    """``compile=True``: torch.compile could not compile a segment step (the message names the cause)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,6 +360,14 @@ class StreamingForecaster:
             observed series; see the module docstring).
             ``from_predictor`` / ``from_directory`` default to the predictor's context length. A saved state keeps
             its window; ``load`` restores it.
+        compile: run a fleet's lockstep segment update (every entity completing one segment in the same push, as
+            single-step pushes of a whole fleet or of one entity do) through ``torch.compile`` (inductor: fused
+            elementwise kernels, far fewer operator calls; the first such push compiles, about 5-10 s, and so does
+            the first one of each new fleet size), and so does a forecast's read of the memory where the state holds
+            no cached output (a forecast between segment ends). Other pushes run eagerly. Values agree with the
+            eager ones to float rounding, not bit for bit, so the streaming contract's bit-identity between block
+            and point pushes holds only within rounding; save / load are unaffected (a run setting, like bf16).
+            Needs a C++ compiler on the CPU (a ``CompileError`` at the first compiled step otherwise).
 
     The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
     of thousands of entities at every update would cost more than the update); ``state.clone()`` is a snapshot.
@@ -364,6 +381,7 @@ class StreamingForecaster:
         device: torch.device | str | None = None,
         bf16: bool = False,
         scaler_window: int | None = None,
+        compile: bool = False,
     ):
         if not isinstance(model, ARMTForecaster):
             raise TypeError(f"model: expected an ARMTForecaster, got {type(model).__name__}")
@@ -376,6 +394,10 @@ class StreamingForecaster:
         if not isinstance(bf16, bool):
             raise TypeError(f"bf16: expected a bool, got {bf16!r}")
         self.bf16 = bf16
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {compile!r}")
+        self.compile = compile
+        self._compiled: dict[str, Any] = {}  # torch.compile'd segment steps ("update", "read"), built at first use
         if _bad_window(scaler_window):
             raise ValueError(f"scaler_window: expected None or an int >= 1 (steps), got {scaler_window!r}")
         self.scaler_window = scaler_window
@@ -779,7 +801,9 @@ class StreamingForecaster:
             memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
                                                     tuple(pick(z) for z in st.memory.z))
             with self._autocast():
-                if lockstep:  # ``memory`` becomes the chunk's PendingWrite
+                if lockstep and self.compile and memory is not None:
+                    y, memory = self._deferred_step(tokens[lo:hi], memory)
+                elif lockstep:  # ``memory`` becomes the chunk's PendingWrite
                     y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory,
                                                                  outputs=self.tokens_per_patch, defer=True)
                 else:
@@ -795,6 +819,43 @@ class StreamingForecaster:
         buf_o[:, :new_fill] = obs[:, keep:]
         up.update(buf_v=buf_v, buf_o=buf_o, new_fill=new_fill)
         return up
+
+    def _deferred_step(self, tokens: Tensor, memory: MemoryState) -> tuple[Tensor, PendingWrite]:
+        """``segment_step(tokens, memory, outputs=tpp, defer=True)`` through torch.compile (``compile=True``)."""
+        backbone = self.model.backbone
+        if "update" not in self._compiled:
+            k = self.tokens_per_patch
+
+            def update(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]):
+                y, pending = backbone.segment_step(x, MemoryState(A, z), outputs=k, defer=True)
+                return y, pending.terms
+
+            self._compiled["update"] = torch.compile(update, fullgraph=True)
+        y, terms = self._run_compiled("update", tokens, memory.A, memory.z)
+        return y, PendingWrite(terms, backbone.memories[0].ops)
+
+    def _read_step(self, tokens: Tensor, memory: MemoryState) -> Tensor:
+        """``segment_step(tokens, memory, write=False)[0]`` (a forecast's read), compiled where ``compile=True``."""
+        backbone = self.model.backbone
+        if not self.compile:
+            return backbone.segment_step(tokens, memory, write=False)[0]
+        if "read" not in self._compiled:
+            def read(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]) -> Tensor:
+                return backbone.segment_step(x, MemoryState(A, z), write=False)[0]
+
+            self._compiled["read"] = torch.compile(read, fullgraph=True)
+        return self._run_compiled("read", tokens, memory.A, memory.z)
+
+    def _run_compiled(self, kind: str, *args: Any) -> Any:
+        # fullgraph: a graph break would quietly run part of the step eagerly, at the eager speed or worse
+        try:
+            return self._compiled[kind](*args)
+        except Exception as e:  # dynamo / inductor failures (no C++ compiler, an untraceable op) name their cause
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            cause = (str(e).strip().splitlines() or [""])[0][:300]
+            raise CompileError(f"StreamingForecaster(compile=True): torch.compile could not compile the segment "
+                               f"{kind} ({type(e).__name__}: {cause}); use compile=False") from e
 
     def _commit(self, rows: Tensor, up: dict) -> int:
         st = self.state
@@ -881,6 +942,11 @@ class StreamingForecaster:
         st, S, P, tpp = self.state, self.S, self.P, self.tokens_per_patch
         fill = st.fill.index_select(0, rows)
         first = st.segments.index_select(0, rows) == 0
+        names = ("stat_n", "stat_mean", "stat_m2", "stat_abs")
+        if bool((~first & (fill == P)).all()):  # right after a segment end: the cached output, the stored statistics
+            # (the buffer holds only steps they count; merging its empty block below changes no bit)
+            loc, scale = _loc_scale(self.scaling, tuple(getattr(st, k).index_select(0, rows) for k in names))
+            return st.rep.index_select(0, rows), loc, scale
         vals = st.buf_values.index_select(0, rows)
         obs = st.buf_observed.index_select(0, rows)
         # statistics up to the last step: stored ones + the buffered steps not yet counted
@@ -889,8 +955,7 @@ class StreamingForecaster:
         inc = ((pos >= start[:, None]) & (pos < fill[:, None])).unsqueeze(-1) & obs  # [n, cap, C]
         m = inc.double()
         block = _block_stats(vals.double() * m, m)
-        stats = _merge_stats(_forget(tuple(getattr(st, k).index_select(0, rows) for k in
-                                           ("stat_n", "stat_mean", "stat_m2", "stat_abs")), block[0],
+        stats = _merge_stats(_forget(tuple(getattr(st, k).index_select(0, rows) for k in names), block[0],
                                      self.scaler_window), block)
         loc, scale = _loc_scale(self.scaling, stats)
         cached = ~first & (fill == P)
@@ -925,7 +990,8 @@ class StreamingForecaster:
                     mem = None if is_first else MemoryState(tuple(a.index_select(0, state_rows) for a in st.memory.A),
                                                             tuple(z.index_select(0, state_rows) for z in st.memory.z))
                     with self._autocast():
-                        y_sel, _ = self.model.backbone.segment_step(tokens.index_select(0, sel), mem, write=False)
+                        y_sel = (self.model.backbone.segment_step(tokens.index_select(0, sel), None, write=False)[0]
+                                 if mem is None else self._read_step(tokens.index_select(0, sel), mem))
                     y.index_copy_(0, sel, y_sel.to(y.dtype))
             gather = (group[:, None] * tpp + torch.arange(tpp, device=self.device)[None])
             rep.index_copy_(0, run, y.gather(1, gather.unsqueeze(-1).expand(-1, -1, y.shape[-1])))
@@ -944,11 +1010,11 @@ class StreamingForecaster:
         atomic_save_safetensors(self.state.tensors(), path, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: ARMTForecaster,
-             device: torch.device | str | None = None, bf16: bool = False) -> "StreamingForecaster":
+    def load(cls, path: str | os.PathLike, model: ARMTForecaster, device: torch.device | str | None = None,
+             bf16: bool = False, compile: bool = False) -> "StreamingForecaster":
         """A forecaster saved by ``save``, for the same ``model``; raises StreamFileError / ModelMismatchError.
-        ``bf16`` (see the constructor) is a setting of the run, not of the state: a state saved with either loads
-        with either."""
+        ``bf16`` and ``compile`` (see the constructor) are settings of the run, not of the state: a state saved with
+        either loads with either."""
         try:
             tensors, meta = load_safetensors(path, _FORMAT)
         except StateFileError as e:
@@ -962,7 +1028,7 @@ class StreamingForecaster:
         window = meta.get("scaler_window")  # absent in files written before it existed: the whole history
         if _bad_window(window):
             raise StreamFileError(f"{path}: metadata scaler_window {window!r} is not None or an int >= 1")
-        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window)
+        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window, compile=compile)
         if meta.get("fingerprint") != sf.fingerprint:
             raise ModelMismatchError(f"{path}: the state was written for another model (weights or configuration "
                                      "differ); load it with the model it was made with")

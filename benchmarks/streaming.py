@@ -39,6 +39,9 @@ from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table,
 NAME = "streaming"
 PARTS = ("rss", "latency", "cost", "schedule")
 HORIZON = 24
+# our stream's variants: (impl, bf16 autocast, torch.compile'd update)
+IMPLS = (("ours", False, False), ("ours_bf16", True, False), ("ours_compiled", False, True),
+         ("ours_bf16_compiled", True, True))
 WINDOW = 512  # (a): the window the re-run baseline reads at every update
 
 
@@ -87,10 +90,10 @@ def train_model(directory: Path, quick: bool) -> float:
     return time.perf_counter() - t0
 
 
-def load_stream(model_dir: Path, device: str, entities, bf16: bool = False):
+def load_stream(model_dir: Path, device: str, entities, bf16: bool = False, compile: bool = False):
     from armt_ts.stream import StreamingForecaster
 
-    return StreamingForecaster.from_directory(model_dir, device=device, entities=entities, bf16=bf16)
+    return StreamingForecaster.from_directory(model_dir, device=device, entities=entities, bf16=bf16, compile=compile)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,11 +101,12 @@ def load_stream(model_dir: Path, device: str, entities, bf16: bool = False):
 
 
 def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, device: str, seed: int,
-                  bf16: bool = False) -> dict:
+                  bf16: bool = False, compile: bool = False) -> dict:
     """Single-step pushes for a fleet in lockstep, ``warmup + updates`` full segment cycles; every push is timed.
-    bf16: the stream's bf16 autocast (``StreamingForecaster(bf16=True)``); the same values are pushed either way."""
+    bf16: the stream's bf16 autocast (``StreamingForecaster(bf16=True)``); compile: its torch.compile'd update
+    (``compile=True``; compiled in the warm-up cycles, which are not timed). The same values are pushed either way."""
     ids = list(range(n_entities))
-    sf = load_stream(model_dir, device, ids, bf16)
+    sf = load_stream(model_dir, device, ids, bf16, compile)
     rng = np.random.default_rng(seed)
     steps = sf.G * sf.S
     # one block of values reused for every cycle (generating 10000 x 128 fresh values per cycle is not the point)
@@ -136,11 +140,11 @@ def bench_latency(model_dir: Path, n_entities: int, updates: int, warmup: int, d
     assert len(upd_w) == updates, f"expected one segment completion per cycle, got {len(upd_w)} in {updates}"
     last_point = sf.forecast(HORIZON).point  # after the last timed cycle: compared across precisions
     # matmul-type FLOPs (torch.utils.flop_counter: mm, bmm, addmm, attention; elementwise ops not counted) of the
-    # next segment-completing push, untimed
+    # next segment-completing push, untimed (eager only: the compiled update does the same arithmetic)
     from torch.utils.flop_counter import FlopCounterMode
 
     update_flops = None
-    for i in range(steps):
+    for i in range(steps if not compile else 0):
         with FlopCounterMode(display=False) as counter:
             done = sf.push(block[:, i], timestamps=ts0 + t, entities=ids)
         t += 1
@@ -439,17 +443,24 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. latency / throughput
     fleets = [(1, 20, 2), (100, 10, 2)] if quick else [(1, 200, 3), (100, 60, 2), (1000, 20, 2), (10000, 8, 1)]
-    # every fleet twice: fp32 (the default) and the stream's bf16 autocast (``StreamingForecaster(bf16=True)``)
-    lat, lat_bf16 = {}, {}
+    # every fleet four times: fp32 (the default), the stream's bf16 autocast (``StreamingForecaster(bf16=True)``),
+    # and each of those with the torch.compile'd update (``compile=True``)
+    by_impl: dict[str, dict] = {impl: {} for impl, _, _ in IMPLS}
+    lat, lat_bf16 = by_impl["ours"], by_impl["ours_bf16"]
     for n, updates, warmup in fleets if "latency" in parts else []:
-        for impl, bf16, store in (("ours", False, lat), ("ours_bf16", True, lat_bf16)):
+        for impl, bf16, compiled in IMPLS:
             print(f"latency ({impl}): {n} entities, {updates} updates ...", flush=True)
-            r = bench_latency(model_dir, n, updates, warmup, args.device, args.seed, bf16)
-            store[n] = r
+            r = bench_latency(model_dir, n, updates, warmup + compiled, args.device, args.seed, bf16, compiled)
+            by_impl[impl][n] = r
             latency_rows(row, impl, n, updates, r)
-        ref, got = lat[n]["last_point"], lat_bf16[n]["last_point"]
-        row("bf16_forecast_rel_diff", n, None, "ours_bf16", float((got - ref).abs().max() / ref.abs().max()), "",
-            kind="max |bf16 - fp32| / max |fp32| over the point forecasts after the last timed cycle")
+        for impl, base, kind in (("ours_bf16", "ours", "max |bf16 - fp32| / max |fp32|"),
+                                 ("ours_compiled", "ours", "max |compiled - eager| / max |eager|"),
+                                 ("ours_bf16_compiled", "ours_bf16",
+                                  "max |compiled - eager| / max |eager| (both bf16)")):
+            ref, got = by_impl[base][n]["last_point"], by_impl[impl][n]["last_point"]
+            row("bf16_forecast_rel_diff" if impl == "ours_bf16" else "compiled_forecast_rel_diff", n, None, impl,
+                float((got - ref).abs().max() / ref.abs().max()), "",
+                kind=f"{kind} over the point forecasts after the last timed cycle")
 
     if "latency" in parts:
         rate = reference_matmul_rate(args.device)
@@ -466,10 +477,10 @@ def main(argv: list[str] | None = None) -> None:
         patchtst, patchtst_train_s = train_patchtst(quick, args.device)
     for n in cost_entities if "cost" in parts else []:
         reps = 10 if n == 1 else 3
-        for impl, bf16, store in (("ours", False, lat), ("ours_bf16", True, lat_bf16)):
-            ours_src = store.get(n)
+        for impl, bf16, compiled in IMPLS:
+            ours_src = by_impl[impl].get(n)
             if ours_src is None:
-                ours_src = bench_latency(model_dir, n, 5, 1, args.device, args.seed, bf16)
+                ours_src = bench_latency(model_dir, n, 5, 1 + compiled, args.device, args.seed, bf16, compiled)
             # ours: the update push plus the forecast read right after it, per entity
             steps = ours_src["steps_per_cycle"]
             for clock in ("wall", "cpu"):
@@ -522,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     md = render_markdown(payload, rss, long_runs, sched)
     write_results(name, payload, md)
     if lat and rss:
-        plot(RESULTS / f"{name}.png", lat, rss, lat_bf16)
+        plot(RESULTS / f"{name}.png", lat, rss, lat_bf16, by_impl.get("ours_bf16_compiled"))
     print(f"wrote {RESULTS / name}.json / .md in {wall:.0f} s", flush=True)
 
 
@@ -552,7 +563,9 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
     rows = payload["rows"]
     sel = lambda **kw: [r for r in rows if all(r.get(k) == v for k, v in kw.items())]  # noqa: E731
     lines = []
-    titles = {"ours": "", "ours_bf16": ", bf16 autocast (`StreamingForecaster(bf16=True)`)"}
+    titles = {"ours": "", "ours_bf16": ", bf16 autocast (`StreamingForecaster(bf16=True)`)",
+              "ours_compiled": ", torch.compile'd update (`StreamingForecaster(compile=True)`)",
+              "ours_bf16_compiled": ", bf16 autocast and the torch.compile'd update (`bf16=True, compile=True`)"}
     for impl, title in titles.items():
         table = []
         for n in sorted({r["entities"] for r in sel(metric="p50_latency", kind="update", impl=impl)}):
@@ -568,7 +581,8 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
                 d[f"entity-steps/s ({clock})"] = f"{g('throughput', 'single-step pushes'):.0f}"
             for metric, col, fmt in (("flops_per_update", "MFLOP per entity-update", "{:.2f}"),
                                      ("achieved_flop_rate", "GFLOP/s at p50", "{:.1f}"),
-                                     ("bf16_forecast_rel_diff", "forecast rel. diff. from fp32", "{:.1e}")):
+                                     ("bf16_forecast_rel_diff", "forecast rel. diff. from fp32", "{:.1e}"),
+                                     ("compiled_forecast_rel_diff", "forecast rel. diff. from eager", "{:.1e}")):
                 got = sel(metric=metric, entities=n, impl=impl)
                 if got:
                     d[col] = fmt.format(got[0]["value"])
@@ -587,6 +601,11 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
                           "statistics, attention on the CPU and the head stay fp32); the same values are pushed as "
                           "in the fp32 table. Forecast rel. diff.: max |bf16 - fp32| / max |fp32| of the point "
                           "forecasts after the last timed cycle.", ""]
+            if impl == "ours_compiled":
+                lines += ["The segment update (the backbone's step with its deferred memory write) runs through "
+                          "torch.compile (inductor); the embedder, the scaler, the commit of the write and the "
+                          "forecast's head run eagerly as above. Compiled during the untimed warm-up cycles. Forecast "
+                          "rel. diff.: against the eager stream of the same precision.", ""]
 
     captions = {
         "cost_per_update": (
@@ -595,7 +614,7 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
             "autocast); (a) = our model re-reading the last 512 steps (4 segments) at every update; (b) = gluonts "
             "PatchTST (context 512, patch 16, stride 8), `predictor.predict` at every update; (b') = the same with "
             "its network under bf16 autocast. Per entity; milliseconds. The bf16 ratio divides the cheaper of "
-            "(b) and (b') by ours in bf16."),
+            "(b) and (b') by ours in bf16. Compiled: the stream with `compile=True` (fp32, and bf16)."),
         "cost_per_step": (
             "Cost per step when a forecast is wanted after every step",
             "ours = one segment cycle of single-step pushes (the cheap buffered ones and the one update), divided by "
@@ -613,6 +632,11 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
                 if "ours_bf16" in g and "patchtst_bf16" in g:  # (files from before the bf16 rows have neither)
                     d.update({"ours bf16": g["ours_bf16"], "patchtst bf16 (b')": g["patchtst_bf16"],
                               "min(b, b') / ours bf16": min(g["patchtst"], g["patchtst_bf16"]) / g["ours_bf16"]})
+                if "ours_compiled" in g and "ours_bf16_compiled" in g:  # (nor files from before compile=True)
+                    d.update({"ours compiled": g["ours_compiled"], "(b) / ours compiled": g["patchtst"] /
+                              g["ours_compiled"], "ours bf16 compiled": g["ours_bf16_compiled"],
+                              "min(b, b') / ours bf16 compiled": min(g["patchtst"], g["patchtst_bf16"]) /
+                              g["ours_bf16_compiled"]})
                 table.append(d)
         if table:
             lines += [f"## {heading}", "", caption, "", markdown_table(table, list(table[0])), ""]
@@ -648,7 +672,7 @@ def render_sections(payload: dict, rss: list, long_runs: list, sched: list) -> l
     return lines
 
 
-def plot(path: Path, lat: dict, rss: list, lat_bf16: dict | None = None) -> None:
+def plot(path: Path, lat: dict, rss: list, lat_bf16: dict | None = None, lat_best: dict | None = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -665,6 +689,10 @@ def plot(path: Path, lat: dict, rss: list, lat_bf16: dict | None = None) -> None
         nb = sorted(lat_bf16)
         ax1.plot(nb, [np.percentile(lat_bf16[n]["update_wall"], 50) / n * 1e6 for n in nb], ":^",
                  label="p50 per entity (wall), bf16 autocast")
+    if lat_best:
+        nc = sorted(lat_best)
+        ax1.plot(nc, [np.percentile(lat_best[n]["update_wall"], 50) / n * 1e6 for n in nc], ":v",
+                 label="p50 per entity (wall), bf16 + compiled update")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ax1.set_xlabel("entities updated per push")

@@ -103,16 +103,24 @@ def test_stdin_and_restart_with_state_continue_exactly(saved_model, tmp_path, ca
     assert resumed == straight  # the restarted stream's forecast is the uninterrupted one, digit for digit
 
 
-def test_bf16_stream_is_close_to_fp32_and_restarts_exactly(saved_model, tmp_path, capsys):
+def _default_and_flagged(capsys, saved_model, tmp_path, flag):
+    """The forecasts of one 260-row wide file streamed with the defaults and with ``flag``: (rows, file, default
+    output, flagged output), each output's forecast blocks checked for their size."""
     rows = _wide_rows(260)
     f = tmp_path / "live.csv"
     f.write_text("\n".join(rows) + "\n")
-    code, fp32, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
-    assert code == 0, err
-    code, bf16, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0, "--bf16")
-    assert code == 0, err
+    outs = []
+    for extra in ((), (flag,)):
+        code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0, *extra)
+        assert code == 0, err
+        assert _blocks(out).height == 2 * H
+        outs.append(out)
+    return rows, f, *outs
+
+
+def test_bf16_stream_is_close_to_fp32_and_restarts_exactly(saved_model, tmp_path, capsys):
+    rows, f, fp32, bf16 = _default_and_flagged(capsys, saved_model, tmp_path, "--bf16")
     a, b = _blocks(fp32), _blocks(bf16)
-    assert a.height == b.height == 2 * H
     np.testing.assert_allclose(b["mean"].to_numpy(), a["mean"].to_numpy(), rtol=0.05)
     # a bf16 stream restarted from its --state file continues as the uninterrupted bf16 stream, digit for digit
     state = tmp_path / "s.state"
@@ -123,6 +131,12 @@ def test_bf16_stream_is_close_to_fp32_and_restarts_exactly(saved_model, tmp_path
     code, resumed, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0, "--bf16")
     assert code == 0, err
     assert resumed == bf16
+
+
+def test_compiled_stream_is_within_rounding_of_the_default(saved_model, tmp_path, capsys):
+    _, _, eager, compiled = _default_and_flagged(capsys, saved_model, tmp_path, "--compile")
+    a, b = _blocks(eager), _blocks(compiled)
+    np.testing.assert_allclose(b["mean"].to_numpy(), a["mean"].to_numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_long_layout_entities_join_as_they_appear(saved_model, tmp_path, capsys):

@@ -181,6 +181,22 @@ def test_distribution_quantiles_are_monotone_and_exact(kind):
     assert_close("mean", torch.from_numpy(ref.mean()), head.point(params, loc, scale).double(), 1e-5)
 
 
+@pytest.mark.parametrize("kind", DISTRIBUTIONS)
+def test_distribution_point_is_the_gluonts_mean_bit_for_bit(kind):
+    # point() computes the mean without building gluonts' distribution objects: the same values, bit for bit
+    head = _head(kind)
+    params = head(_rep(scale=5.0))
+    loc, scale = _loc_scale()
+    for args in ((loc, scale), (None, None), (loc, None)):
+        want = head.distribution(params, *args).mean
+        got = head.point(params, *args)
+        assert got.shape == want.shape and torch.equal(got, want), (kind, [a is None for a in args])
+    if kind == "student_t":  # df <= 1: no mean (NaN), as torch's StudentT has it
+        low = (torch.full_like(params[0], 0.5),) + tuple(params[1:])
+        assert torch.isnan(head.point(low, loc, scale)).all()
+        assert torch.isnan(head.distribution(low, loc, scale).mean).all()
+
+
 def test_student_t_quantiles_are_exact_in_the_tails():
     # the Student-t levels stay float64 down to scipy.special.stdtrit (gluonts' icdf rounds them to float32 first:
     # 0.999 -> 0.99900001, an error of ~1e-3 in a heavy tail)

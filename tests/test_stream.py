@@ -15,9 +15,9 @@ import torch
 
 from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from armt_ts.forecaster import ARMTForecaster
-from armt_ts.stream import (ArgumentError, DuplicateEntityError, ModelMismatchError, NonFiniteValueError, ShapeError,
-                            StreamError, StreamFileError, StreamingForecaster, TimeOrderError, UnknownChannelError,
-                            UnknownEntityError)
+from armt_ts.stream import (ArgumentError, CompileError, DuplicateEntityError, ModelMismatchError, NonFiniteValueError,
+                            ShapeError, StreamError, StreamFileError, StreamingForecaster, TimeOrderError,
+                            UnknownChannelError, UnknownEntityError)
 from armt_ts.state import StateFileError
 from armt_ts.testing import assert_close, pushed
 
@@ -390,6 +390,85 @@ def test_bf16_stream_keeps_the_contract_and_stays_near_fp32(tmp_path):
     assert torch.equal(restored.forecast().quantiles, head.forecast().quantiles)
     with pytest.raises(TypeError):
         StreamingForecaster(model, bf16="yes")
+
+
+def test_compiled_stream_stays_within_rounding_of_the_eager_one(tmp_path):
+    # compile=True: a lockstep fleet's segment updates and the forecasts' memory reads run through torch.compile;
+    # their values agree with the eager stream's to float rounding (not bit for bit), and save / load works
+    model = make_model(kind="student_t")
+    T = 50
+    x, m = series(T, B=3)
+    ids = [0, 1, 2]
+
+    def fleet(compile, upto=T, sf=None):
+        sf = sf or StreamingForecaster(model, entities=ids, compile=compile)
+        forecasts = []
+        for t in range(int(sf.state.steps[0]), upto):  # point pushes: every segment end is a lockstep update
+            sf.push(x[:, t].numpy(), m[:, t].numpy(), entities=ids)
+            if t % 7 == 3:  # mostly between segment ends: the forecast reads the memory
+                forecasts.append(sf.forecast().quantiles)
+        return sf, forecasts
+
+    eager, want = fleet(False)
+    compiled, got = fleet(True)
+    assert set(compiled._compiled) == {"update", "read"}, "the compiled paths did not run"
+    assert len(got) == len(want) > 3
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert_close(f"forecast {i}", a, b, 1e-5)
+    for name in ("A", "z"):
+        for layer, (a, b) in enumerate(zip(getattr(eager.state.memory, name), getattr(compiled.state.memory, name))):
+            assert_close(f"memory {name}[{layer}]", a, b, 1e-5)
+    assert_close("cached representation", eager.state.rep, compiled.state.rep, 1e-5)
+    assert torch.equal(eager.state.stat_mean, compiled.state.stat_mean)  # the scaler never goes through compile
+    # a state saved by a compiled stream loads into either kind and continues
+    head, _ = fleet(True, upto=29)
+    path = tmp_path / "compiled.safetensors"
+    head.save(path)
+    for flag in (True, False):
+        restored, _ = fleet(flag, sf=StreamingForecaster.load(path, model, compile=flag))
+        assert_close(f"restored (compile={flag}) forecast", eager.forecast().quantiles, restored.forecast().quantiles,
+                     1e-5)
+    with pytest.raises(TypeError):
+        StreamingForecaster(model, compile=1)
+
+
+def test_a_failed_compile_names_its_cause_and_leaves_the_state_bit_identical():
+    model = make_model()
+    x, m = series(40, B=2)
+    sf = StreamingForecaster(model, entities=["a", "b"], compile=True)
+    for t in range(39):
+        sf.push(x[:, t].numpy(), m[:, t].numpy(), entities=["a", "b"])
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken(*args):
+        raise TorchDynamoException("no C++ compiler found")
+
+    sf._compiled["update"] = broken
+    before = sf.state.clone()
+    pushes = 0
+    with pytest.raises(CompileError, match="torch.compile could not compile the segment update.*no C\\+\\+ compiler"):
+        for t in range(39, 40 + sf.G * sf.S):  # up to the next segment end (a lockstep update)
+            sf.push(x[:, t % 40].numpy(), m[:, t % 40].numpy(), entities=["a", "b"])
+            before = sf.state.clone()
+            pushes += 1
+    assert pushes < sf.G * sf.S
+    assert sf.state.equal(before)
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_merging_an_empty_block_changes_no_bit_of_the_statistics(window):
+    # what forecast's shortcut right after a segment end relies on: the stored statistics are the merged ones
+    from armt_ts.stream import _block_stats, _forget, _merge_stats
+
+    g = torch.Generator().manual_seed(0)
+    n = torch.randint(0, 50, (4, 3), generator=g).double()
+    stats = (n, torch.randn(4, 3, generator=g, dtype=torch.float64) * 10,
+             torch.rand(4, 3, generator=g, dtype=torch.float64) * n, torch.rand(4, 3, generator=g, dtype=torch.float64))
+    empty = torch.zeros(4, 5, 3, dtype=torch.float64)
+    block = _block_stats(empty, empty)
+    merged = _merge_stats(_forget(stats, block[0], window), block)
+    for name, a, b in zip(("count", "mean", "M2", "sum|x|"), stats, merged):
+        assert torch.equal(a, b), name
 
 
 def test_state_size_does_not_grow_with_stream_length():

@@ -80,3 +80,19 @@ def test_a_cost_report_with_bf16_divides_the_cheaper_patchtst_by_ours_in_bf16():
                 rows.append({"metric": metric, "entities": 1000, "clock": clock, "impl": impl, "value": v})
     md = render_markdown(_payload(rows, {"cost"}), [], [], [])
     assert "| 1000 | wall | 0.05 | 0.25 | 0.5 | 10 | 5 | 0.04 | 0.48 | 12 |" in md
+
+
+def test_a_report_with_compiled_rows_has_their_tables_and_cost_columns():
+    rows = _latency_rows("ours", 2.0) + _latency_rows("ours_compiled", 1.2)
+    rows.append({"metric": "compiled_forecast_rel_diff", "entities": 10, "value": 6e-8, "impl": "ours_compiled"})
+    for clock in ("wall", "cpu"):
+        for metric in ("cost_per_update", "cost_per_step"):
+            for impl, v in (("ours", 0.05), ("ours_bf16", 0.04), ("ours_compiled", 0.025),
+                            ("ours_bf16_compiled", 0.02), ("window_rerun", 0.25), ("patchtst", 0.5),
+                            ("patchtst_bf16", 0.48)):
+                rows.append({"metric": metric, "entities": 1000, "clock": clock, "impl": impl, "value": v})
+    md = render_markdown(_payload(rows, {"latency", "cost"}), [], [], [])
+    eager, compiled = md.split("throughput, torch.compile'd update")
+    assert "| 10 | 2.00 / 2.00 | 200.0 |" in eager and "6.0e-08" not in eager
+    assert "| 10 | 1.20 / 1.20 | 120.0 |" in compiled and "| 6.0e-08 |" in compiled
+    assert "| 1000 | wall | 0.05 | 0.25 | 0.5 | 10 | 5 | 0.04 | 0.48 | 12 | 0.025 | 20 | 0.02 | 24 |" in md
