@@ -178,6 +178,32 @@ def test_bad_value_exits_2_and_keeps_the_rows_before(saved_model, tmp_path, caps
     assert sf.state.steps.tolist() == [130, 130]  # the 130 rows before the bad one
 
 
+def test_a_failed_compile_exits_2_and_keeps_the_rows_before(saved_model, tmp_path, capsys, monkeypatch):
+    from armt_ts.stream import CompileError
+
+    def no_compiler(self, kind, *args):
+        raise CompileError(f"StreamingForecaster(compile=True): torch.compile could not compile the segment {kind} "
+                           "(InvalidCxxCompiler: no working C++ compiler found); use compile=False")
+
+    monkeypatch.setattr(StreamingForecaster, "_run_compiled", no_compiler)
+    rows = _wide_rows(300)  # segments of 128 steps: the first update (at 128) runs eagerly, the second is compiled
+    f = tmp_path / "live.csv"
+    f.write_text("\n".join(rows) + "\n")
+    state = tmp_path / "s.state"
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0, "--compile")
+    assert code == 2 and "--compile:" in err and "segment update" in err and "no working C++ compiler" in err, err
+    from armt_ts.cli import load_model
+
+    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
+    steps = StreamingForecaster.load(state, model).state.steps.tolist()
+    assert steps == [255, 255]  # the rows before the one that completes the second segment are kept
+    monkeypatch.undo()  # without --compile the restarted stream goes on from there, as an uninterrupted one does
+    code, resumed, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
+    assert code == 0 and f"skipped {steps[0]} row(s)" in err, err
+    code, straight, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0 and resumed == straight
+
+
 def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
     rows = _wide_rows(20)
     rows[10], rows[11] = rows[11], rows[10]

@@ -4,7 +4,8 @@ device machine is lent (see the README's GPU section).
 - the fused memory ops on CUDA equal the CPU specification (ops/naive.py) in float64, and the fused CPU path in fp32;
 - the diagonal schedule on CUDA equals the sequential one within 1e-5 (fp32), as on CPU;
 - a StreamingForecaster on CUDA (a fleet, a ragged arrival, save on CUDA and load on CPU) equals one on CPU;
-- bf16 autocast on CUDA stays finite and keeps the memory in fp32.
+- bf16 autocast on CUDA stays finite and keeps the memory in fp32;
+- a compiled stream (`compile=True`) on CUDA equals the eager CPU stream to fp32 rounding.
 """
 
 import numpy as np
@@ -146,3 +147,23 @@ def test_bf16_stream_on_cuda_stays_near_the_fp32_cpu_stream():
     assert all(a.dtype == torch.float32 and a.is_cuda for a in gpu.state.memory.A)
     assert_close("bf16 cuda point", cpu.forecast().point, gpu.forecast().point.cpu(), 0.05)
     assert_close("bf16 cuda A[-1]", cpu.state.memory.A[-1], gpu.state.memory.A[-1].cpu(), 0.05)
+
+
+def test_compiled_stream_on_cuda_equals_the_eager_cpu_stream():
+    # StreamingForecaster(compile=True) on CUDA (inductor's GPU kernels): the compiled update and memory read ran,
+    # and the forecasts and the state agree with the eager CPU stream's to fp32 rounding
+    streams = {}
+    for device, compile in (("cpu", False), ("cuda", True)):
+        sf = StreamingForecaster(_forecaster(), entities=["a", "b", "c"], device=device, compile=compile)
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(3, 60, 2)).astype(np.float32) * 3 + 10
+        for step in range(60):
+            sf.push(x[:, step], entities=["a", "b", "c"])
+            if step % 7 == 3:
+                sf.forecast()  # between segment ends: the compiled memory read
+        streams[device] = sf
+    cpu, gpu = streams["cpu"], streams["cuda"]
+    assert set(gpu._compiled) == {"update", "read"}
+    assert_close("compiled cuda quantiles", cpu.forecast().quantiles, gpu.forecast().quantiles.cpu(), 1e-4)
+    for l in range(cpu.state.memory.num_layers):
+        assert_close(f"compiled cuda A[{l}]", cpu.state.memory.A[l], gpu.state.memory.A[l].cpu(), 1e-4)
