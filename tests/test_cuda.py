@@ -132,18 +132,26 @@ def test_streaming_fleet_on_cuda_equals_cpu_and_restores_on_cpu(tmp_path):
     assert_close("restored on cpu vs cuda", gpu.forecast().quantiles.cpu(), restored.forecast().quantiles, 1e-4)
 
 
-def test_bf16_stream_on_cuda_stays_near_the_fp32_cpu_stream():
-    # StreamingForecaster(bf16=True) on CUDA: attention also runs in bf16 there (only CPU autocast keeps it fp32);
-    # the state stays fp32 and the forecasts within bf16 rounding of the fp32 CPU stream's
-    streams = {}
-    for device, bf16 in (("cpu", False), ("cuda", True)):
-        sf = StreamingForecaster(_forecaster(), entities=["a", "b", "c"], device=device, bf16=bf16)
-        rng = np.random.default_rng(2)
+def _cpu_and_cuda_streams(seed, forecast_every=0, **cuda_options):
+    """A fleet of three fed the same 60 single-step pushes on the CPU (the defaults) and on CUDA (``cuda_options``),
+    with a forecast every ``forecast_every`` steps (mostly between segment ends: a memory read) -> (cpu, cuda)."""
+    streams = []
+    for device, options in (("cpu", {}), ("cuda", cuda_options)):
+        sf = StreamingForecaster(_forecaster(), entities=["a", "b", "c"], device=device, **options)
+        rng = np.random.default_rng(seed)
         x = rng.normal(size=(3, 60, 2)).astype(np.float32) * 3 + 10
         for step in range(60):
             sf.push(x[:, step], entities=["a", "b", "c"])
-        streams[device] = sf
-    cpu, gpu = streams["cpu"], streams["cuda"]
+            if forecast_every and step % forecast_every == 3:
+                sf.forecast()
+        streams.append(sf)
+    return tuple(streams)
+
+
+def test_bf16_stream_on_cuda_stays_near_the_fp32_cpu_stream():
+    # StreamingForecaster(bf16=True) on CUDA: attention also runs in bf16 there (only CPU autocast keeps it fp32);
+    # the state stays fp32 and the forecasts within bf16 rounding of the fp32 CPU stream's
+    cpu, gpu = _cpu_and_cuda_streams(2, bf16=True)
     assert all(a.dtype == torch.float32 and a.is_cuda for a in gpu.state.memory.A)
     assert_close("bf16 cuda point", cpu.forecast().point, gpu.forecast().point.cpu(), 0.05)
     assert_close("bf16 cuda A[-1]", cpu.state.memory.A[-1], gpu.state.memory.A[-1].cpu(), 0.05)
@@ -152,17 +160,7 @@ def test_bf16_stream_on_cuda_stays_near_the_fp32_cpu_stream():
 def test_compiled_stream_on_cuda_equals_the_eager_cpu_stream():
     # StreamingForecaster(compile=True) on CUDA (inductor's GPU kernels): the compiled update and memory read ran,
     # and the forecasts and the state agree with the eager CPU stream's to fp32 rounding
-    streams = {}
-    for device, compile in (("cpu", False), ("cuda", True)):
-        sf = StreamingForecaster(_forecaster(), entities=["a", "b", "c"], device=device, compile=compile)
-        rng = np.random.default_rng(3)
-        x = rng.normal(size=(3, 60, 2)).astype(np.float32) * 3 + 10
-        for step in range(60):
-            sf.push(x[:, step], entities=["a", "b", "c"])
-            if step % 7 == 3:
-                sf.forecast()  # between segment ends: the compiled memory read
-        streams[device] = sf
-    cpu, gpu = streams["cpu"], streams["cuda"]
+    cpu, gpu = _cpu_and_cuda_streams(3, forecast_every=7, compile=True)
     assert set(gpu._compiled) == {"update", "read"}
     assert_close("compiled cuda quantiles", cpu.forecast().quantiles, gpu.forecast().quantiles.cpu(), 1e-4)
     for l in range(cpu.state.memory.num_layers):
