@@ -268,6 +268,10 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="cap the norm of every associative-memory read at X (ARMTConfig.read_norm_cap; 0: the "
                         "paper's uncapped read, whose long streams drift from the batch forecasts; default: "
                         "%(default)s)")
+    g.add_argument("--vbar-floor", type=_non_negative_float, default=0.0, metavar="F",
+                   help="floor the memory write's old-value denominator at F times the key's squared norm "
+                        "(ARMTConfig.vbar_floor, not in the paper: it stops single writes from blowing the memory "
+                        "state up by orders of magnitude; 0.1 touches only those; default 0: the paper's write)")
 
     g = p.add_argument_group("compute")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -702,7 +706,8 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
         estimator = ARMTEstimator(
             prediction_length=horizon,
             context_length=context,
-            armt=ARMTConfig(segment_length=SEGMENT_LENGTH, read_norm_cap=args.read_norm_cap or None),
+            armt=ARMTConfig(segment_length=SEGMENT_LENGTH, read_norm_cap=args.read_norm_cap or None,
+                            vbar_floor=args.vbar_floor or None),
             patch=PatchConfig(patch_len=PATCH_LEN, stride=PATCH_LEN),
             head=HeadConfig(kind="student_t"),  # a distribution: any quantile level can be asked for
             linear_skip=min(args.linear_skip, context),

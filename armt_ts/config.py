@@ -64,6 +64,12 @@ class ARMTConfig(_ConfigMethods):
     # None = the paper's read. benchmarks/retrieval_drift.py shows why: past the training length the associations,
     # and so what a read adds, keep growing while z stays flat.
     read_norm_cap: float | None = None
+    # Floored write estimate (not in the paper): the delta rule's old value vbar = (k^T A) / (z^T k + eps) divides
+    # by at least vbar_floor * (|k|^2 + eps). None = the paper's write. The gamma rule adds to z only while a key is
+    # new, so A gathers mass on DPFP features that z never covers; a later key on those features has z^T k ~ 0, and
+    # eps turns a small k^T A into a huge vbar, which the write then stores (benchmarks/results/HISTORY.md,
+    # "Streaming": one entity's max |A| went from 68 to ~24000 in one write). 0.1 floors only such writes.
+    vbar_floor: float | None = None
     # Entity/channel-keyed memory (DESIGN.md section 3). "content": the paper's k = phi(W_k m), q = phi(W_q h);
     # "identity": k = q = phi(code(e)) from the segment's entity id e, so rewriting e REPLACES its value;
     # "mixed": k = phi(W_k m + code(e)), q = phi(W_q h + code(e)). Keyed modes need key_ids in forward().
@@ -98,6 +104,9 @@ class ARMTConfig(_ConfigMethods):
         _check(self.read_norm_cap is None or (isinstance(self.read_norm_cap, (int, float))
                                                and not isinstance(self.read_norm_cap, bool) and self.read_norm_cap > 0),
                c, "read_norm_cap", f"must be None or a number > 0, got {self.read_norm_cap!r}")
+        _check(self.vbar_floor is None or (isinstance(self.vbar_floor, (int, float))
+                                            and not isinstance(self.vbar_floor, bool) and self.vbar_floor > 0),
+               c, "vbar_floor", f"must be None or a number > 0, got {self.vbar_floor!r}")
         _check(self.schedule in ("auto", "sequential", "diagonal"), c, "schedule",
                f"must be 'auto', 'sequential' or 'diagonal', got {self.schedule!r}")
         _check(self.key_mode in ("content", "identity", "mixed"), c, "key_mode",

@@ -121,8 +121,8 @@ class AssociativeMemory(nn.Module):
             v = v.float().view(B, M, c.memory_heads, c.d_head)
             beta = torch.sigmoid(b.float()).view(B, M, c.memory_heads, c.d_head if c.beta_per_channel else 1)
             if defer:
-                return self.ops.delta_terms(k, v, beta, A, z, first, c.eps)
-            return self.ops.delta_write(k, v, beta, A, z, first, c.eps)
+                return self.ops.delta_terms(k, v, beta, A, z, first, c.eps, c.vbar_floor)
+            return self.ops.delta_write(k, v, beta, A, z, first, c.eps, c.vbar_floor)
 
     def forget(self, A: Tensor, z: Tensor, key_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Erase each row's entity association: -> new (A, z); key_mode="identity" only.

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 _KNOWN_FIELDS = frozenset({
     "d_model", "n_layers", "n_heads", "d_ff", "dropout", "segment_length", "num_mem_tokens", "d_mem", "nu", "eps",
     "memory_heads", "phi_l2norm", "beta_per_channel", "tbptt_segments", "ops_backend", "positional", "schedule",
-    "read_norm_cap",
+    "read_norm_cap", "vbar_floor",
 })
 _CONTENT_ONLY = {"key_mode": "content"}
 
@@ -232,15 +232,16 @@ def run_diagonal(model: "ARMT", x: Tensor, state: MemoryState | None,
                 beta = torch.sigmoid(bt.float()).reshape(n * B, M, H, Dv if c.beta_per_channel else 1)
                 fresh = [i for i, l in enumerate(ls) if first_call and d - l == 0]  # first-segment rules
                 if not fresh:
-                    nA, nz = ops.delta_write(k, v, beta, As, zs, False, c.eps)
+                    nA, nz = ops.delta_write(k, v, beta, As, zs, False, c.eps, c.vbar_floor)
                 else:  # at most one cell per diagonal is a stream's first segment: the last of the group
                     i = fresh[0]
                     rows = slice(0, i * B)
                     parts = []
                     if i:
-                        parts.append(ops.delta_write(k[rows], v[rows], beta[rows], As[rows], zs[rows], False, c.eps))
+                        parts.append(ops.delta_write(k[rows], v[rows], beta[rows], As[rows], zs[rows], False, c.eps,
+                                                     c.vbar_floor))
                     f = slice(i * B, (i + 1) * B)
-                    parts.append(ops.delta_write(k[f], v[f], beta[f], As[f], zs[f], True, c.eps))
+                    parts.append(ops.delta_write(k[f], v[f], beta[f], As[f], zs[f], True, c.eps, c.vbar_floor))
                     nA, nz = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             nA, nz = nA.view(n, B, *nA.shape[1:]), nz.view(n, B, *nz.shape[1:])
             for i, l in enumerate(ls):

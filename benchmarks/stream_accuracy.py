@@ -7,7 +7,8 @@ Models: the main job's (``armt-ts forecast --save-model``, its default training 
 telemetry: context 192 steps, 1.5 ARMT segments of 128; a least-squares linear skip over the whole context; memory
 reads capped at norm 0.1), and the same training with ``--linear-skip 0`` (the network alone), that with
 ``--read-norm-cap 0`` too (the paper's uncapped read: the main job's model before both defaults), ``--context
-1152`` (9 segments per training window) and ``--random-start`` (training contexts start at a random patch).
+1152`` (9 segments per training window), ``--random-start`` (training contexts start at a random patch) and
+``--vbar-floor 0.1`` (the memory write's floored old-value estimate). ``--models`` picks a subset.
 
 Data: the main job's kind of telemetry (``datasets.synthetic.generate_telemetry``), ``--length`` steps, seed
 ``--seed + 1`` (training used ``--seed``): 8 entities x 4 channels, streamed as a fleet of 32 univariate series.
@@ -56,7 +57,8 @@ HORIZON = 24  # the main job's
 SEASON = 24  # hourly telemetry: seasonal naive repeats the day
 MODELS = {"main job (default)": [], "--linear-skip 0": ["--linear-skip", "0"],
           "--linear-skip 0 --read-norm-cap 0": ["--linear-skip", "0", "--read-norm-cap", "0"],
-          "--context 1152": ["--context", "1152"], "--random-start": ["--random-start"]}
+          "--context 1152": ["--context", "1152"], "--random-start": ["--random-start"],
+          "--vbar-floor 0.1": ["--vbar-floor", "0.1"]}
 PER_BIN = 8  # origins per stream-length bin
 
 
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="2^14 steps and a few training batches per model")
     p.add_argument("--out-name", default=None, help="results file stem (default: stream_accuracy, or _quick)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
+                   help=f"which models (default: all of {list(MODELS)})")
     args = p.parse_args(argv)
     from armt_ts.stream import StreamingForecaster
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = {}
     with tempfile.TemporaryDirectory(prefix="armt-stream-acc-") as tmp:
         dirs = {}
-        for name, extra in MODELS.items():
+        for name, extra in ((n, MODELS[n]) for n in MODELS if n in args.models):
             d = Path(tmp) / f"m{len(dirs)}"
             print(f"training {name} ...", file=sys.stderr, flush=True)
             short = ["--epochs", "1", "--batches-per-epoch", "4"] if args.quick else []

@@ -285,6 +285,26 @@ def test_read_norm_cap_bounds_what_a_read_adds():
     assert diagonal_supported(ARMT(config.replace(read_norm_cap=0.5))) is None
 
 
+def test_vbar_floor_is_validated_and_reaches_the_write():
+    for bad in (0, -1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="vbar_floor"):
+            ARMTConfig(vbar_floor=bad)
+    from armt_ts.memory import AssociativeMemory
+
+    torch.manual_seed(0)
+    config = ARMTConfig(d_model=32, n_heads=2, d_ff=64, segment_length=4, num_mem_tokens=2, d_mem=8)
+    memory = AssociativeMemory(config)
+    with torch.no_grad():
+        memory.W_v.weight.normal_(0, 1.0)
+    A, z = memory.write(torch.randn(3, 2, 32), torch.zeros(3, 1, config.d_key, 32), torch.zeros(3, 1, config.d_key),
+                        first=True)
+    m = torch.randn(3, 2, 32)
+    paper = memory.write(m, A, z, first=False)
+    memory.config = config.replace(vbar_floor=2.0)  # above every key's z^T k / |k|^2 here: every write floored
+    floored = memory.write(m, A, z, first=False)
+    assert not torch.allclose(paper[0], floored[0]) and torch.equal(paper[1], floored[1])  # z: gamma unchanged
+
+
 @pytest.mark.parametrize("first", [True, False])
 def test_read_only_segment_step_is_exact(first):
     model = _model().eval()

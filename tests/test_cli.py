@@ -183,9 +183,9 @@ def test_linear_skip_option_reaches_the_saved_model(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--linear-skip: expected an int >= 0, got -1" in capsys.readouterr().err
 
 
-def test_read_norm_cap_and_random_start_reach_the_model(tmp_path, capsys, monkeypatch):
-    """--read-norm-cap X: ARMTConfig.read_norm_cap (default 0.1; 0: None); --random-start: the estimator's flag;
-    bad values are usage errors."""
+def test_read_norm_cap_vbar_floor_and_random_start_reach_the_model(tmp_path, capsys, monkeypatch):
+    """--read-norm-cap X: ARMTConfig.read_norm_cap (default 0.1; 0: None); --vbar-floor F: ARMTConfig.vbar_floor
+    (default 0: None); --random-start: the estimator's flag; bad values are usage errors."""
     from armt_ts.gluonts import ARMTEstimator, ARMTPredictor
 
     seen = []
@@ -198,15 +198,18 @@ def test_read_norm_cap_and_random_start_reach_the_model(tmp_path, capsys, monkey
     monkeypatch.setattr(ARMTEstimator, "__init__", spy)
     src = tmp_path / "wide.csv"
     _wide_csv(src)
-    for option, cap, start in (([], 0.1, False), (["--read-norm-cap", "0"], None, False),
-                               (["--read-norm-cap", "0.25", "--random-start"], 0.25, True)):
+    for option, cap, floor, start in (([], 0.1, None, False), (["--read-norm-cap", "0"], None, None, False),
+                                      (["--read-norm-cap", "0.25", "--random-start", "--vbar-floor", "0.1"], 0.25,
+                                       0.1, True)):
         model = tmp_path / f"model{cap}"
         code, _, err = _run(capsys, "forecast", src, *TINY, *option, "--save-model", model, "--out",
                             tmp_path / "f.csv", "--no-plot")
         assert code == 0, err
-        assert ARMTPredictor.deserialize(model).prediction_net.model.config.armt.read_norm_cap == cap
+        armt = ARMTPredictor.deserialize(model).prediction_net.model.config.armt
+        assert armt.read_norm_cap == cap and armt.vbar_floor == floor
         assert seen[-1] is start
     for bad, message in ((["--read-norm-cap", "-1"], "expected a finite number >= 0, got -1"),
+                         (["--vbar-floor", "-0.5"], "expected a finite number >= 0, got -0.5"),
                          (["--read-norm-cap", "nan"], "expected a finite number >= 0, got nan"),
                          (["--read-norm-cap", "x"], "expected a number >= 0, got 'x'")):
         with pytest.raises(SystemExit) as exit_info:

@@ -157,15 +157,16 @@ def test_normaliser_products_equal_the_bmm_they_replace():
 
 @pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_deferred_write_applied_in_place_equals_the_write(first, per_channel):
+@pytest.mark.parametrize("vbar_floor", [None, 1.0])
+def test_deferred_write_applied_in_place_equals_the_write(first, per_channel, vbar_floor):
     # delta_terms + apply_delta_ (a streaming fleet's update): fused bit for bit with delta_write; naive the same
     # equations row by row
     k, v, beta, A, z = _write_inputs(dtype=torch.float32, per_channel=per_channel)
     for ops in (naive, fused):
-        ref_A, ref_z = ops.delta_write(k, v, beta, A, z, first=first, eps=EPS)
+        ref_A, ref_z = ops.delta_write(k, v, beta, A, z, first=first, eps=EPS, vbar_floor=vbar_floor)
         A1, z1 = A.clone(), z.clone()
         with torch.no_grad():
-            terms = ops.delta_terms(k, v, beta, A1, z1, first, EPS)
+            terms = ops.delta_terms(k, v, beta, A1, z1, first, EPS, vbar_floor)
             assert torch.equal(A1, A) and torch.equal(z1, z)  # computing the terms changes nothing
             ops.apply_delta_(A1, z1, terms)
         if ops is fused:
@@ -173,8 +174,8 @@ def test_deferred_write_applied_in_place_equals_the_write(first, per_channel):
         else:
             assert_close("naive A", ref_A, A1, 1e-6)
             assert_close("naive z", ref_z, z1, 1e-6)
-    n_terms = naive.delta_terms(k, v, beta, A, z, first, EPS)
-    f_terms = fused.delta_terms(k, v, beta, A, z, first, EPS)
+    n_terms = naive.delta_terms(k, v, beta, A, z, first, EPS, vbar_floor)
+    f_terms = fused.delta_terms(k, v, beta, A, z, first, EPS, vbar_floor)
     for name, a, b in zip(("kT", "u", "g"), n_terms, f_terms):
         assert_close(f"terms {name}", a, b, 1e-6)
 
@@ -186,3 +187,53 @@ def test_apply_delta_is_checked():
         fused.apply_delta_(A.clone().requires_grad_(), z.clone(), terms)
     with torch.no_grad(), pytest.raises(ValueError, match="contiguous"):
         fused.apply_delta_(A.transpose(2, 3).contiguous().transpose(2, 3), z.clone(), terms)
+
+
+def test_floored_write_fused_equals_naive_and_floors_only_the_small_denominators():
+    # ARMTConfig.vbar_floor: a floor at the median of z^T k / |k|^2 changes half the writes' vbar and no gamma
+    inputs = [t.requires_grad_() for t in _write_inputs()]
+    k, _, _, _, z = inputs
+    with torch.no_grad():
+        ratio = ((k * z[:, None]).sum(-1) + EPS) / ((k * k).sum(-1) + EPS)  # [B, M, H]
+    floor = float(ratio.median())
+    outs = {}
+    for ops in (naive, fused):
+        A_new, z_new = ops.delta_write(*inputs, first=False, eps=EPS, vbar_floor=floor)
+        (A_new.sin().sum() + z_new.cos().sum()).backward()
+        outs[ops] = (A_new, z_new, [t.grad.clone() for t in inputs])
+        for t in inputs:
+            t.grad = None
+    (A_n, z_n, g_n), (A_f, z_f, g_f) = outs[naive], outs[fused]
+    assert_close("A", A_n, A_f, 1e-12)
+    assert_close("z", z_n, z_f, 1e-12)
+    for name, a, b in zip(["k", "v", "beta", "A0", "z0"], g_n, g_f):
+        assert_close(f"grad {name}", a, b, 1e-10)
+    A_paper, z_paper = fused.delta_write(*inputs, first=False, eps=EPS)
+    assert torch.equal(z_paper, z_f)  # gamma does not see the floor
+    with torch.no_grad():  # per row and head: the rows with a key below the floor changed, the others did not
+        changed = (A_paper - A_f).abs().amax(-1).amax(-1) > 0  # [B, H]
+        floored = (ratio < floor).any(1)  # [B, H]
+    assert torch.equal(changed, floored) and 0 < int(floored.sum()) < floored.numel()
+
+
+@pytest.mark.parametrize("ops", [naive, fused], ids=["naive", "fused"])
+def test_a_floored_write_stays_bounded_where_z_never_covered_the_key(ops):
+    # A holds mass on DPFP features where z has none (the gamma rule stops z's growth for known keys while A keeps
+    # taking writes); a key on those features has z^T k = 0, so the paper's vbar = k^T A / eps is enormous and the
+    # write stores it. With the floor, vbar = k^T A / (f (|k|^2 + eps)).
+    K, Dv = 12, 3
+    A = torch.zeros(1, 1, K, Dv, dtype=torch.float64)
+    A[0, 0, 6:] = 0.1
+    z = torch.zeros(1, 1, K, dtype=torch.float64)
+    z[0, 0, :6] = 1.0
+    k = torch.zeros(1, 1, 1, K, dtype=torch.float64)
+    k[0, 0, 0, 6:] = 0.5
+    v = torch.ones(1, 1, 1, Dv, dtype=torch.float64)
+    beta = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    paper_A, paper_z = ops.delta_write(k, v, beta, A, z, False, EPS)
+    assert paper_A.abs().max() > 1e3  # k^T A = 0.3, divided by eps
+    floored_A, floored_z = ops.delta_write(k, v, beta, A, z, False, EPS, vbar_floor=0.1)
+    vbar = 6 * 0.5 * 0.1 / (0.1 * (6 * 0.25 + EPS))  # k^T A / (f (|k|^2 + eps)), by hand: 2.0 per channel
+    expected = A + k[0, 0, 0][None, None, :, None] * (1.0 - vbar)
+    assert_close("floored A", expected, floored_A, 1e-12)
+    assert torch.equal(floored_z, paper_z)  # gamma = 1 either way: z takes the new key

@@ -88,7 +88,7 @@ def test_diagonal_equals_sequential(length, B):
 # every option the diagonal schedule supports ({} is the default configuration)
 OPTIONS = [dict(), dict(n_layers=1), dict(n_layers=3), dict(n_layers=4), dict(memory_heads=2), dict(phi_l2norm=True),
            dict(beta_per_channel=True), dict(positional=False), dict(ops_backend="naive"), dict(segment_length=5),
-           dict(read_norm_cap=0.05)]
+           dict(read_norm_cap=0.05), dict(vbar_floor=1.0)]
 
 
 def test_the_read_cap_binds_in_the_options_test():
@@ -96,6 +96,14 @@ def test_the_read_cap_binds_in_the_options_test():
     x = torch.randn(2, 6 * 7 + 2, 32)
     with torch.no_grad():
         assert not torch.allclose(run_sequential(make(), x, None)[0], run_sequential(make(read_norm_cap=0.05), x,
+                                                                                     None)[0], atol=1e-4)
+
+
+def test_the_write_floor_binds_in_the_options_test():
+    # vbar_floor=1.0 above must change the outputs too
+    x = torch.randn(2, 6 * 7 + 2, 32)
+    with torch.no_grad():
+        assert not torch.allclose(run_sequential(make(), x, None)[0], run_sequential(make(vbar_floor=1.0), x,
                                                                                      None)[0], atol=1e-4)
 
 

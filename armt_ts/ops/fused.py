@@ -74,6 +74,7 @@ def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tens
 
 def delta_terms(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+    vbar_floor: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The delta-rule write of ``naive.delta_write`` as its low-rank terms: (kT [B*H, K, M], u [B*H, M, Dv],
     g [B*H, M, 1]) with new A = A + kT @ u and new z = z + kT @ g (``apply_delta_``). Reads (A, z), changes nothing."""
@@ -85,8 +86,10 @@ def delta_terms(
     else:
         Ah = A.reshape(B * H, K, -1)  # [BH, K, Dv]
         zk = _dot_z(kh, z.reshape(B * H, 1, K)) + eps  # [BH, M, 1]
-        delta = delta - torch.bmm(kh, Ah) / zk  # v - vbar
-        gamma = torch.clamp(1 - zk / ((kh * kh).sum(-1, keepdim=True) + eps), 0.0, 1.0).detach()
+        kk = (kh * kh).sum(-1, keepdim=True) + eps
+        den = zk if vbar_floor is None else torch.maximum(zk, vbar_floor * kk)  # ARMTConfig.vbar_floor
+        delta = delta - torch.bmm(kh, Ah) / den  # v - vbar
+        gamma = torch.clamp(1 - zk / kk, 0.0, 1.0).detach()
     return kh.transpose(1, 2), _heads_first(beta) * delta, gamma
 
 
@@ -108,10 +111,11 @@ def apply_delta_(A: Tensor, z: Tensor, terms: tuple[Tensor, Tensor, Tensor]) -> 
 
 def delta_write(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+    vbar_floor: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Batched delta-rule write; see ``naive.delta_write`` for the equations."""
     B, M, H, K = k.shape
-    kT, u, g = delta_terms(k, v, beta, A, z, first, eps)
+    kT, u, g = delta_terms(k, v, beta, A, z, first, eps, vbar_floor)
     # A + sum_i k_i (beta_i * delta_i)^T in one kernel; z + sum_i gamma_i k_i
     Ah, zh = A.reshape(B * H, K, -1), z.reshape(B * H, K, 1)
     return torch.baddbmm(Ah, kT, u).view(A.shape), (zh + _z_terms(kT, g)).view(z.shape)

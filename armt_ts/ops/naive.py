@@ -54,6 +54,7 @@ def associative_read(q: Tensor, A: Tensor, z: Tensor, eps: float = 1e-5) -> Tens
 
 def delta_write(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+    vbar_floor: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Delta-rule write of M memory tokens, all against the pre-update state (A, z).
 
@@ -63,6 +64,8 @@ def delta_write(
         A <- A + sum_i beta_i k_i (v_i - vbar_i)^T ;  z <- z + sum_i gamma_i k_i
     gamma ~ 0 when k_i is already stored, so rewriting a key does not grow z (paper App. F.1); it is
     detached, as in the official code, so it acts as a data-dependent constant.
+    vbar_floor = f (``ARMTConfig.vbar_floor``, not in the paper): vbar_i's denominator is
+    max(z^T k_i + eps, f (|k_i|^2 + eps)); gamma is unchanged.
     Returns the new (A, z); the inputs are not modified (``delta_terms`` / ``apply_delta_``: the same write in place).
     """
     B, M, H, _ = k.shape
@@ -79,7 +82,7 @@ def delta_write(
                     gamma = torch.ones((), dtype=k.dtype, device=k.device)
                 else:
                     zk = z[b, h] @ ki + eps
-                    vbar = (ki @ A[b, h]) / zk
+                    vbar = (ki @ A[b, h]) / _floored(zk, ki, eps, vbar_floor)
                     gamma = torch.clamp(1 - zk / (ki @ ki + eps), 0.0, 1.0).detach()
                 dA = dA + torch.outer(ki, beta[b, i, h] * (v[b, i, h] - vbar))
                 dz = dz + gamma * ki
@@ -90,8 +93,13 @@ def delta_write(
     return torch.stack(new_A), torch.stack(new_z)
 
 
+def _floored(zk: Tensor, ki: Tensor, eps: float, vbar_floor: float | None) -> Tensor:
+    return zk if vbar_floor is None else torch.maximum(zk, vbar_floor * (ki @ ki + eps))
+
+
 def delta_terms(
     k: Tensor, v: Tensor, beta: Tensor, A: Tensor, z: Tensor, first: bool, eps: float = 1e-5,
+    vbar_floor: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``delta_write`` as its terms (kT [B*H, K, M], u [B*H, M, Dv], g [B*H, M, 1]): new A = A + kT @ u, new
     z = z + kT @ g, row by row from the equations above (u_i = beta_i (v_i - vbar_i), g_i = gamma_i)."""
@@ -105,7 +113,7 @@ def delta_terms(
                 vbar = torch.zeros_like(v[b, i, h])
                 if not first:
                     zk = z[b, h] @ ki + eps
-                    vbar = (ki @ A[b, h]) / zk
+                    vbar = (ki @ A[b, h]) / _floored(zk, ki, eps, vbar_floor)
                     g[b, h, i, 0] = torch.clamp(1 - zk / (ki @ ki + eps), 0.0, 1.0).detach()
                 u[b, h, i] = beta[b, i, h] * (v[b, i, h] - vbar)
     kT = k.permute(0, 2, 3, 1).reshape(B * H, K, M)
