@@ -5,10 +5,11 @@ its context window, and seasonal naive, at the same origins, in one run:
 
 Models: the main job's (``armt-ts forecast --save-model``, its default training on the embedded synthetic
 telemetry: context 192 steps, 1.5 ARMT segments of 128; a least-squares linear skip over the whole context; memory
-reads capped at norm 0.1), and the same training with ``--linear-skip 0`` (the network alone), that with
-``--read-norm-cap 0`` too (the paper's uncapped read: the main job's model before both defaults), ``--context
-1152`` (9 segments per training window), ``--random-start`` (training contexts start at a random patch) and
-``--vbar-floor 0.1`` (the memory write's floored old-value estimate). ``--models`` picks a subset.
+reads capped at norm 0.1; the write's old-value estimate floored at 0.1), and the same training with ``--linear-skip
+0`` (the network alone), that with ``--read-norm-cap 0 --vbar-floor 0`` too (the paper's memory: the main job's
+model before these defaults), ``--context 1152`` (9 segments per training window), ``--random-start`` (training
+contexts start at a random patch) and ``--vbar-floor 0`` (the paper's write). ``--models`` picks a subset (the
+files ``stream_accuracy_vbar_floor*`` compare the default before the floor with ``--vbar-floor 0.1``).
 
 Data: the main job's kind of telemetry (``datasets.synthetic.generate_telemetry``), ``--length`` steps, seed
 ``--seed + 1`` (training used ``--seed``): 8 entities x 4 channels, streamed as a fleet of 32 univariate series.
@@ -56,9 +57,10 @@ NAME = "stream_accuracy"
 HORIZON = 24  # the main job's
 SEASON = 24  # hourly telemetry: seasonal naive repeats the day
 MODELS = {"main job (default)": [], "--linear-skip 0": ["--linear-skip", "0"],
-          "--linear-skip 0 --read-norm-cap 0": ["--linear-skip", "0", "--read-norm-cap", "0"],
+          "--linear-skip 0 --read-norm-cap 0 --vbar-floor 0": ["--linear-skip", "0", "--read-norm-cap", "0",
+                                                               "--vbar-floor", "0"],
           "--context 1152": ["--context", "1152"], "--random-start": ["--random-start"],
-          "--vbar-floor 0.1": ["--vbar-floor", "0.1"]}
+          "--vbar-floor 0": ["--vbar-floor", "0"]}
 PER_BIN = 8  # origins per stream-length bin
 
 

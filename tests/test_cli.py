@@ -185,7 +185,7 @@ def test_linear_skip_option_reaches_the_saved_model(tmp_path, capsys):
 
 def test_read_norm_cap_vbar_floor_and_random_start_reach_the_model(tmp_path, capsys, monkeypatch):
     """--read-norm-cap X: ARMTConfig.read_norm_cap (default 0.1; 0: None); --vbar-floor F: ARMTConfig.vbar_floor
-    (default 0: None); --random-start: the estimator's flag; bad values are usage errors."""
+    (default 0.1; 0: None); --random-start: the estimator's flag; bad values are usage errors."""
     from armt_ts.gluonts import ARMTEstimator, ARMTPredictor
 
     seen = []
@@ -198,9 +198,10 @@ def test_read_norm_cap_vbar_floor_and_random_start_reach_the_model(tmp_path, cap
     monkeypatch.setattr(ARMTEstimator, "__init__", spy)
     src = tmp_path / "wide.csv"
     _wide_csv(src)
-    for option, cap, floor, start in (([], 0.1, None, False), (["--read-norm-cap", "0"], None, None, False),
-                                      (["--read-norm-cap", "0.25", "--random-start", "--vbar-floor", "0.1"], 0.25,
-                                       0.1, True)):
+    for option, cap, floor, start in (([], 0.1, 0.1, False), (["--read-norm-cap", "0", "--vbar-floor", "0"], None,
+                                                                None, False),
+                                      (["--read-norm-cap", "0.25", "--random-start", "--vbar-floor", "0.5"], 0.25,
+                                       0.5, True)):
         model = tmp_path / f"model{cap}"
         code, _, err = _run(capsys, "forecast", src, *TINY, *option, "--save-model", model, "--out",
                             tmp_path / "f.csv", "--no-plot")
