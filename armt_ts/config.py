@@ -67,8 +67,9 @@ class ARMTConfig(_ConfigMethods):
     # Floored write estimate (not in the paper): the delta rule's old value vbar = (k^T A) / (z^T k + eps) divides
     # by at least vbar_floor * (|k|^2 + eps). None = the paper's write. The gamma rule adds to z only while a key is
     # new, so A gathers mass on DPFP features that z never covers; a later key on those features has z^T k ~ 0, and
-    # eps turns a small k^T A into a huge vbar, which the write then stores (benchmarks/results/HISTORY.md,
-    # "Streaming": one entity's max |A| went from 68 to ~24000 in one write). 0.1 floors only such writes.
+    # eps turns a small k^T A into a huge vbar, which the write then stores (benchmarks/results/HISTORY.md, "What
+    # makes the memory state jump": |v - vbar| up to 3312; a stream's max |A| from tens to 1.2e5). 0.1 floors only
+    # such writes: ordinary ones have z^T k / |k|^2 >= 1.
     vbar_floor: float | None = None
     # Entity/channel-keyed memory (DESIGN.md section 3). "content": the paper's k = phi(W_k m), q = phi(W_q h);
     # "identity": k = q = phi(code(e)) from the segment's entity id e, so rewriting e REPLACES its value;

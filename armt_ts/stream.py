@@ -362,9 +362,10 @@ class StreamingForecaster:
             its window; ``load`` restores it.
         compile: run a fleet's lockstep segment update (every entity completing one segment in the same push, as
             single-step pushes of a whole fleet or of one entity do) through ``torch.compile`` (inductor: fused
-            elementwise kernels, far fewer operator calls; the first such push compiles, about 5-10 s, and so does
-            the first one of each new fleet size), and so does a forecast's read of the memory where the state holds
-            no cached output (a forecast between segment ends). Other pushes run eagerly. Values agree with the
+            elementwise kernels, far fewer operator calls; the first such push compiles, about 5-10 s, and a second
+            fleet size once more, after which one graph serves every size), and so does a forecast's read of the
+            memory where the state holds no cached output (a forecast between segment ends). Other pushes run
+            eagerly. Values agree with the
             eager ones to float rounding, not bit for bit, so the streaming contract's bit-identity between block
             and point pushes holds only within rounding; save / load are unaffected (a run setting, like bf16).
             Needs a C++ compiler on the CPU (a ``CompileError`` at the first compiled step otherwise).
