@@ -30,10 +30,12 @@ def make_model(mode="independent", C=2, P=4, S=3, kind="quantile", scaling="std"
     armt = ARMTConfig(d_model=32, n_heads=2, d_ff=64, segment_length=3 * tpp, num_mem_tokens=2, d_mem=8)
     if "schedule" in {f for f in ARMTConfig.__dataclass_fields__}:
         armt = armt.replace(schedule=schedule)
-    cfg = ForecasterConfig.build(horizon=5, n_channels=C, armt=armt, patch=PatchConfig(patch_len=P, stride=S, mode=mode),
-                                 head=HeadConfig(kind=kind), scaling=scaling)
+    cfg = ForecasterConfig.build(horizon=5, n_channels=C, armt=armt,
+                                 patch=PatchConfig(patch_len=P, stride=S, mode=mode), head=HeadConfig(kind=kind),
+                                 scaling=scaling)
     model = ARMTForecaster(cfg).eval()
-    with torch.no_grad():  # W_v = 0 (the init) would make every read add exactly 0; a briefly trained W_v has std ~0.004
+    # W_v = 0 (the init) would make every read add exactly 0; a briefly trained W_v has std ~0.004
+    with torch.no_grad():
         for mem in model.backbone.memories:
             mem.W_v.weight.normal_(std=0.05)
     return model
@@ -555,7 +557,8 @@ def test_lockstep_fleet_in_chunks_with_deferred_writes_equals_separate_streams(m
     for t in range(12):  # the three survivors are still in lockstep: deferred writes on the 3-row state
         fleet.push(y[:3, t].numpy(), mm[:3, t].numpy(), entities=[0, 2, 4])
     for e, row in zip([0, 2, 4], range(3)):
-        solo = pushed(model, torch.cat([x[e:e + 1], y[row:row + 1]], 1), torch.cat([m[e:e + 1], mm[row:row + 1]], 1), [1])
+        solo = pushed(model, torch.cat([x[e:e + 1], y[row:row + 1]], 1),
+                      torch.cat([m[e:e + 1], mm[row:row + 1]], 1), [1])
         assert_close(f"entity {e} after leave: A", solo.state.memory.A[1], fleet.state.memory.A[1][row:row + 1], 1e-5)
     fleet.join(["new"])  # a newcomer is out of step: its groups take the allocating path
     for t in range(12):
