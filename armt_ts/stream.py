@@ -365,9 +365,9 @@ class StreamingForecaster:
             elementwise kernels, far fewer operator calls; the first such push compiles, about 5-10 s, and a second
             fleet size once more, after which one graph serves every size), and so does a forecast's read of the
             memory where the state holds no cached output (a forecast between segment ends). Other pushes run
-            eagerly. Values agree with the
-            eager ones to float rounding, not bit for bit, so the streaming contract's bit-identity between block
-            and point pushes holds only within rounding; save / load are unaffected (a run setting, like bf16).
+            eagerly. Values agree with the eager ones to float rounding, not bit for bit, so the streaming
+            contract's bit-identity between block and point pushes holds only within rounding; save / load are
+            unaffected (a run setting, like bf16).
             Needs a C++ compiler on the CPU (a ``CompileError`` at the first compiled step otherwise).
 
     The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
@@ -802,11 +802,8 @@ class StreamingForecaster:
             memory = None if first else MemoryState(tuple(pick(a) for a in st.memory.A),
                                                     tuple(pick(z) for z in st.memory.z))
             with self._autocast():
-                if lockstep and self.compile and memory is not None:
-                    y, memory = self._deferred_step(tokens[lo:hi], memory)
-                elif lockstep:  # ``memory`` becomes the chunk's PendingWrite
-                    y, memory = self.model.backbone.segment_step(tokens[lo:hi], memory,
-                                                                 outputs=self.tokens_per_patch, defer=True)
+                if lockstep:  # ``memory`` becomes the chunk's PendingWrite
+                    y, memory = self._update_step(tokens[lo:hi], memory)
                 else:
                     y, memory = self.model.backbone(tokens[lo:hi], memory, outputs=self.tokens_per_patch)
             chunks.append((lo, hi, memory))
@@ -821,36 +818,38 @@ class StreamingForecaster:
         up.update(buf_v=buf_v, buf_o=buf_o, new_fill=new_fill)
         return up
 
-    def _deferred_step(self, tokens: Tensor, memory: MemoryState) -> tuple[Tensor, PendingWrite]:
-        """``segment_step(tokens, memory, outputs=tpp, defer=True)`` through torch.compile (``compile=True``)."""
-        backbone = self.model.backbone
-        if "update" not in self._compiled:
-            k = self.tokens_per_patch
+    def _update_step(self, tokens: Tensor, memory: MemoryState | None) -> tuple[Tensor, PendingWrite]:
+        """``segment_step(tokens, memory, outputs=tpp, defer=True)``; through torch.compile where ``compile=True``
+        and there is a memory to read (a first segment, once per entity, runs eagerly)."""
+        backbone, k = self.model.backbone, self.tokens_per_patch
+        if not self.compile or memory is None:
+            return backbone.segment_step(tokens, memory, outputs=k, defer=True)
 
-            def update(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]):
-                y, pending = backbone.segment_step(x, MemoryState(A, z), outputs=k, defer=True)
-                return y, pending.terms
+        def update(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]):
+            y, pending = backbone.segment_step(x, MemoryState(A, z), outputs=k, defer=True)
+            return y, pending.terms
 
-            self._compiled["update"] = torch.compile(update, fullgraph=True)
-        y, terms = self._run_compiled("update", tokens, memory.A, memory.z)
+        y, terms = self._run_compiled("update", update, tokens, memory)
         return y, PendingWrite(terms, backbone.memories[0].ops)
 
-    def _read_step(self, tokens: Tensor, memory: MemoryState) -> Tensor:
-        """``segment_step(tokens, memory, write=False)[0]`` (a forecast's read), compiled where ``compile=True``."""
+    def _read_step(self, tokens: Tensor, memory: MemoryState | None) -> Tensor:
+        """``segment_step(tokens, memory, write=False)[0]`` (a forecast's read); compiled as ``_update_step`` is."""
         backbone = self.model.backbone
-        if not self.compile:
+        if not self.compile or memory is None:
             return backbone.segment_step(tokens, memory, write=False)[0]
-        if "read" not in self._compiled:
-            def read(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]) -> Tensor:
-                return backbone.segment_step(x, MemoryState(A, z), write=False)[0]
 
-            self._compiled["read"] = torch.compile(read, fullgraph=True)
-        return self._run_compiled("read", tokens, memory.A, memory.z)
+        def read(x: Tensor, A: tuple[Tensor, ...], z: tuple[Tensor, ...]) -> Tensor:
+            return backbone.segment_step(x, MemoryState(A, z), write=False)[0]
 
-    def _run_compiled(self, kind: str, *args: Any) -> Any:
-        # fullgraph: a graph break would quietly run part of the step eagerly, at the eager speed or worse
+        return self._run_compiled("read", read, tokens, memory)
+
+    def _run_compiled(self, kind: str, step: Any, tokens: Tensor, memory: MemoryState) -> Any:
+        """``step(tokens, A, z)`` through ``torch.compile``, compiled at the first call of each ``kind``."""
+        if kind not in self._compiled:
+            # fullgraph: a graph break would quietly run part of the step eagerly, at the eager speed or worse
+            self._compiled[kind] = torch.compile(step, fullgraph=True)
         try:
-            return self._compiled[kind](*args)
+            return self._compiled[kind](tokens, memory.A, memory.z)
         except Exception as e:  # dynamo / inductor failures (no C++ compiler, an untraceable op) name their cause
             if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise
@@ -991,8 +990,7 @@ class StreamingForecaster:
                     mem = None if is_first else MemoryState(tuple(a.index_select(0, state_rows) for a in st.memory.A),
                                                             tuple(z.index_select(0, state_rows) for z in st.memory.z))
                     with self._autocast():
-                        y_sel = (self.model.backbone.segment_step(tokens.index_select(0, sel), None, write=False)[0]
-                                 if mem is None else self._read_step(tokens.index_select(0, sel), mem))
+                        y_sel = self._read_step(tokens.index_select(0, sel), mem)
                     y.index_copy_(0, sel, y_sel.to(y.dtype))
             gather = (group[:, None] * tpp + torch.arange(tpp, device=self.device)[None])
             rep.index_copy_(0, run, y.gather(1, gather.unsqueeze(-1).expand(-1, -1, y.shape[-1])))
