@@ -22,11 +22,12 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,6 +230,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                         "long: the value column")
     g.add_argument("--freq", metavar="STEP",
                    help="grid step as a polars duration: 10m, 1h, 1d, 1mo (default: the most common step)")
+    g.add_argument("--time-format", metavar="FMT",
+                   help="strptime-style format of text timestamps that are not ISO-like, e.g. '%%d.%%m.%%Y %%H:%%M' "
+                        "(chrono syntax; default: ISO dates / times, or epoch numbers)")
+    g.add_argument("--time-unit", choices=("s", "ms", "us", "ns"),
+                   help="unit of epoch-number timestamps (default: chosen by their magnitude)")
     g.add_argument("--sort", action="store_true", help="sort rows by time instead of rejecting time going backwards")
     g.add_argument("--aggregate", choices=("mean", "last", "first", "sum"),
                    help="merge rows with the same timestamp this way instead of rejecting them")
@@ -448,8 +454,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     table = [["model", "MSE (z)", "MAE (z)", "CRPS (z)", "points"]]
     for name, sc in models.items():
         r = sc.summary()
-        table.append([name, f"{r['mse']:.4f}", f"{r['mae']:.4f}", "" if r["crps"] is None else f"{r['crps']:.4f}",
-                      str(r["points"])])
+        table.append([name, _score_text(r["mse"], ".4f", "n/a"), _score_text(r["mae"], ".4f", "n/a"),
+                      _score_text(r["crps"], ".4f", ""), str(r["points"])])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
@@ -474,6 +480,13 @@ def _backtest_forecasts(predictor: ARMTPredictor, panel: Panel, starts: np.ndarr
             yield _forecast_arrays(forecasts[k * S:(k + 1) * S], levels)
 
 
+def _score_text(x: float | None, spec: str, nothing: str) -> str:
+    """A score as text; None (no such score) -> "", NaN (no point scored) -> ``nothing``."""
+    if x is None:
+        return ""
+    return nothing if np.isnan(x) else format(x, spec)
+
+
 def _write_scores(panel: Panel, models: dict, path: Path) -> None:
     import csv
 
@@ -483,9 +496,9 @@ def _write_scores(panel: Panel, models: dict, path: Path) -> None:
         for name, sc in models.items():
             for i, series in enumerate(panel.series):
                 r = sc.summary(np.array([i]))
-                w.writerow([series, "" if panel.channels is None else panel.channels[i], name, f"{r['mse']:.6g}",
-                            f"{r['mae']:.6g}", "" if r["crps"] is None else f"{r['crps']:.6g}",
-                            f"{r['mae_units']:.6g}", r["points"]])
+                w.writerow([series, "" if panel.channels is None else panel.channels[i], name,
+                            *(_score_text(r[k], ".6g", "") for k in ("mse", "mae", "crps", "mae_units")),
+                            r["points"]])
 
 
 def _check_options(args: argparse.Namespace) -> list[float]:
@@ -559,17 +572,36 @@ def _quiet_libraries() -> Iterator[None]:
 
 def load_panel(args: argparse.Namespace) -> Panel:
     """Read FILE as wide or long (see the forecast help), or generate the embedded default without it."""
-    from armt_ts.data import read_long, read_wide
+    from armt_ts.data import DataError, read_long, read_wide
 
     if args.file is None:
-        if any(v is not None for v in (args.timestamp, args.id, args.target, args.freq)):
-            raise CLIError("--timestamp, --id, --target and --freq describe a FILE; none was given")
+        if any(v is not None for v in (args.timestamp, args.id, args.target, args.freq, args.time_format,
+                                       args.time_unit)):
+            raise CLIError("--timestamp, --id, --target, --freq, --time-format and --time-unit describe a FILE; "
+                           "none was given")
         return _synthetic_panel()
-    common = dict(timestamp=args.timestamp, freq=args.freq, aggregate=args.aggregate, sort=args.sort)
+    if args.freq is not None:
+        from armt_ts.data import parse_freq
+
+        try:
+            parse_freq(args.freq)
+        except ValueError as err:
+            raise CLIError(f"--freq: {err}") from None
+    common = dict(timestamp=args.timestamp, freq=args.freq, aggregate=args.aggregate, sort=args.sort,
+                  time_format=args.time_format, time_unit=args.time_unit)
     if _is_long(args):
         if args.target is not None and len(args.target) > 1:
             raise CLIError(f"a long file has one value column, but --target names {len(args.target)}")
-        frame = read_long(args.file, series_id=args.id, value=args.target[0] if args.target else None, **common)
+        try:
+            frame = read_long(args.file, series_id=args.id, value=args.target[0] if args.target else None, **common)
+        except DataError as err:
+            if args.id is not None:
+                raise
+            # the layout was inferred from the header: say so, since a wide file with columns named like an id
+            # and a value is read as long
+            raise type(err)(f"{err.problem} (read as the long layout: the header has a series-id and a value "
+                            f"column; to read it as wide, name every value column with --target)", file=err.file,
+                            row=err.row, column=err.column, expected=err.expected) from None
         layout = "long"
     else:
         frame = read_wide(args.file, channels=args.target, **common)
@@ -697,6 +729,7 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
     import lightning.pytorch as lp
 
     from armt_ts.config import ARMTConfig, HeadConfig, PatchConfig
+    from armt_ts.forecaster import SkipFitError
     from armt_ts.gluonts import ARMTEstimator
 
     if panel.frame.n_steps <= horizon:
@@ -733,7 +766,12 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
                 enable_progress_bar=sys.stderr.isatty(),
             ),
         )
-        predictor = estimator.train(_gluonts_dataset(panel))
+        try:
+            predictor = estimator.train(_gluonts_dataset(panel))
+        except SkipFitError:
+            raise CLIError(f"the series have {panel.frame.n_steps} steps: no training window has both an observed "
+                           f"step among the {horizon} it forecasts and two observed context steps, so the linear "
+                           f"skip has nothing to fit; lower --horizon, or train without it (--linear-skip 0)") from None
     return predictor.to(args.device)
 
 
@@ -866,9 +904,12 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "  wide  a timestamp column and one value column per series (a univariate model: every column is an\n"
             "        entity; a model with C channels: exactly C value columns, one entity);\n"
             "  long  with --id COL: timestamp, id, value per row; an id seen for the first time joins the fleet.\n"
-            "Timestamps are ISO dates / datetimes (one with a UTC offset is converted to UTC) or integers and must\n"
-            "increase per entity; empty / NaN cells are missing values. With --state PATH the state is loaded\n"
-            "from PATH when it exists and saved there (atomically) at every forecast and at the end; after a\n"
+            "Timestamps are ISO dates / datetimes, spelled as 'forecast' reads them (one with a UTC offset is\n"
+            "converted to UTC), or integers; one kind for the whole input, increasing per entity. Value cells\n"
+            "follow the rules of 'forecast': empty / NaN / NA / N/A / null / None are missing values, infinities\n"
+            "and text are errors, magnitudes >= 1e20 are kept with a warning. Errors name the row as 'forecast'\n"
+            "does (the first row after the header is row 1) and the column. With --state PATH the state is\n"
+            "loaded from PATH when it exists and saved there (atomically) at every forecast and at the end; after a\n"
             "restart, rows at or before an entity's saved last timestamp are skipped, so replaying the same file\n"
             "continues where the last run stopped."
         ),
@@ -908,32 +949,85 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_stream)
 
 
-def _parse_time(text: str, where: str) -> np.int64:
-    """An ISO date / datetime (-> int64 nanoseconds; one with a UTC offset or Z is converted to UTC, as the forecast
-    command's reader does) or an integer."""
-    text = text.strip()
-    try:
-        return np.int64(int(text))
-    except ValueError:
-        pass
-    try:
-        with warnings.catch_warnings():  # numpy warns that it drops the offset (after applying it)
-            warnings.simplefilter("ignore", UserWarning)
-            return np.datetime64(text.replace(" ", "T"), "ns").astype(np.int64)
-    except ValueError:
-        raise CLIError(f"{where}: timestamp {text!r} is neither an ISO date/time nor an integer") from None
+# Timestamp spellings of ``stream``, normalised as the file readers' (armt_ts/data/timegrid.py) are.
+_TIME_REWRITES = (
+    (re.compile(r"^(\d{4})/(\d{1,2})/(\d{1,2})"), r"\1-\2-\3"),
+    (re.compile(r"^(\d{4})-(\d)(?=-)"), r"\1-0\2"),  # 2020-1-05 -> 2020-01-05
+    (re.compile(r"^(\d{4}-\d{2})-(\d)(?!\d)"), r"\1-0\2"),  # 2020-01-5 -> 2020-01-05
+    (re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ]\s*"), r"\1 "),
+    (re.compile(r"\s*[Zz]$"), "+00:00"),
+    (re.compile(r"\s+([+-]\d{2}:?\d{2})$"), r"\1"),
+    (re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d)(?!\d)"), r"\1 0\2"),  # a one-digit hour
+    (re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2})([+-]\d{2}:?\d{2})?$"), r"\1:00\2"),  # hour precision
+)
+_TIME_OFFSET = re.compile(r"(?<=\d:\d{2})(?::\d{2}(?:\.\d+)?)?([+-])(\d{2}):?(\d{2})$")
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INFINITY = re.compile(r"[+-]?inf(inity)?", re.IGNORECASE)
+_INT64 = np.iinfo(np.int64)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _parse_value(text: str, where: str) -> float:
-    text = text.strip()
-    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+def _parse_time(text: str, where: str) -> tuple[int, str]:
+    """A timestamp cell -> (int64: nanoseconds for a date / time, converted to UTC where it has a UTC offset, or
+    the integer itself; its kind: "integer", "naive" or "zoned"). ISO-like spellings as the file readers accept
+    them: ``2020-01-01``, ``2020/01/01 00:10``, ``2020-01-01T00:10:00.5``, with ``Z`` / ``+01:00`` / ``+0100``."""
+    t = text.strip()
+    if _INTEGER.fullmatch(t):
+        v = int(t)
+        if not _INT64.min < v <= _INT64.max:
+            raise CLIError(f"{where}: timestamp {t} is outside the int64 range ({_INT64.min + 1} .. {_INT64.max})")
+        return v, "integer"
+    for pattern, repl in _TIME_REWRITES:
+        t = pattern.sub(repl, t)
+    offset = _TIME_OFFSET.search(t)
+    minutes = 0
+    if offset:
+        sign, hh, mm = offset.group(1), int(offset.group(2)), int(offset.group(3))
+        minutes = (hh * 60 + mm) * (1 if sign == "+" else -1)
+        t = t[:offset.start(1)]
+    try:
+        d = np.datetime64(t.replace(" ", "T"))  # in the unit its spelling has (days, seconds, ...)
+    except (ValueError, OverflowError):
+        d = np.datetime64("NaT")
+    if np.isnat(d):
+        raise CLIError(f"{where}: timestamp {text.strip()!r} is neither an ISO date/time (such as "
+                       f"'2020-01-01 00:10:00', optionally with a UTC offset) nor an integer")
+    nano = d.astype("datetime64[ns]")  # numpy wraps around silently where nanoseconds overflow int64
+    ns = None if np.isnat(nano) or nano.astype(d.dtype) != d else int(nano.astype(np.int64)) - minutes * 60_000_000_000
+    if ns is None or not _INT64.min < ns <= _INT64.max:
+        why = ("has a fraction of a second finer than nanoseconds" if np.datetime_data(d.dtype)[0] in ("ps", "fs", "as")
+               else "is outside the years 1677..2262")
+        raise CLIError(f"{where}: timestamp {text.strip()!r} {why}, which int64 nanoseconds cannot hold")
+    return ns, "zoned" if offset else "naive"
+
+
+_TIME_KINDS = {"integer": "an integer", "naive": "a date/time without a UTC offset",
+               "zoned": "a date/time with a UTC offset"}
+
+
+def _parse_value(text: str, where: str, warn: Callable[[str], None] | None = None) -> float:
+    """A value cell by the file readers' rules (armt_ts/data/readers.py): empty / NaN / NA / N/A / null / None
+    (any case) are missing (NaN); infinities and magnitudes beyond float32 are rejected; ``warn`` gets a message
+    for a magnitude >= 1e20 (a likely fill value, kept as a number)."""
+    from armt_ts.data.readers import MISSING_TEXT, SUSPICIOUS_MAGNITUDE
+
+    t = text.strip()
+    if t.lower() in MISSING_TEXT:
         return float("nan")
-    try:
-        v = float(text)
-    except ValueError:
-        raise CLIError(f"{where}: {text!r} is not a number (empty or NaN means missing)") from None
-    if not np.isfinite(v):
-        raise CLIError(f"{where}: {text!r} is not a finite number (empty or NaN means missing)")
+    if _INFINITY.fullmatch(t):
+        raise CLIError(f"{where}: {text.strip()!r} is not a finite number (an empty cell or NaN marks a missing "
+                       f"value)")
+    if not _NUMBER.fullmatch(t):
+        raise CLIError(f"{where}: {text.strip()!r} is not a number (expected a decimal number, or an empty cell / "
+                       f"NaN for a missing value)")
+    v = float(t)
+    if not abs(v) <= _FLOAT32_MAX:
+        raise CLIError(f"{where}: {t!r} is beyond float32's range (it would reach the model as inf); expected a "
+                       f"finite number of magnitude at most {_FLOAT32_MAX:.4g}")
+    if abs(v) >= SUSPICIOUS_MAGNITUDE and warn is not None:
+        warn(f"{where}: the value {t!r} (magnitude >= {SUSPICIOUS_MAGNITUDE:g}) looks like a fill / sentinel value; "
+             f"it is kept as a number: make such cells empty to mark them missing")
     return v
 
 
@@ -994,8 +1088,13 @@ def run_stream(args: argparse.Namespace) -> int:
                   else StreamingForecaster.from_predictor(predictor, entities=[], **run_opts))
         except StateFileError as err:
             raise CLIError(f"--state {args.state!r}: {err}") from None
-        try:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")
+        try:  # bytes that are not UTF-8 come through as surrogates, so the row loop can name their row
+            if args.file == "-":
+                stream = sys.stdin
+                if hasattr(stream, "reconfigure"):
+                    stream.reconfigure(errors="surrogateescape")
+            else:
+                stream = open(args.file, encoding="utf-8", errors="surrogateescape", newline="")
         except OSError as err:
             raise CLIError(f"cannot read {args.file!r}: {err.strerror or err}") from None
         try:
@@ -1048,6 +1147,27 @@ class _StreamRun:
         self.as_of = {e: ("" if t == self.NO_TIME else _format_time(t)) for e, t in self.watermark.items()}
         self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
         self.forecast_is_current = False
+        self.time_kind: tuple[str, int] | None = None  # the first row's kind of timestamp, and that row
+        self.warned: set[str] = set()  # columns already warned about (a likely fill value)
+
+    def _warn(self, column: str) -> Callable[[str], None]:
+        def warn(message: str) -> None:
+            if column not in self.warned:
+                self.warned.add(column)
+                print(f"{PROG}: warning: {message} (said once per column)", file=sys.stderr)
+        return warn
+
+    def _time(self, cell: str, where: str, row_no: int) -> int:
+        ts, kind = _parse_time(cell, where)
+        if self.time_kind is None:
+            self.time_kind = (kind, row_no)
+        elif kind != self.time_kind[0]:
+            first_kind, first_row = self.time_kind
+            raise CLIError(f"{where}: timestamp {cell.strip()!r} is {_TIME_KINDS[kind]}, but row {first_row}'s is "
+                           f"{_TIME_KINDS[first_kind]}; expected one kind of timestamp in the whole input"
+                           + (" (convert local times to UTC first)" if {kind, first_kind} == {"naive", "zoned"}
+                              else ""))
+        return ts
 
     def save_state(self) -> None:
         if self.args.state is not None:
@@ -1074,21 +1194,25 @@ class _StreamRun:
         header_line = next(lines, None)
         if header_line is None:
             raise CLIError(f"{self.source}: empty input (expected a CSV header line)")
-        header = next(csv.reader([header_line]))
+        _check_utf8(header_line, f"{self.source}, the header line")
+        header = next(csv.reader([header_line.removeprefix("\ufeff")]))  # a UTF-8 byte-order mark is no name
         t_col, id_col, cols = _stream_columns(header, self.args, self.source, C)
         if id_col is None:
             wanted = [name for _, name in cols] if C == 1 else ["series"]
             sf.join([e for e in wanted if e not in sf._rows])
-        for row_no, line in enumerate(lines, start=2):
+        # rows are numbered as the file readers number them: the first row after the header is row 1
+        for row_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            cells = next(csv.reader([line]))
             where = f"{self.source}, row {row_no}"
+            _check_utf8(line, where)
+            cells = next(csv.reader([line]))
             if len(cells) != len(header):
                 raise CLIError(f"{where}: {len(cells)} fields, the header has {len(header)}")
-            ts = _parse_time(cells[t_col], f"{where}, column {header[t_col]!r}")
+            ts = self._time(cells[t_col], f"{where}, column {header[t_col]!r}", row_no)
             if id_col is None:
-                vals = np.array([_parse_value(cells[i], f"{where}, column {name!r}") for i, name in cols])
+                vals = np.array([_parse_value(cells[i], f"{where}, column {name!r}", self._warn(name))
+                                 for i, name in cols])
                 if C == 1:  # every column is an entity
                     ents = [name for _, name in cols]
                     keep = [k for k, e in enumerate(ents) if not self._seen(e, ts)]
@@ -1100,8 +1224,8 @@ class _StreamRun:
                 if e == "":
                     raise CLIError(f"{where}, column {header[id_col]!r}: empty entity id")
                 i, name = cols[0]
-                ents, vals = ([] if self._seen(e, ts) else [e]), np.array([[_parse_value(cells[i], f"{where}, "
-                                                                                         f"column {name!r}")]])
+                ents = [] if self._seen(e, ts) else [e]
+                vals = np.array([[_parse_value(cells[i], f"{where}, column {name!r}", self._warn(name))]])
                 if ents and e not in sf._rows:
                     sf.join([e])  # a new entity joins the fleet
             if not ents:
@@ -1114,6 +1238,17 @@ class _StreamRun:
             self.forecast_is_current = False
             if self.args.every and self.counts["rows"] % self.args.every == 0:
                 self.save_and_forecast()
+
+
+def _check_utf8(line: str, where: str) -> None:
+    """A line read with errors="surrogateescape" holds surrogates where its bytes were not UTF-8."""
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = line[err.start:err.end].encode("utf-8", "surrogateescape")
+            raise CLIError(f"{where}: bytes that are not UTF-8 ({bad!r} at character {err.start + 1}); expected "
+                           f"a UTF-8 text file (convert it first, e.g. with iconv)") from None
 
 
 def _format_time(t: int) -> str:

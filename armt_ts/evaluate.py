@@ -92,9 +92,10 @@ class Scores:
 
     def summary(self, rows: np.ndarray | None = None) -> dict[str, float]:
         """MSE and MAE (z units), MAE (series units) and CRPS (z units, approximated by twice the mean pinball loss
-        over the quantile levels; None for point forecasts) over ``rows`` (default all series)."""
+        over the quantile levels; None for point forecasts) over ``rows`` (default all series). With no scored point
+        (every future value of those series missing) the scores are NaN: nothing was measured, not a perfect score."""
         sel = slice(None) if rows is None else rows
-        n = max(int(self.n[sel].sum()), 1)
+        n = int(self.n[sel].sum()) or float("nan")
         crps = 2.0 * float(self.qloss[sel].sum()) / (n * self.n_levels) if self.n_levels else None
         return {"mse": float(self.sq[sel].sum()) / n, "mae": float(self.abs_z[sel].sum()) / n,
                 "mae_units": float(self.abs_raw[sel].sum()) / n, "crps": crps, "points": int(self.n[sel].sum())}

@@ -57,6 +57,10 @@ def _fill_gaps(y: Tensor, observed: Tensor) -> Tensor:
     return torch.where(observed, y, y_lo + w * (y_hi - y_lo))
 
 
+class SkipFitError(ValueError):
+    """``fit_skip`` found no training window to fit the linear skip on (too few observed steps)."""
+
+
 class ForecasterOutput(NamedTuple):
     """What ``ARMTForecaster.forward`` returns."""
 
@@ -256,7 +260,7 @@ class ARMTForecaster(nn.Module):
                 cross += x1.T @ target
                 rows += len(x1)
             if rows == 0:
-                raise ValueError(f"fit_skip: no training window has an observed future step (of {H}) and two "
+                raise SkipFitError(f"fit_skip: no training window has an observed future step (of {H}) and two "
                                  f"observed steps among its last {n}; the linear skip has nothing to fit (train "
                                  f"without it, ForecasterConfig.linear_skip=0)")
             reg = torch.zeros(n + 1, dtype=torch.float64, device=dev)

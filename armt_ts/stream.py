@@ -9,7 +9,10 @@ entities (one batch row each) and updates it as observations arrive.
 
 The streaming model is defined by a per-segment recurrence over the ARMTForecaster's parts (patch embedder,
 ARMT backbone, head), so that a full-sequence pass, segment-by-segment pushes and point-by-point pushes give the
-same state (tests/test_stream.py, the streaming contract):
+same state (tests/test_stream.py, the streaming contract; to float rounding, tested to 1e-5). Pushes of any
+granularity give bit-identical states with the model's ``schedule="sequential"``; with "auto" (the default) a push
+that completes several segments at once runs them diagonally batched (schedule.py), so it equals the same steps
+pushed one segment at a time to float rounding only:
 
 - Patches are aligned to the START of the stream: patch n covers steps [n*S, n*S + P) (P = patch_len,
   S = stride). A segment is G consecutive patches (G = segment_length / tokens per patch; C tokens per patch in
@@ -47,9 +50,10 @@ bit-identical):
   [N] when C == 1. L == 0 and N == 0 are no-ops.
 - ``observed``: None, or the shape of ``values``, bool or 0/1 numbers (nonzero = observed). With None a NaN value
   means "missing" and every other value is observed. Values must be finite where observed.
-- ``timestamps``: None, or integers / numpy datetime64 (stored as int64; datetime64 as nanoseconds): a scalar
-  (one step) or [L] in the single form, [N] or [N, L] in the fleet form. Per entity they must strictly increase,
-  within the push and against the entity's last timestamp.
+- ``timestamps``: None, or integers / numpy datetime64 (stored as int64; datetime64 as nanoseconds, so dates from
+  1677-09-21 to 2262-04-11; integers above int64's minimum, which means "none yet"): a scalar (one step) or [L] in
+  the single form, [N] or [N, L] in the fleet form. Per entity they must strictly increase, within the push and
+  against the entity's last timestamp.
 - ``channels``: None (the last axis of ``values`` is the model's channels, in order), or a list of channel names
   naming the columns of ``values``: a subset, in any order; the channels left out are unobserved for these steps.
 - ``entities``: ids (str or int) that joined the fleet (``join``; the constructor's ``entities``).
@@ -116,6 +120,17 @@ FLEET_CHUNK = 256
 
 # ---------------------------------------------------------------------------------------------------
 # Errors
+
+
+def _tensor_to_numpy(name: str, t: Tensor) -> np.ndarray:
+    """A tensor's values as numpy; float types numpy lacks (bfloat16) as float32, which holds them exactly."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    try:
+        return t.numpy()
+    except TypeError as e:  # a dtype numpy cannot hold (e.g. float8, quantised)
+        raise ShapeError(f"{name}: tensor of dtype {t.dtype} ({e})") from None
 
 
 def _datetime_text(ns: int) -> str:
@@ -626,7 +641,7 @@ class StreamingForecaster:
     @staticmethod
     def _as_array(name: str, a: Any, allow_bool: bool = False) -> np.ndarray:
         if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
+            a = _tensor_to_numpy(name, a)
         try:
             arr = np.asarray(a)
         except (ValueError, TypeError) as e:
@@ -651,15 +666,24 @@ class StreamingForecaster:
 
     def _check_times(self, timestamps: Any, rows: Tensor, n: int, L: int, fleet: bool) -> Tensor:
         if isinstance(timestamps, torch.Tensor):
-            timestamps = timestamps.detach().cpu().numpy()
+            timestamps = _tensor_to_numpy("timestamps", timestamps)
         ts = np.asarray(timestamps)
         dates = ts.dtype.kind == "M"
         if dates:
             if np.isnat(ts).any():
                 raise ShapeError("timestamps: NaT (not a time) is not a timestamp")
-            ts = ts.astype("datetime64[ns]").astype(np.int64)
+            ns = ts.astype("datetime64[ns]")  # numpy wraps around silently where a date has no int64 nanosecond
+            if np.isnat(ns).any() or (ns.astype(ts.dtype) != ts).any():
+                bad = ts.reshape(-1)[int(np.argmax((np.isnat(ns) | (ns.astype(ts.dtype) != ts)).reshape(-1)))]
+                raise ShapeError(f"timestamps: {bad} is not a whole nanosecond between {_datetime_text(_NO_TIME + 1)} "
+                                 f"and {_datetime_text(np.iinfo(np.int64).max)} (stored as int64 nanoseconds)")
+            ts = ns.astype(np.int64)
         elif ts.dtype.kind not in "iu":
             raise ShapeError(f"timestamps: expected integers or numpy datetime64, got dtype {ts.dtype}")
+        elif ts.size and (int(ts.max()) > np.iinfo(np.int64).max or int(ts.min()) <= _NO_TIME):
+            bad = int(ts.max()) if int(ts.max()) > np.iinfo(np.int64).max else int(ts.min())
+            raise ShapeError(f"timestamps: {bad} is outside the stored int64 range ({_NO_TIME + 1} ... "
+                             f"{np.iinfo(np.int64).max})")
         ts = ts.astype(np.int64)
         if fleet:
             if ts.ndim == 1 and L == 1:
@@ -912,7 +936,10 @@ class StreamingForecaster:
         h = self.horizon if h is None else h
         if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= self.horizon:
             raise ArgumentError(f"h: expected an int in [1, {self.horizon}] (the model's horizon), got {h!r}")
-        levels = tuple(float(q) for q in quantiles)
+        try:
+            levels = tuple(float(q) for q in quantiles)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"quantiles: expected a sequence of levels in (0, 1), got {quantiles!r}") from None
         if not levels or not all(0.0 < q < 1.0 for q in levels):
             raise ArgumentError(f"quantiles: expected levels in (0, 1), got {list(quantiles)}")
         if entities is None:
@@ -1027,7 +1054,15 @@ class StreamingForecaster:
         window = meta.get("scaler_window")  # absent in files written before it existed: the whole history
         if _bad_window(window):
             raise StreamFileError(f"{path}: metadata scaler_window {window!r} is not None or an int >= 1")
-        sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window, compile=compile)
+        n_model = model.config.patch.n_channels
+        if len(chans) != n_model:
+            raise ModelMismatchError(f"{path}: the state has {len(chans)} channels, the model {n_model}; load it with "
+                                     "the model it was made with")
+        try:
+            sf = cls(model, entities=[], channels=chans, device=device, bf16=bf16, scaler_window=window,
+                     compile=compile)
+        except StreamError as e:  # e.g. a channel named twice in the file
+            raise StreamFileError(f"{path}: {e}") from None
         if meta.get("fingerprint") != sf.fingerprint:
             raise ModelMismatchError(f"{path}: the state was written for another model (weights or configuration "
                                      "differ); load it with the model it was made with")
@@ -1035,6 +1070,9 @@ class StreamingForecaster:
             ids = tuple(_check_entity_id(e) for e in ents)
         except ShapeError as e:
             raise StreamFileError(f"{path}: {e}") from None
+        if len(set(ids)) != len(ids):
+            twice = next(e for i, e in enumerate(ids) if e in ids[:i])
+            raise StreamFileError(f"{path}: entity {twice!r} is listed twice")
         template = sf._empty_state(ids)
         want = template.tensors()
         if set(tensors) != set(want):

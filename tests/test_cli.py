@@ -250,3 +250,73 @@ def test_future_timestamps_continue_a_calendar_grid():
     frame = read_wide(pl.DataFrame({"date": month_ends, "x": [1.0, 2.0, 3.0, 4.0]}), freq="1mo")
     got = future_timestamps(frame, 3).astype("datetime64[D]").astype(str).tolist()
     assert got == ["2024-05-31", "2024-06-30", "2024-07-31"]
+
+
+def _hourly(path, steps=60, fmt="%Y-%m-%d %H:%M", column="temp"):
+    t = [(np.datetime64("2024-01-01T00:00") + np.timedelta64(i, "h")).astype(object).strftime(fmt)
+         for i in range(steps)]
+    path.write_text("timestamp," + column + "\n" + "".join(f"{s},{np.sin(i / 4):.4f}\n" for i, s in enumerate(t)))
+    return path
+
+
+def test_option_and_data_errors_speak_the_command_line(tmp_path, capsys):
+    """What the Python readers raise as ValueErrors or advise as keyword arguments reaches a command-line user as
+    a one-line error (exit 2) naming the option to use."""
+    src = _hourly(tmp_path / "h.csv")
+    out = ["--out", tmp_path / "f.csv", "--no-plot"]
+    for freq, why in (("1x", "is not a polars duration"), ("0h", "must be positive"), ("2", "is not a polars")):
+        code, _, err = _run(capsys, "forecast", src, *TINY, "--freq", freq, *out)
+        assert code == 2 and f"--freq: freq='{freq}' {why}" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "evaluate", src, *TINY, "--freq", "1x")
+    assert code == 2 and "--freq" in err
+    rows = src.read_text().splitlines()
+    unsorted = tmp_path / "u.csv"
+    unsorted.write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")
+    code, _, err = _run(capsys, "forecast", unsorted, *TINY, *out)
+    assert code == 2 and "row 2" in err and "(armt-ts: --sort)" in err
+    dup = tmp_path / "d.csv"
+    dup.write_text("\n".join([*rows[:3], rows[2], *rows[3:]]) + "\n")
+    code, _, err = _run(capsys, "forecast", dup, *TINY, *out)
+    assert code == 2 and "(armt-ts: --aggregate mean|last|first|sum)" in err
+    # day.month.year: not ISO; --time-format reads it
+    dmy = _hourly(tmp_path / "dmy.csv", fmt="%d.%m.%Y %H:%M")
+    code, _, err = _run(capsys, "forecast", dmy, *TINY, *out)
+    assert code == 2 and "(armt-ts: --time-format FMT)" in err
+    code, _, err = _run(capsys, "forecast", dmy, *TINY, "--time-format", "%d.%m.%Y %H:%M", *out)
+    assert code == 0, err
+    iso = tmp_path / "iso.csv"
+    assert _run(capsys, "forecast", src, *TINY, "--out", iso, "--no-plot")[0] == 0
+    assert _read_forecast(tmp_path / "f.csv").equals(_read_forecast(iso))
+    # epoch numbers in a unit their magnitude does not show
+    epoch = tmp_path / "epoch.csv"
+    epoch.write_text("timestamp,temp\n" + "".join(f"{3_600_000 * i},{np.sin(i / 4):.4f}\n" for i in range(60)))
+    code, _, err = _run(capsys, "forecast", epoch, *TINY, *out)  # by magnitude: seconds, a 1000-hour grid
+    assert code == 0, err
+    assert _read_forecast(tmp_path / "f.csv")["timestamp"][0] == "1976-11-05 00:00:00"
+    code, _, err = _run(capsys, "forecast", epoch, *TINY, "--time-unit", "ms", *out)
+    assert code == 0, err
+    assert _read_forecast(tmp_path / "f.csv")["timestamp"][0] == "1970-01-03 12:00:00"  # hourly, from 1970
+    # a wide file whose columns are named like a long file's id and value is read as long: the error says so
+    odd = tmp_path / "odd.csv"
+    odd.write_text("timestamp,id,value\n" + "".join(f"2024-01-01 {h:02d}:00,{h}.5,{h}.25\n" for h in range(5)))
+    code, _, err = _run(capsys, "forecast", odd, *TINY, *out)
+    assert code == 2 and "read as the long layout" in err and "--target" in err
+
+
+def test_too_short_for_the_linear_skip_is_exit_2_with_the_fix(tmp_path, capsys):
+    src = _hourly(tmp_path / "short.csv", steps=7)
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 2 and "Traceback" not in err
+    assert "the series have 7 steps" in err and "--linear-skip 0" in err and "lower --horizon" in err
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--linear-skip", "0", "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 0, err
+
+
+def test_long_ids_are_names_without_surrounding_space(tmp_path, capsys):
+    rows = ["timestamp,id,value"] + [f"2024-01-01 {h:02d}:00,{name},{h}" for h in range(24)
+                                      for name in (("a " if h == 5 else "a"), " b")]
+    src = tmp_path / "long.csv"
+    src.write_text("\n".join(rows) + "\n")
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 0, err
+    assert sorted(set(_read_forecast(tmp_path / "f.csv")["series"])) == ["a", "b"]

@@ -170,7 +170,8 @@ def test_bad_value_exits_2_and_keeps_the_rows_before(saved_model, tmp_path, caps
     state = tmp_path / "s.state"
     code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
     assert code == 2
-    assert f"row 132, column {column}" in err and message in err and str(f) in err
+    # rows numbered as the file readers number them: rows[131] is the 131st row after the header
+    assert f"row 131, column {column}" in err and message in err and str(f) in err
     from armt_ts.cli import load_model
 
     model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
@@ -211,13 +212,13 @@ def test_time_going_backwards_and_bad_options(saved_model, tmp_path, capsys):
     f.write_text("\n".join(rows) + "\n")
     code, _, err = _run(capsys, "stream", "--model", saved_model, f)
     # the times as the file writes them (not int64 nanoseconds), the entity, and the rule
-    assert code == 2 and "row 12" in err and "entity 'a'" in err
+    assert code == 2 and "row 11" in err and "entity 'a'" in err
     assert "timestamp 2024-01-01 09:00:00 is not after its previous one, 2024-01-01 10:00:00" in err
     assert "must increase per entity" in err
     ints = tmp_path / "ints.csv"
     ints.write_text("t,a,b\n5,1,2\n3,1,2\n")
     code, _, err = _run(capsys, "stream", "--model", saved_model, ints)
-    assert code == 2 and "row 3" in err and "timestamp 3 is not after its previous one, 5" in err
+    assert code == 2 and "row 2" in err and "timestamp 3 is not after its previous one, 5" in err
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--horizon", 99)
     assert code == 2 and "at most 6 steps" in err
     code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "nope")
@@ -278,3 +279,89 @@ def test_readme_python_snippet_from_directory(saved_model):
     fc = sf.forecast(H)
     assert fc.point.shape == (1, H, C) and torch.isfinite(fc.point).all()
     assert sf.state.steps.tolist() == [40]
+
+
+def _state_steps(saved_model, state):
+    from armt_ts.cli import load_model
+
+    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
+    return StreamingForecaster.load(state, model).state.steps.tolist()
+
+
+def test_cells_follow_the_file_readers_rules(saved_model, tmp_path, capsys):
+    """The cells that `forecast` reads as missing (N/A, -nan, ...) are missing here too; what it rejects (1_000,
+    infinities, magnitudes beyond float32) is rejected naming row and column; a likely fill value (1e30) is kept
+    with one warning per column; a UTF-8 byte-order mark before the header is no part of the first name."""
+    rows = _wide_rows(40)
+    missing = ["N/A", "-nan", "NULL", " none ", "NaN"]
+    for k, cell in enumerate(missing):
+        ts, _, b = rows[5 + k].split(",")
+        rows[5 + k] = f"{ts},{cell},{b}"
+    plain = [r for r in rows]
+    for k in range(len(missing)):
+        ts, _, b = plain[5 + k].split(",")
+        plain[5 + k] = f"{ts},,{b}"
+    a, b_ = tmp_path / "cells.csv", tmp_path / "plain.csv"
+    a.write_bytes(("\ufeff" + "\n".join(rows) + "\n").encode("utf-8"))
+    b_.write_text("\n".join(plain) + "\n")
+    code, out_a, err = _run(capsys, "stream", "--model", saved_model, a, "--timestamp", "timestamp", "--every", 0)
+    assert code == 0, err
+    code, out_b, err = _run(capsys, "stream", "--model", saved_model, b_, "--every", 0)
+    assert code == 0 and out_a == out_b
+    for cell, message in (("1_000", "'1_000' is not a number"), ("Infinity", "'Infinity' is not a finite number"),
+                          ("-1e39", "'-1e39' is beyond float32's range")):
+        bad = list(rows[:20])
+        ts, _, b = bad[12].split(",")
+        bad[12] = f"{ts},{cell},{b}"
+        f = tmp_path / "bad.csv"
+        f.write_text("\n".join(bad) + "\n")
+        state = tmp_path / f"{cell}.state"
+        code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
+        assert code == 2 and f"row 12, column 'a': {message}" in err, err
+        assert "Traceback" not in err and "RuntimeWarning" not in err
+        assert _state_steps(saved_model, state) == [11, 11]  # the 11 rows before are kept
+    fill = list(rows[:20])
+    for k in (3, 4):
+        ts, _, b = fill[k].split(",")
+        fill[k] = f"{ts},1e30,{b}"
+    f = tmp_path / "fill.csv"
+    f.write_text("\n".join(fill) + "\n")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0 and err.count("warning") == 1 and "row 3, column 'a': the value '1e30'" in err, err
+
+
+def test_timestamps_are_checked_and_bad_bytes_named_keeping_the_rows_before(saved_model, tmp_path, capsys):
+    rows = _wide_rows(30)
+    cases = [
+        # an integer beyond int64 (numpy would overflow), a date past 2262 (it would wrap into the past)
+        (lambda ts: "99999999999999999999", "column 'timestamp': timestamp 99999999999999999999 is outside the int64"),
+        (lambda ts: "2300-01-01 00:00", "timestamp '2300-01-01 00:00' is outside the years 1677..2262"),
+        # one kind of timestamp per input: the same instant with a UTC offset after naive rows
+        (lambda ts: ts.replace(" ", "T") + "+00:00", "is a date/time with a UTC offset, but row 1's is a date/time "
+                                                     "without a UTC offset"),
+    ]
+    for k, (cell, message) in enumerate(cases):
+        bad = list(rows)
+        ts, a, b = bad[21].split(",")
+        bad[21] = f"{cell(ts)},{a},{b}"
+        f = tmp_path / f"t{k}.csv"
+        f.write_text("\n".join(bad) + "\n")
+        state = tmp_path / f"t{k}.state"
+        code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--state", state, "--every", 0)
+        assert code == 2 and f"row 21, column 'timestamp': " in err and message in err, err
+        assert _state_steps(saved_model, state) == [20, 20]
+    latin1 = tmp_path / "latin1.csv"
+    text = "\n".join(rows) + "\n"
+    latin1.write_bytes(text.replace(rows[16], rows[16].replace(",", ",caf\xe9", 1)).encode("latin-1"))
+    state = tmp_path / "l.state"
+    code, _, err = _run(capsys, "stream", "--model", saved_model, latin1, "--state", state, "--every", 0)
+    assert code == 2 and "row 16: bytes that are not UTF-8 (b'\\xe9'" in err, err
+    assert _state_steps(saved_model, state) == [15, 15]
+    # the spellings the file readers accept, converted to UTC alike
+    from armt_ts.cli import _parse_time
+    from armt_ts.data.timegrid import parse_timestamps
+
+    for text in ("2020/01/01 02:00", "2020-1-5 3:04", "2020-01-01T13", "2020-01-01 02:00:00 +0100",
+                 "2020-01-01T02:00:00Z", "2020-01-01T02:00:00.123456-05:30", "2262-04-11"):
+        want = int(parse_timestamps(pl.Series("t", [text]), file="f", column="t")[0])
+        assert _parse_time(text, "w")[0] == want, text

@@ -142,3 +142,28 @@ def test_each_series_is_scored_in_its_own_training_z_units(tmp_path, capsys):
     for r in df.iter_rows(named=True):
         train = np.array([float(f"{v:.6f}") for v in series[(r["series"], r["channel"])][:cut]])
         assert r["mae"] / r["mae_z"] == pytest.approx(train.std(), rel=1e-3)
+
+
+def test_a_series_with_nothing_in_the_test_part_gets_no_scores(tmp_path, capsys):
+    """A series whose test part is all missing has no scored point: its scores are empty cells (NaN in
+    Scores.summary), not zeros that read as a perfect forecast."""
+    src, out = tmp_path / "p.csv", tmp_path / "scores.csv"
+    _periodic_csv(src)
+    df = pl.read_csv(src, infer_schema=False)
+    df = df.with_columns(pl.when(pl.int_range(df.height) >= 300).then(pl.lit("")).otherwise(pl.col("walk"))
+                         .alias("walk"))
+    df.write_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--out", out)
+    assert code == 0, err
+    scores = pl.read_csv(out)
+    walk = scores.filter(pl.col("series") == "walk")
+    assert walk.height == 3 and (walk["points"] == 0).all()
+    assert walk.select(["mse_z", "mae_z", "mae"]).null_count().row(0) == (3, 3, 3)
+    cycle = scores.filter(pl.col("series") == "cycle")
+    assert (cycle["points"] == 13 * 6).all() and cycle["mse_z"].is_not_null().all()
+    # the table's totals are the scored series' alone
+    armt_line = next(line for line in stdout.splitlines() if line.strip().startswith("ARMT"))
+    assert armt_line.split()[-1] == str(13 * 6)
+    sc = ev.Scores.zeros(1, 0)
+    r = sc.summary()
+    assert r["points"] == 0 and np.isnan(r["mse"]) and np.isnan(r["mae"]) and np.isnan(r["mae_units"])

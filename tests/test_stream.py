@@ -255,8 +255,9 @@ def _rejections(sf):
         ("float timestamps", lambda: sf.push(ok, timestamps=[1.5, 2.5], entities=["a", "b"]), ShapeError),
         ("NaT timestamp", lambda: sf.push(ok, timestamps=np.array(["NaT", "NaT"], dtype="datetime64[s]"),
                                           entities=["a", "b"]), ShapeError),
+        # int64's minimum is the state's "no timestamp yet": outside the range a timestamp may take
         ("min-int timestamp", lambda: sf.push(ok, timestamps=[np.iinfo(np.int64).min] * 2, entities=["a", "b"]),
-         TimeOrderError),
+         ShapeError),
         ("NaN where observed", lambda: sf.push(np.array([[1.0, np.nan], [1.0, 1.0]]), np.ones((2, 2)),
                                                entities=["a", "b"]), NonFiniteValueError),
         ("inf without a mask", lambda: sf.push(np.array([[1.0, np.inf], [1.0, 1.0]]), entities=["a", "b"]),
@@ -656,3 +657,62 @@ def test_scaler_window_is_validated_saved_and_restored(tmp_path):
         else:
             with pytest.raises(StreamFileError, match="scaler_window"):
                 StreamingForecaster.load(tmp_path / "e.safetensors", model)
+
+
+def test_timestamps_outside_int64_nanoseconds_are_rejected_not_wrapped():
+    """numpy converts datetime64 to nanoseconds and uint64 to int64 by wrapping around: a date after 2262 or a
+    uint64 >= 2**63 would become a time far in the past. Both are rejected, the state unchanged."""
+    model = make_model()
+    sf = StreamingForecaster(model)
+    sf.push(np.ones(2), timestamps=np.datetime64("2262-01-01", "D"))  # inside the range: kept exactly
+    assert int(sf.state.last_time[0]) == np.datetime64("2262-01-01", "D").astype("datetime64[ns]").astype(np.int64)
+    before = sf.state.clone()
+    cases = [(np.array(["2300-01-01"], "datetime64[D]"), r"2300-01-01 is not a whole nanosecond between 1677"),
+             (np.array(["1600-01-01"], "datetime64[D]"), r"1600-01-01 is not a whole nanosecond"),
+             (np.array(1, "datetime64[as]"), r"is not a whole nanosecond"),
+             (np.uint64(2**63 + 5), r"9223372036854775813 is outside the stored int64 range"),
+             (np.int64(-2**63), r"-9223372036854775808 is outside the stored int64 range")]
+    for ts, match in cases:
+        with pytest.raises(ShapeError, match=match):
+            sf.push(np.ones(2), timestamps=ts)
+        assert sf.state.equal(before)
+    assert int(sf.state.steps[0]) == 1
+    sf.push(np.ones(2), timestamps=np.datetime64("2262-01-02", "D"))  # the next day is still accepted
+    assert int(sf.state.steps[0]) == 2
+
+
+def test_bfloat16_tensors_are_pushed_as_their_float32_values():
+    model = make_model()
+    x = torch.tensor([[0.5, -1.25], [2.0, 3.0]])
+    a, b = StreamingForecaster(model), StreamingForecaster(model)
+    a.push(x.to(torch.bfloat16), torch.ones(2, 2, dtype=torch.bfloat16), timestamps=torch.tensor([1, 2]))
+    b.push(x.numpy(), timestamps=[1, 2])  # these values are exact in bfloat16
+    assert a.state.equal(b.state)
+    with pytest.raises(ShapeError, match="values: tensor of dtype torch.float8_e4m3fn"):
+        a.push(x.to(torch.float8_e4m3fn))
+
+
+def test_forecast_quantiles_of_the_wrong_type_raise_argument_error():
+    sf = StreamingForecaster(make_model())
+    for bad in (0.5, None, ["x"], [object()]):
+        with pytest.raises(ArgumentError, match="quantiles: expected a sequence of levels"):
+            sf.forecast(quantiles=bad)
+
+
+def test_load_names_the_file_for_another_channel_count_or_a_duplicated_entity(tmp_path):
+    from armt_ts.state import atomic_save_safetensors, load_safetensors
+    model = make_model()
+    sf = StreamingForecaster(model, entities=["a", "b"])
+    sf.push(np.ones((2, 2)), entities=["a", "b"])
+    path = tmp_path / "s.safetensors"
+    sf.save(path)
+    for C in (1, 3):
+        with pytest.raises(ModelMismatchError, match=f"s.safetensors: the state has 2 channels, the model {C}"):
+            StreamingForecaster.load(path, make_model(C=C))
+    tensors, meta = load_safetensors(path, "armt_ts.StreamState")
+    atomic_save_safetensors(tensors, tmp_path / "dup.safetensors", {**meta, "entities": ["a", "a"]})
+    with pytest.raises(StreamFileError, match="dup.safetensors: entity 'a' is listed twice"):
+        StreamingForecaster.load(tmp_path / "dup.safetensors", model)
+    atomic_save_safetensors(tensors, tmp_path / "ch.safetensors", {**meta, "channels": ["x", "x"]})
+    with pytest.raises(StreamFileError, match="ch.safetensors: channels: need 2 distinct names"):
+        StreamingForecaster.load(tmp_path / "ch.safetensors", model)

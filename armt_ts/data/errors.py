@@ -7,6 +7,19 @@ caller can ``except DataError`` and a user reads where the problem is and what w
 from __future__ import annotations
 
 
+# The armt-ts command-line options that set a reader argument: messages that advise passing an argument name the
+# option too, so a command-line user is not told about a Python keyword only.
+CLI_OPTIONS = {"timestamp": "--timestamp COL", "series_id": "--id COL", "entity": "--id COL", "value": "--target COL",
+               "sort": "--sort", "aggregate": "--aggregate mean|last|first|sum", "freq": "--freq STEP",
+               "time_format": "--time-format FMT", "time_unit": "--time-unit UNIT"}
+
+
+def pass_hint(param: str, value: str = "") -> str:
+    """``param=value``, and the command line's option where there is one: "sort=True (armt-ts: --sort)"."""
+    option = CLI_OPTIONS.get(param)
+    return f"{param}={value}" + (f" (armt-ts: {option})" if option else "")
+
+
 class DataError(ValueError):
     """A file or frame the data layer cannot accept.
 

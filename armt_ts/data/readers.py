@@ -17,6 +17,7 @@ Cell rules, the same for every reader:
   that the user should turn into empty cells;
 - any other non-number is rejected (ValueParseError): ``1,5`` (decimal comma), ``0x10``, ``1_000``, text;
 - a CSV row with fewer fields than the header has its trailing cells missing; one with more is rejected;
+- id cells (series, channel, entity, event type) are names without their surrounding white space;
 - a channel with no observed cell at all (all empty / NaN), or one whose first value comes late in the
   file, is kept: its cells are simply unobserved (mask 0) until it has values.
 
@@ -56,7 +57,7 @@ import pandas as pd
 import polars as pl
 
 from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError, SchemaError,
-                                 SuspiciousValueWarning, TimestampError, UnsortedTimeError, ValueParseError)
+                                 SuspiciousValueWarning, TimestampError, UnsortedTimeError, ValueParseError, pass_hint)
 from armt_ts.data.frame import TimeSeriesFrame
 from armt_ts.data.timegrid import (Freq, infer_step, parse_freq, parse_timestamps, place_on_grid, show_time,
                                    step_to_freq)
@@ -64,7 +65,8 @@ from armt_ts.data.timegrid import (Freq, infer_step, parse_freq, parse_timestamp
 Source = Union[str, os.PathLike, pl.DataFrame, pl.LazyFrame, pd.DataFrame]
 Aggregate = Literal["mean", "last", "first", "sum"]
 
-_MISSING_TEXT = ["", "nan", "-nan", "+nan", "na", "n/a", "null", "none"]
+# cells (stripped, lower case) that mean "missing"; public: ``armt-ts stream`` reads its cells by the same rules
+MISSING_TEXT = ["", "nan", "-nan", "+nan", "na", "n/a", "null", "none"]
 _TIME_NAMES = ("timestamp", "datetime", "date", "time")
 # the id and value column names the long reader looks for (public: the CLI detects a long file by them)
 ID_NAMES = ("series_id", "series", "entity_id", "entity", "item_id", "id")
@@ -72,6 +74,7 @@ _CHANNEL_NAMES = ("channel", "variable", "feature", "metric")
 VALUE_NAMES = ("value", "target")
 _EVENT_TYPE_NAMES = ("event_type", "type", "event")
 _AGGREGATES = ("mean", "last", "first", "sum")
+_AGGREGATE_VALUES = "|".join(repr(a) for a in _AGGREGATES)
 _CSV_SUFFIXES = (".csv",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _EXPECTED_NUMBER = "a decimal number, or an empty cell / NaN for a missing value"
@@ -446,14 +449,9 @@ def _find(table: _Table, given: str | None, aliases: Sequence[str], role: str, p
     return None
 
 
-# the armt-ts command-line options that set a reader argument
-_CLI_OPTIONS = {"timestamp": "--timestamp", "series_id": "--id", "entity": "--id"}
-
-
 def _pass(param: str) -> str:
     """How to name a column for ``param``: the reader's argument, and the command line's option where there is one."""
-    option = _CLI_OPTIONS.get(param)
-    return f"{param}=" + (f" (armt-ts: {option} COL)" if option else "")
+    return pass_hint(param)
 
 
 def _timestamp_column(table: _Table, given: str | None) -> str:
@@ -525,7 +523,7 @@ def _numeric(s: pl.Series, *, file: str, column: str) -> np.ndarray:
     dtype = s.dtype
     if dtype == pl.String:
         text = s.str.strip_chars()
-        missing = text.is_null() | text.str.to_lowercase().is_in(_MISSING_TEXT)
+        missing = text.is_null() | text.str.to_lowercase().is_in(MISSING_TEXT)
         x = text.cast(pl.Float64, strict=False)
         bad = ~missing & x.is_null()
         if bad.any():
@@ -579,7 +577,7 @@ def _numeric_columns(df: pl.DataFrame, columns: list[str], *, file: str, first: 
         return np.stack([_numeric(df.to_series(first + j), file=file, column=c) for j, c in enumerate(columns)],
                         axis=1).reshape(n, width)
     cells = df.unpivot().get_column("value").slice(first * n, width * n).str.strip_chars()  # column-major
-    missing = cells.str.to_lowercase().is_in(_MISSING_TEXT).fill_null(True).to_numpy().reshape(width, n).T
+    missing = cells.str.to_lowercase().is_in(MISSING_TEXT).fill_null(True).to_numpy().reshape(width, n).T
     out = np.array(cells.cast(pl.Float64, strict=False).to_numpy(), dtype=np.float64).reshape(width, n).T.copy()
     with np.errstate(invalid="ignore"):
         problem = (np.isnan(out) & ~missing) | ~(np.abs(np.where(missing, 0.0, out)) < SUSPICIOUS_MAGNITUDE)
@@ -590,9 +588,10 @@ def _numeric_columns(df: pl.DataFrame, columns: list[str], *, file: str, first: 
 
 
 def _labels(s: pl.Series, *, file: str, column: str, role: str) -> pl.Series:
-    """An id column (series, channel, entity, event type) as text; empty cells are rejected."""
-    text = s.alias("cell").cast(pl.String)  # a plain name: see _numeric
-    missing = text.is_null() | (text.str.strip_chars() == "")
+    """An id column (series, channel, entity, event type) as text without surrounding white space (``a`` and ``a ``
+    are one series, as in ``armt-ts stream``); empty cells are rejected."""
+    text = s.alias("cell").cast(pl.String).str.strip_chars()  # a plain name: see _numeric
+    missing = text.is_null() | (text == "")
     if missing.any():
         i = int(missing.arg_true()[0])
         raise ValueParseError(f"the {role} is missing", file=file, row=i + 1, column=column,
@@ -635,7 +634,7 @@ def _check_order(t: np.ndarray, rows: np.ndarray, group: np.ndarray | None, *, f
         raise UnsortedTimeError(
             f"time goes backwards{label(int(g[k + 1]))}: {show_time(ts[k + 1])} comes after {show_time(ts[k])} "
             f"(row {rs[k]})", file=file, row=int(rs[k + 1]), column=column,
-            expected="non-decreasing timestamps (or pass sort=True)")
+            expected=f"non-decreasing timestamps, or pass {pass_hint('sort', 'True')}")
 
 
 def _order_and_dedupe(t: np.ndarray, rows: np.ndarray, v: np.ndarray, group: np.ndarray | None, *,
@@ -666,7 +665,7 @@ def _order_and_dedupe(t: np.ndarray, rows: np.ndarray, v: np.ndarray, group: np.
         first = rows[starts[np.searchsorted(starts, i, side="right") - 1]]
         raise DuplicateTimestampError(
             f"timestamp {show_time(t[i])} repeats row {first}{label(int(g[i]))}", file=file, row=int(rows[i]),
-            column=column, expected="one row per timestamp (or pass aggregate='mean'|'last'|'first'|'sum')")
+            column=column, expected=f"one row per timestamp, or pass {pass_hint('aggregate', _AGGREGATE_VALUES)}")
     merged = np.diff(np.r_[starts, t.size])
     return t[starts], rows[starts], _aggregate(v, starts, aggregate), g[starts], merged
 

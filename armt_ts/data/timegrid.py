@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from armt_ts.data.errors import TimestampError
+from armt_ts.data.errors import TimestampError, pass_hint
 
 _NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
        "h": 3_600_000_000_000, "d": 86_400_000_000_000, "w": 604_800_000_000_000}
@@ -42,7 +42,7 @@ _PANDAS_UNITS = {"d": "D", "h": "h", "m": "min", "s": "s", "ms": "ms", "us": "us
 # wins, so one column may mix "2020-01-01" (midnight) with "2020-01-01 01:00".
 _NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M%z")
-_EXPECTED_ISO = "an ISO date/time such as '2020-01-01 00:10:00' (or pass time_format=)"
+_EXPECTED_ISO = f"an ISO date/time such as '2020-01-01 00:10:00', or pass {pass_hint('time_format')}"
 _EPOCH_RE = r"^[+-]?\d+(\.\d+)?$"
 _TZ_RE = r"\d:\d{2}(:\d{2}(\.\d+)?)?[+-]\d{2}:?\d{2}$"
 # Magnitude classes for epoch numbers: (upper bound, unit).
@@ -147,7 +147,8 @@ def place_on_grid(t: np.ndarray, rows: np.ndarray, freq: Freq, *, inferred: bool
             raise TimestampError(
                 f"the {freq.text} grid from {show_time(t0)} to {show_time(t1)} would have {n_steps:,} steps; "
                 f"the largest gap ends at {show_time(t[i])}", file=file, row=int(rows[i]), column=column,
-                expected=f"at most {MAX_GRID_STEPS:,} grid steps (check this timestamp, or pass a coarser freq=)")
+                expected=f"at most {MAX_GRID_STEPS:,} grid steps; check this timestamp, or pass a coarser "
+                         f"{pass_hint('freq')}")
         grid = t0 + freq.step_ns * np.arange(n_steps, dtype=np.int64)
         pos = (t - t0) // freq.step_ns
     else:
@@ -160,8 +161,8 @@ def place_on_grid(t: np.ndarray, rows: np.ndarray, freq: Freq, *, inferred: bool
         raise TimestampError(
             f"timestamp {show_time(t[i])} is not on the regular {freq.text} grid ({how}) that starts at "
             f"{show_time(t0)}", file=file, row=int(rows[i]), column=column,
-            expected=f"timestamps at whole {freq.text} steps from the first one (pass freq= if the "
-                     f"frequency is wrong)")
+            expected=f"timestamps at whole {freq.text} steps from the first one; if the frequency is wrong, pass "
+                     f"{pass_hint('freq')}")
     return grid, pos.astype(np.int64)
 
 
@@ -313,7 +314,7 @@ def _epoch(v: np.ndarray, time_unit: str | None, *, file: str, column: str) -> n
             raise TimestampError(
                 f"epoch value {v[i]} looks like {_EPOCH_CLASSES[cls[i]][1]} but the column's largest "
                 f"values are in {time_unit} (mixed epoch units)", row=i + 1,
-                expected="one epoch unit for the whole column (or pass time_unit=)", **ctx)
+                expected=f"one epoch unit for the whole column, or pass {pass_hint('time_unit')}", **ctx)
     factor = _EPOCH_UNIT_NS[time_unit]
     # datetime64[ns] spans 1677..2262; anything beyond cannot be represented.
     out_of_range = mag * factor > _INT64_MAX * 0.999
