@@ -475,7 +475,7 @@ def _backtest_forecasts(predictor: ARMTPredictor, panel: Panel, starts: np.ndarr
         entries = []
         for t in chunk:
             entries += list(_gluonts_dataset(_panel(panel.frame.slice(max(0, int(t) - context), int(t)), "")))
-        forecasts = list(predictor.predict(entries))
+        forecasts = _predicted(predictor, entries, panel)
         for k in range(len(chunk)):
             yield _forecast_arrays(forecasts[k * S:(k + 1) * S], levels)
 
@@ -730,7 +730,7 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
 
     from armt_ts.config import ARMTConfig, HeadConfig, PatchConfig
     from armt_ts.forecaster import SkipFitError
-    from armt_ts.gluonts import ARMTEstimator
+    from armt_ts.gluonts import ARMTEstimator, DatasetError
 
     if panel.frame.n_steps <= horizon:
         raise CLIError(f"the series have {panel.frame.n_steps} steps; training needs more than the horizon "
@@ -768,6 +768,8 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
         )
         try:
             predictor = estimator.train(_gluonts_dataset(panel))
+        except DatasetError as err:  # the readers' checks come first; this is a last line of defence
+            raise CLIError(f"{panel.description}: {err}") from None
         except SkipFitError:
             raise CLIError(f"the series have {panel.frame.n_steps} steps: no training window has both an observed "
                            f"step among the {horizon} it forecasts and two observed context steps, so the linear "
@@ -799,9 +801,24 @@ def load_model(directory: str, device: str) -> ARMTPredictor:
                        f"{text[0] if text else ''})") from None
 
 
+def _predicted(predictor: ARMTPredictor, entries, panel: Panel) -> list:
+    """``predictor.predict`` of the entries, its DatasetError (a value the model cannot read) as a CLIError."""
+    from armt_ts.gluonts import DatasetError
+
+    try:
+        return list(predictor.predict(entries))
+    except DatasetError as err:
+        raise CLIError(f"{panel.description}: {err}") from None
+
+
 def _check_loaded(predictor: ARMTPredictor, args: argparse.Namespace) -> tuple[int, int]:
     horizon = predictor.prediction_length
     context = predictor.prediction_net.model.context_length
+    channels = predictor.prediction_net.model.config.patch.n_channels
+    if channels != 1:  # the command forecasts every column (wide) or series (long) as its own univariate series
+        raise CLIError(f"--model {args.model}: the model forecasts {channels}-channel series (ARMTEstimator("
+                       f"target_dim={channels})), but armt-ts {args.command} forecasts each series on its own; use "
+                       f"the model from Python (ARMTPredictor.deserialize), or train one with armt-ts forecast")
     for name, given, saved in (("horizon", args.horizon, horizon), ("context", args.context, context)):
         if given is not None and given != saved:
             raise CLIError(f"--{name} {given} differs from the model's ({saved}); omit --{name} with --model, "
@@ -811,7 +828,7 @@ def _check_loaded(predictor: ARMTPredictor, args: argparse.Namespace) -> tuple[i
 
 def predict(predictor: ARMTPredictor, panel: Panel, horizon: int, levels: Sequence[float]) -> Forecasts:
     """Forecast the next ``horizon`` steps of every series, from the end of its history."""
-    mean, quantiles = _forecast_arrays(list(predictor.predict(_gluonts_dataset(panel))), levels)
+    mean, quantiles = _forecast_arrays(_predicted(predictor, _gluonts_dataset(panel), panel), levels)
     return Forecasts(future_timestamps(panel.frame, horizon), mean, tuple(levels), quantiles)
 
 

@@ -179,3 +179,30 @@ def test_gradient_clipping_is_on_by_default(tmp_path):
 def test_same_seed_same_machine_identical_weights(tmp_path):
     out = determinism(tmp_path)
     assert out["same_seed_identical"] and out["other_seed_differs"], out
+
+
+def test_weights_of_the_wrong_shape_name_the_tensor_and_shapes(tmp_path):
+    """The full list of what does not fit (torch names each tensor and both shapes), and a prediction_length that
+    disagrees with the weights' header or the model's horizon, are refused naming the file."""
+    from armt_ts.state import StateFileError, atomic_save_safetensors
+
+    predictor = tiny_predictor()
+    predictor.serialize(tmp_path)
+    weights = tmp_path / "prediction-net.safetensors"
+    tensors, meta = load_safetensors(weights, "armt_ts.ARMTPredictor")
+    name = next(k for k, v in tensors.items() if v.dim() == 2)
+    grown = dict(tensors, **{name: torch.cat([tensors[name], tensors[name][:1]])})
+    atomic_save_safetensors(grown, weights, meta)
+    with pytest.raises(StateFileError) as err:
+        ARMTPredictor.deserialize(tmp_path)
+    message = str(err.value)
+    assert str(weights) in message and name in message and str(tuple(grown[name].shape))[1:-1] in message, message
+    atomic_save_safetensors(tensors, weights, dict(meta, prediction_length=99))
+    with pytest.raises(StateFileError, match=r"prediction_length 6 \(predictor.json\) / 99"):
+        ARMTPredictor.deserialize(tmp_path)
+    atomic_save_safetensors(tensors, weights, meta)
+    assert ARMTPredictor.deserialize(tmp_path).prediction_length == 6
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        predictor.serialize(target)

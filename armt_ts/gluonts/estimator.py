@@ -29,6 +29,7 @@ from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 from gluonts.core.component import validated
 from gluonts.dataset.common import Dataset
@@ -60,6 +61,59 @@ _PREDICTOR_FILE = "predictor.json"
 _WEIGHTS_FORMAT = "armt_ts.ARMTPredictor"
 # 2: the header records armt_ts_version, config, context_length, prediction_length and predictor.json's SHA-256
 _WEIGHTS_VERSION = 2
+
+
+class DatasetError(ValueError):
+    """A gluonts dataset entry this model cannot read; the message names the entry (index and item_id) and field."""
+
+
+def check_entry(entry: dict, index: int, target_dim: int, where: str) -> int:
+    """Check one gluonts dataset entry for this model; return its length T. Raises DatasetError naming the entry
+    (``where`` and its index, and its item_id) and the field: no target; a target that is not numbers or has the
+    wrong shape ([T] for target_dim 1, [target_dim, T] otherwise); +-inf in the target (NaN marks a missing value
+    and is fine); a ``start`` that is not a pandas Period (gluonts' instance
+    splitter computes forecast dates from it; ``ListDataset(..., freq=...)`` converts strings and Timestamps)."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where} entry {index}: expected a dict with 'start' and 'target', got "
+                           f"{type(entry).__name__}")
+    item = entry.get(FieldName.ITEM_ID)
+    name = f"{where} entry {index}" + (f" (item_id {item!r})" if item is not None else "")
+    if FieldName.TARGET not in entry:
+        raise DatasetError(f"{name}: no 'target' field")
+    try:
+        target = np.asarray(entry[FieldName.TARGET], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{name}: field 'target' is not an array of numbers ({e})") from None
+    shape = "[T]" if target_dim == 1 else f"[{target_dim}, T]"
+    if target.ndim != (1 if target_dim == 1 else 2) or (target_dim > 1 and target.shape[0] != target_dim):
+        raise DatasetError(f"{name}: field 'target' has shape {target.shape}; this model (target_dim={target_dim}) "
+                           f"reads {shape}")
+    bad = np.isinf(target)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f"step {pos[-1]}" + (f", channel {pos[0]}" if target_dim > 1 else "")
+        raise DatasetError(f"{name}: field 'target' at {at} is {float(target[pos]):g}; expected finite values (NaN "
+                           f"marks a missing value)")
+    start = entry.get(FieldName.START)
+    if not isinstance(start, pd.Period):
+        raise DatasetError(f"{name}: field 'start' is a {type(start).__name__} ({start!r}); gluonts needs a pandas "
+                           f"Period, e.g. pd.Period('2024-01-01', freq='h'), as ListDataset(..., freq=...) makes")
+    return int(target.shape[-1])
+
+
+class _CheckedEntries:
+    """A dataset whose entries are checked (``check_entry``) as they are read."""
+
+    def __init__(self, data: Iterable[dict], target_dim: int, where: str):
+        self.data, self.target_dim, self.where = data, target_dim, where
+
+    def __iter__(self) -> Iterator[dict]:
+        for i, entry in enumerate(self.data):
+            check_entry(entry, i, self.target_dim, self.where)
+            yield entry
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
 
 
 class PointForecastGenerator(ForecastGenerator):
@@ -115,8 +169,16 @@ class ARMTPredictor(PyTorchPredictor):
     _ALLOWED_CLASS_PREFIXES = ("armt_ts.", "gluonts.", "numpy.")
     _ALLOWED_BUILTINS = ("builtins.tuple", "builtins.list", "builtins.dict", "builtins.set", "builtins.frozenset")
 
+    def predict(self, dataset: Dataset, num_samples: Optional[int] = None) -> Iterator:  # type: ignore[override]
+        """gluonts' ``predict``, with every entry checked as it is read (``check_entry``): a bad one raises a
+        DatasetError naming it, instead of an error about a position in a batch."""
+        channels = self.prediction_net.model.config.patch.n_channels
+        yield from super().predict(_CheckedEntries(dataset, channels, "dataset"), num_samples=num_samples)
+
     def serialize(self, path: Path) -> None:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{path}: exists and is not a folder (ARMTPredictor.serialize writes a folder)")
         path.mkdir(parents=True, exist_ok=True)
         # The JSON files are written next to the target and renamed into place (never half-written); the weights,
         # which record predictor.json's checksum, go last, so a crash in between is detected at load.
@@ -169,15 +231,22 @@ class ARMTPredictor(PyTorchPredictor):
         if model.config != config or model.context_length != meta.get("context_length"):
             raise StateFileError(f"{path}: predictor.json and {weights.name} describe different models (config or "
                                  f"context length differ)")
+        horizon = model.config.head.horizon
+        if predictor.prediction_length != horizon or meta.get("prediction_length") != horizon:
+            raise StateFileError(f"{path}: prediction_length {predictor.prediction_length} (predictor.json) / "
+                                 f"{meta.get('prediction_length')!r} ({weights.name}) differ from the model's "
+                                 f"horizon {horizon}")
         for name in sorted(tensors):
             t = tensors[name]
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise StateFileError(f"{weights}: weight {name} holds non-finite values (NaN / inf)")
         try:
             predictor.prediction_net.load_state_dict(tensors)  # strict: a missing or extra tensor raises
-        except RuntimeError as e:
-            raise StateFileError(f"{weights}: the weights do not fit the network ({versions}): "
-                                 f"{str(e).strip().splitlines()[0]}") from None
+        except RuntimeError as e:  # torch names every missing, unexpected and misshapen tensor, one per line
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            detail = " ".join(lines[1:9]) + (f" ... ({len(lines) - 9} more)" if len(lines) > 9 else "")
+            raise StateFileError(f"{weights}: the weights do not fit the network ({versions}): {detail or lines[0]}") \
+                from None
         if device is not None:
             predictor.to(resolve_device(device))
         return predictor
@@ -261,6 +330,23 @@ class SkipWindows:
             yield wv[:, :L], wo[:, :L], wv[:, L:], wo[:, L:]
 
 
+def _check_arguments(**kwargs: Any) -> None:
+    """ARMTEstimator's numeric arguments, each named in the error (before any config is built from them)."""
+    for name in ("prediction_length", "target_dim", "batch_size", "num_batches_per_epoch"):
+        if kwargs[name] < 1:
+            raise ValueError(f"ARMTEstimator: {name} must be >= 1, got {kwargs[name]!r}")
+    if kwargs["context_length"] is not None and kwargs["context_length"] < 1:
+        raise ValueError(f"ARMTEstimator: context_length must be >= 1 (or None: 4 * prediction_length), got "
+                         f"{kwargs['context_length']!r}")
+    if kwargs["linear_skip"] < 0:
+        raise ValueError(f"ARMTEstimator: linear_skip must be >= 0 (0: no skip), got {kwargs['linear_skip']!r}")
+    if not (np.isfinite(kwargs["lr"]) and kwargs["lr"] > 0):
+        raise ValueError(f"ARMTEstimator: lr must be a finite number > 0, got {kwargs['lr']!r}")
+    for name in ("weight_decay", "linear_skip_ridge"):
+        if not (np.isfinite(kwargs[name]) and kwargs[name] >= 0):
+            raise ValueError(f"ARMTEstimator: {name} must be a finite number >= 0, got {kwargs[name]!r}")
+
+
 class ARMTEstimator(PyTorchLightningEstimator):
     """Trains an ARMT forecaster on a gluonts dataset; ``train(dataset)`` returns an ``ARMTPredictor``.
 
@@ -306,12 +392,15 @@ class ARMTEstimator(PyTorchLightningEstimator):
         train_sampler: Optional[InstanceSampler] = None,
         validation_sampler: Optional[InstanceSampler] = None,
     ) -> None:
+        _check_arguments(prediction_length=prediction_length, context_length=context_length, target_dim=target_dim,
+                         linear_skip=linear_skip, linear_skip_ridge=linear_skip_ridge, lr=lr,
+                         weight_decay=weight_decay, batch_size=batch_size, num_batches_per_epoch=num_batches_per_epoch)
         default_trainer_kwargs = {"max_epochs": 100, "gradient_clip_val": 10.0}
         if trainer_kwargs is not None:
             default_trainer_kwargs.update(trainer_kwargs)
         super().__init__(trainer_kwargs=default_trainer_kwargs)
         self.prediction_length = prediction_length
-        self.context_length = context_length or 4 * prediction_length
+        self.context_length = 4 * prediction_length if context_length is None else context_length
         self.target_dim = target_dim
         self.config = ForecasterConfig.build(
             prediction_length, target_dim, armt=armt, patch=patch,
@@ -326,6 +415,29 @@ class ARMTEstimator(PyTorchLightningEstimator):
         self.train_sampler = train_sampler or ExpectedNumInstanceSampler(num_instances=1.0,
                                                                          min_future=prediction_length)
         self.validation_sampler = validation_sampler or ValidationSplitSampler(min_future=prediction_length)
+
+    def train_model(self, training_data: Dataset, validation_data: Optional[Dataset] = None, *args, **kwargs):
+        """gluonts' ``train_model`` after a pass over the data (``check_entry`` on every entry): a bad entry raises a
+        DatasetError naming it, and so does data with nothing to train on (no entry, no observed value, or no series
+        longer than ``prediction_length``, which gluonts' instance splitter would wait on forever)."""
+        self._check_data(training_data, "training_data")
+        if validation_data is not None:
+            self._check_data(validation_data, "validation_data")
+        return super().train_model(training_data, validation_data, *args, **kwargs)
+
+    def _check_data(self, data: Dataset, where: str) -> None:
+        n, longest, observed = 0, 0, False
+        for i, entry in enumerate(data):
+            longest = max(longest, check_entry(entry, i, self.target_dim, where))
+            observed = observed or bool(np.isfinite(np.asarray(entry[FieldName.TARGET], dtype=np.float64)).any())
+            n += 1
+        if n == 0:
+            raise DatasetError(f"{where}: no entries")
+        if not observed:
+            raise DatasetError(f"{where}: every target value of its {n} entries is missing (NaN): nothing to train on")
+        if longest <= self.prediction_length:
+            raise DatasetError(f"{where}: the longest of its {n} series has {longest} steps; training needs a series "
+                               f"longer than prediction_length ({self.prediction_length}), to have a future to learn")
 
     def create_transformation(self) -> Transformation:
         return (

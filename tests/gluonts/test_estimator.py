@@ -219,3 +219,48 @@ def test_random_start_drops_whole_patches_from_training_contexts_only(tmp_path):
                               patch=PatchConfig(patch_len=8, stride=8), batch_size=8, num_batches_per_epoch=4,
                               random_start=True, trainer_kwargs=kwargs).train(train)
     assert all(math.isfinite(v) for v in _metrics(predictor, test).values())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+    (dict(num_batches_per_epoch=0), "num_batches_per_epoch must be >= 1, got 0"),
+    (dict(context_length=0), r"context_length must be >= 1 \(or None"),
+    (dict(context_length=-5), "context_length must be >= 1"),
+    (dict(prediction_length=0), "prediction_length must be >= 1, got 0"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+    (dict(lr=-1.0), "lr must be a finite number > 0"),
+    (dict(weight_decay=-1.0), "weight_decay must be a finite number >= 0"),
+    (dict(linear_skip=-2), "linear_skip must be >= 0"),
+])
+def test_bad_arguments_are_refused_at_construction_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=f"ARMTEstimator: {message}"):
+        ARMTEstimator(**{"prediction_length": H, **kwargs})
+
+
+def test_datasets_it_cannot_train_on_or_read_are_named(tmp_path):
+    from armt_ts.gluonts import DatasetError
+
+    est = _estimator(tmp_path)
+    t = np.sin(np.arange(200) / 5).astype(np.float32)
+    cases = [
+        ([], "training_data: no entries"),
+        (ListDataset([{"start": "2024-01-01", "target": np.full(200, np.nan)}], freq="h"),
+         "every target value of its 1 entries is missing"),
+        (ListDataset([{"start": "2024-01-01", "target": t[:H]}], freq="h"),
+         f"the longest of its 1 series has {H} steps; training needs a series longer than prediction_length"),
+        (ListDataset([{"start": "2024-01-01", "target": t}, {"start": "2024-01-01", "item_id": "pump-2",
+                                                              "target": np.r_[t[:150], np.inf, t[151:]]}], freq="h"),
+         "training_data entry 1 (item_id 'pump-2'): field 'target' at step 150 is inf"),
+        ([{"start": "2024-01-01 00:00", "target": t}], "training_data entry 0: field 'start' is a str"),
+        (ListDataset([{"start": "2024-01-01", "target": np.stack([t, t])}], freq="h", one_dim_target=False),
+         r"training_data entry 0: field 'target' has shape \(2, 200\); this model \(target_dim=1\) reads \[T\]"),
+    ]
+    for data, message in cases:
+        with pytest.raises(DatasetError, match=re.escape(message) if "\\" not in message else message):
+            est.train(data)
+    predictor = est.train(_sines(2))
+    bad = [{"start": e["start"], "target": e["target"].copy(), "item_id": f"s{i}"} for i, e in enumerate(_sines(5))]
+    bad[4]["target"][-3] = -np.inf
+    with pytest.raises(DatasetError, match=r"dataset entry 4 \(item_id 's4'\): field 'target' at step 237 is -inf"):
+        list(predictor.predict(bad))
+    assert len(list(predictor.predict(bad[:4]))) == 4
