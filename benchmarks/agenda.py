@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, git_commit, markdown_table
+from benchmarks.common import RESULTS, git_commit, markdown_table, positive_int
 
 ROOT = RESULTS.parent.parent
 # name -> extra arguments of its quick run (beyond --quick and the result name)
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-run", action="store_true", help="build agenda.md from existing result files only")
     p.add_argument("--only", nargs="+", default=None, choices=list(EXPERIMENTS), help="run only these experiments")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per experiment before it is stopped")
+    p.add_argument("--timeout", type=positive_int, default=1800, help="seconds per experiment before it is stopped")
     p.add_argument("--name", default="agenda", help="output stem under benchmarks/results")
     args = p.parse_args(argv)
     status = {} if args.no_run else run_all(args.only or list(EXPERIMENTS), args.timeout)

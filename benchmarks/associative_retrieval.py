@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
-from benchmarks.common import Timer, git_commit, machine_info, markdown_table, optimizer_step, write_results
+from benchmarks.common import (device_name, existing_dir, git_commit, machine_info, markdown_table, non_negative_float,
+                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, write_results)
 from datasets.associative_retrieval import RetrievalTask, capacity_estimate
 
 MODELS = ("armt", "rmt", "gru")
@@ -243,39 +244,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small budget: finishes in a few minutes")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--tasks", nargs="+", default=["rewrite", "remember"], choices=["rewrite", "remember"])
-    p.add_argument("--train-pairs", type=int, default=50)
-    p.add_argument("--eval-pairs", type=int, nargs="+", default=[50, 150, 500, 1000])
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 2000; quick: 300)")
-    p.add_argument("--check-every", type=int, default=100)
+    p.add_argument("--train-pairs", type=positive_int, default=50)
+    p.add_argument("--eval-pairs", type=positive_int, nargs="+", default=[50, 150, 500, 1000])
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps per model (default 2000; quick: 300)")
+    p.add_argument("--check-every", type=positive_int, default=100)
     p.add_argument("--advance-at", type=float, default=0.95, help="exact match that moves the curriculum on")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--mem-tokens", type=int, default=4)
-    p.add_argument("--d-mem", type=int, default=16)
-    p.add_argument("--memory-heads", type=int, default=1)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--d-model", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--mem-tokens", type=positive_int, default=4)
+    p.add_argument("--d-mem", type=positive_int, default=16)
+    p.add_argument("--memory-heads", type=positive_int, default=1)
     p.add_argument("--phi-l2norm", action="store_true")
-    p.add_argument("--read-norm-cap", type=float, default=None,
+    p.add_argument("--read-norm-cap", type=non_negative_float, default=None,
                    help="ARMTConfig.read_norm_cap: bound each retrieved vector's norm (not in the paper)")
-    p.add_argument("--curriculum-start", type=int, default=4)
+    p.add_argument("--curriculum-start", type=positive_int, default=4)
     p.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=False,
                    help="keys and values use the same 16 tokens (default: values have their own 16)")
-    p.add_argument("--queries", type=int, default=16,
+    p.add_argument("--queries", type=positive_int, default=16,
                    help="training queries per sequence of pairs (each a full sequence of the paper's format)")
     p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
                    help="score every 'key sep' prefix during training (same inputs; see RetrievalTask.sample_dense)")
-    p.add_argument("--remember-key-size", type=int, default=3)
-    p.add_argument("--eval-samples", type=int, default=None, help="default 1000 (quick: 200)")
-    p.add_argument("--eval-batch", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for these small matrices)")
-    p.add_argument("--jobs", type=int, default=2, help="tasks trained in parallel processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--remember-key-size", type=positive_int, default=3)
+    p.add_argument("--eval-samples", type=positive_int, default=None, help="default 1000 (quick: 200)")
+    p.add_argument("--eval-batch", type=positive_int, default=250)
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads per process (1 is fastest for these small matrices)")
+    p.add_argument("--jobs", type=positive_int, default=2, help="tasks trained in parallel processes")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (memory state stays fp32)")
     p.add_argument("--save-models", default=None, metavar="DIR",
                    help="save each trained model as DIR/<task>_<model>.safetensors")
-    p.add_argument("--load-models", default=None, metavar="DIR",
+    p.add_argument("--load-models", type=existing_dir, default=None, metavar="DIR",
                    help="skip training: evaluate the models saved by --save-models in DIR (same model flags)")
     p.add_argument("--name", default=None, help="result file stem under benchmarks/results "
                    "(default associative_retrieval, or associative_retrieval_quick with --quick)")

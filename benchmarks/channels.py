@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (command_line, git_commit, machine_info, markdown_table, peak_rss_mb,
-                               write_results)
+from benchmarks.common import (command_line, device_name, git_commit, machine_info, markdown_table, non_negative_int,
+                               peak_rss_mb, positive_float, positive_int, write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["ARMT (joint)", "ARMT (channel-independent)", "ARMT (mixing)", "DLinear", "PatchTST", "iTransformer"]
@@ -269,15 +269,16 @@ def plot(rows: list[dict[str, Any]], models: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--channels", type=int, nargs="+", default=[7, 21, 100, 1000])
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[7, 21, 100, 1000])
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    p.add_argument("--steps", type=int, default=6, help="timed optimiser steps per model (after one warm-up step)")
-    p.add_argument("--windows", type=int, default=64, help="test windows predicted per model")
-    p.add_argument("--mem-limit-gb", type=float, default=6.0, help="data-size limit of each child process")
-    p.add_argument("--child-timeout", type=float, default=900.0,
+    p.add_argument("--steps", type=positive_int, default=6,
+                   help="timed optimiser steps per model (after one warm-up step)")
+    p.add_argument("--windows", type=positive_int, default=64, help="test windows predicted per model")
+    p.add_argument("--mem-limit-gb", type=positive_float, default=6.0, help="data-size limit of each child process")
+    p.add_argument("--child-timeout", type=positive_float, default=900.0,
                    help="seconds before a child is stopped (its row says so)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--quick", action="store_true", help="7 and 21 channels, 2 steps, 16 windows")
     p.add_argument("--out", default=None, help="result name (default: channels, or channels_quick)")
     p.add_argument("--child-model", help=argparse.SUPPRESS)

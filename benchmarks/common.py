@@ -30,6 +30,84 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.
     sched.step()
 
 
+# --- argparse types: a bad value is a one-line usage error (exit 2) before any data is read or model trained ---
+
+
+def _number(kind, text: str, low: float, low_ok: bool, what: str):
+    import argparse
+
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not low_ok):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, 1, True, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """Counts that may be 0, and seeds (numpy refuses negative ones)."""
+    return _number(int, text, 0, True, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, 0.0, False, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(float, text, 0.0, True, "a finite number >= 0")
+
+
+def existing_file(text: str) -> str:
+    import argparse
+
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a file (a folder?)")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    import argparse
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
+def result_file(text: str) -> str:
+    """A result JSON of an earlier run (a path, optionally with forecast.py's @H1,H2 suffix): it must exist and
+    hold a JSON object."""
+    import argparse
+
+    path = text.split("@", 1)[0] if "@" in text and not Path(text).exists() else text
+    existing_file(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path}: holds a JSON {type(data).__name__}, not a result file's object")
+    return text
+
+
+def device_name(text: str) -> str:
+    """cpu, or cuda where torch sees a CUDA device."""
+    import argparse
+
+    if text not in ("cpu", "cuda") and not text.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda, got {text!r}")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no CUDA device on this machine")
+    return text
+
+
 def command_line(name: str, argv: list[str] | None = None) -> str:
     """How to rerun this benchmark: ``python -m benchmarks.<name> <arguments>`` (``argv`` or sys.argv[1:])."""
     import shlex

@@ -59,13 +59,15 @@ from torch import Tensor, nn
 from armt_ts.config import ARMTConfig, ForecasterConfig, HeadConfig, PatchConfig
 from armt_ts.data import Scaler, TimeSeriesFrame, Windows, count_windows, fit_scaler, sliding_windows, to_gluonts
 from armt_ts.forecaster import ARMTForecaster
-from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, git_commit, machine_info, markdown_table,
-                               write_results)
+from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, device_name, existing_file, git_commit,
+                               machine_info, markdown_table, non_negative_int, positive_float, positive_int,
+                               result_file, write_results)
 
 QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 # DESIGN section 7 season lengths (steps per day) for SeasonalNaive, and pandas frequencies for gluonts.
 SEASON = {"ETTh1": 24, "ETTm1": 96, "Weather": 144}
+MODEL_NAMES = ("SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer")
 
 # Published numbers, normalised MSE / MAE (Nie et al., "A Time Series is Worth 64 Words", ICLR 2023, Table 3:
 # PatchTST/64 with input 512, PatchTST/42 with input 336; DLinear as reported there, input 336). ``verified``
@@ -1242,7 +1244,7 @@ def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     words = shlex.split(payload.get("command") or "")
     if words[:3] != ["python", "-m", "benchmarks.forecast"]:
         raise ValueError(f"{path}: a partial file without the benchmarks.forecast command that wrote it")
-    args = build_parser().parse_args(words[3:])
+    args = build_parser(live=False).parse_args(words[3:])  # the files and device may be another machine's
     if args.merge_from or args.plot_from or args.context_lengths or args.quick:
         raise ValueError(f"{path}: its command did not write a plain horizon table (or was --quick)")
     rows = [r for r in payload.get("rows", [])  # the main table and its ablation rows
@@ -1535,53 +1537,71 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
     return payload
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(live: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``live=False`` re-reads a recorded one (partial_run) without checking that its files exist
+    and its device is here."""
+    file_type, json_type, device_type = (existing_file, result_file, device_name) if live else (str, str, str)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="path of ETTh1.csv / ETTm1.csv / weather.csv (required unless --merge-from)")
+    p.add_argument("--data", type=file_type,
+                   help="path of ETTh1.csv / ETTm1.csv / weather.csv (required unless --merge-from)")
     p.add_argument("--dataset", choices=["ETTh1", "ETTm1", "Weather"], help="required unless --merge-from")
-    p.add_argument("--horizons", type=int, nargs="+", default=[96, 192, 336, 720])
-    p.add_argument("--context-length", type=int, default=336, help="L for every model in the main table")
-    p.add_argument("--context-lengths", type=int, nargs="*", default=[],
+    p.add_argument("--horizons", type=positive_int, nargs="+", default=[96, 192, 336, 720])
+    p.add_argument("--context-length", type=positive_int, default=336, help="L for every model in the main table")
+    p.add_argument("--context-lengths", type=positive_int, nargs="*", default=[],
                    help="ARMT context-length table at the first horizon (e.g. 336 512 1024 2048 4096)")
-    p.add_argument("--models", nargs="+",
-                   default=["SeasonalNaive", "ARMT", "DLinear", "PatchTST", "DeepAR", "iTransformer"])
-    p.add_argument("--train-seconds", type=float, default=60.0, help="wall-clock training budget per model")
-    p.add_argument("--max-steps", type=int, default=None, help="optional cap on optimiser steps per model")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    p.add_argument("--train-seconds", type=positive_float, default=60.0, help="wall-clock training budget per model")
+    p.add_argument("--max-steps", type=non_negative_int, default=None,
+                   help="optional cap on optimiser steps per model")
     p.add_argument("--grid", default="small",
                    choices=["none", "small", "schedule", "ema", "dropout", "channels", "width", "loss", "skip", "head",
                             "ols", "residual", "cross", "blocks", "ridge", "recency", "pool", "norm", "normcross",
                             "choices"],
                    help="ARMT validation grid at the first horizon; 'choices': the choices of every --armt-from file")
-    p.add_argument("--val-stride", type=int, default=4,
+    p.add_argument("--val-stride", type=positive_int, default=4,
                    help="score every k-th val window in the grid and in early stopping (ARMTHyper.val_every)")
-    p.add_argument("--deepar-horizons", type=int, nargs="*", default=[96],
+    p.add_argument("--deepar-horizons", type=positive_int, nargs="*", default=[96],
                    help="horizons at which DeepAR runs: its autoregressive sampling over every stride-1 window "
                         "costs 15 / 24 / 43 / 124 ms per window at H=96 / 192 / 336 / 720 on one CPU thread "
                         "(ETTh1), so only H=96 by default")
-    p.add_argument("--armt-from", nargs="+", default=None, metavar="JSON",
+    p.add_argument("--armt-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="take the ARMT hyperparameters from an earlier result JSON (its armt_chosen) instead of "
                         "a grid; with --grid choices, two or more files whose choices the validation split decides "
                         "between (e.g. choices made at other horizons)")
     p.add_argument("--armt-set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="change ARMTHyper fields of the given (or default) choice before any grid, e.g. "
                         "read_norm_cap=20 (VALUE is read as JSON, else as a string); recorded in the results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_type, default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (ARMT, prediction) / bf16-mixed (Lightning)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--quick", action="store_true",
                    help="a few minutes: first horizon only, 15 s per model, no grid, DeepAR skipped")
     p.add_argument("--out", default=None, help="result name (default forecast_<dataset>[_quick])")
-    p.add_argument("--plot-from", nargs="+", default=None, metavar="JSON",
+    only = p.add_mutually_exclusive_group()  # the modes that train nothing
+    only.add_argument("--plot-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="only redraw <out>.png from result files (no training): the first file's rows plus the "
                         "context-length rows of the others")
-    p.add_argument("--seed-mean-from", nargs="+", default=None, metavar="JSON",
+    only.add_argument("--seed-mean-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="only average result files that differ in their seed alone into <out> (no training; see "
                         "seed_mean)")
-    p.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
+    only.add_argument("--merge-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="only merge result files of runs with the same budget, each with its own horizons, into one "
                         "table <out> (no training; see merge_results); JSON@H1,H2 takes only those horizons of a run")
     return p
+
+
+def armt_hyper_from(chosen: Any, path: str, p: argparse.ArgumentParser) -> "ARMTHyper":
+    """The ARMTHyper an --armt-from file records (its armt_chosen), or a usage error naming the file and field."""
+    if not isinstance(chosen, dict):
+        p.error(f"--armt-from {path}: armt_chosen is a {type(chosen).__name__}, not an object of ARMTHyper fields")
+    unknown = sorted(set(chosen) - {f.name for f in dataclasses.fields(ARMTHyper)})
+    if unknown:
+        p.error(f"--armt-from {path}: armt_chosen has fields ARMTHyper does not know: {unknown}")
+    try:
+        return ARMTHyper(**chosen)
+    except (TypeError, ValueError) as e:
+        p.error(f"--armt-from {path}: armt_chosen does not make an ARMTHyper: {e}")
 
 
 def step_cap(max_steps: int | None) -> str:
@@ -1605,16 +1625,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if files:
             if not args.out:
                 p.error(f"{flag} needs --out NAME")
+            if args.data or args.dataset:
+                p.error(f"{flag} combines result files and trains nothing: --data / --dataset do not apply")
             try:
                 return combine(files, args.out)
             except ValueError as e:
                 p.error(str(e))
+            except (KeyError, TypeError, AttributeError) as e:  # a JSON object that is not a result file
+                p.error(f"{flag}: a file is not a forecast result file ({type(e).__name__}: {e})")
     if not (args.data and args.dataset):
         p.error("--data and --dataset are required (except with --merge-from or --seed-mean-from)")
     if args.plot_from:
         # the first file's rows as they are; from the others only their context-length tables
-        files = [json.loads(Path(f).read_text())["rows"] for f in args.plot_from]
-        rows = files[0] + [r for rs in files[1:] for r in rs if r.get("table") == "context"]
+        try:
+            files = [json.loads(Path(f).read_text())["rows"] for f in args.plot_from]
+            rows = files[0] + [r for rs in files[1:] for r in rs if r.get("table") == "context"]
+        except (KeyError, TypeError, AttributeError) as e:
+            p.error(f"--plot-from: a file is not a forecast result file ({type(e).__name__}: {e})")
         name = args.out or f"forecast_{args.dataset}"
         plot(rows, args.dataset, RESULTS / f"{name}.png")
         return {"rows": rows}
@@ -1638,7 +1665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if chosen is None:
             p.error(f"--armt-from {path}: no single armt_chosen there (a merge of runs with different "
                     f"choices lists them in armt_chosen_by_run); give the file of the run whose choice you want")
-        given.append(ARMTHyper(**chosen))
+        given.append(armt_hyper_from(chosen, path, p))
         log(f"ARMT hyperparameters from {path}: {given[-1].name()}")
     if args.armt_set:
         try:
@@ -1653,7 +1680,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         hyper = given[0]
     if args.grid == "choices" and len(set(given)) < 2:
         p.error("--grid choices: give --armt-from two or more result files with different armt_chosen")
-    prep = prepare(args.data, args.dataset, args.context_length)
+    try:  # a file that is not the --dataset named (columns, step) or not readable: a usage error, before training
+        prep = prepare(args.data, args.dataset, args.context_length)
+    except ValueError as e:  # DataError is one
+        p.error(f"--data: {e}")
+    too_long = [h for h in args.horizons if count_windows(prep.test.n_steps, args.context_length, h) < 1]
+    if too_long:
+        p.error(f"--horizons {too_long}: no test window of context {args.context_length} + horizon fits the test split")
     grid = [] if "ARMT" not in args.models else (list(dict.fromkeys(given)) if args.grid == "choices"
                                                  else grid_candidates(args.grid, hyper, from_file=bool(given)))
     if grid:

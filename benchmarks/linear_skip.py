@@ -26,10 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import command_line, git_commit, machine_info, markdown_table, train_main_job, write_results
+from benchmarks.common import (command_line, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
+                               train_main_job, write_results)
 
 NAME = "linear_skip"
 SKIPS = (0, 512)
+DEFAULT_DATA = "../shared/data/ett/ETTh1.csv"
 
 
 def evaluate(args: list[str]) -> dict[str, float]:
@@ -55,10 +57,12 @@ def state_trace(model_dir: Path, length: int, entities: int, seed: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/ett/ETTh1.csv", help="ETTh1.csv (default: %(default)s)")
-    p.add_argument("--state-length", type=int, default=10_000_000, help="steps per entity (default: %(default)s)")
-    p.add_argument("--entities", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="ETTh1.csv (default: %(default)s, left out with a note where it is absent)")
+    p.add_argument("--state-length", type=positive_int, default=10_000_000,
+                   help="steps per entity (default: %(default)s)")
+    p.add_argument("--entities", type=positive_int, default=8)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quick", action="store_true", help="10^5 steps per entity, no ETTh1")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     sets = [("synthetic", [])]
     data = Path(args.data)
+    if not args.quick and not data.exists() and args.data != DEFAULT_DATA:  # a path given by hand: a typo, not absence
+        p.error(f"--data {args.data}: no such file")
     if args.quick:
         print("ETTh1 left out (--quick)", file=sys.stderr)
     elif data.exists():

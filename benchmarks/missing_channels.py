@@ -45,12 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, git_commit, machine_info, markdown_table,
-                               write_results)
-from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, log, masked_errors,
-                                 n_params, predict_armt, predict_gluonts, prepare, seasonal_naive, eval_windows,
-                                 train_armt, train_gluonts, val_subset)
-from armt_ts.data import Windows
+from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, device_name, existing_file, git_commit,
+                               machine_info, markdown_table, non_negative_int, positive_float, positive_int,
+                               result_file, write_results)
+from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, armt_hyper_from, log,
+                                 masked_errors, n_params, predict_armt, predict_gluonts, prepare, seasonal_naive,
+                                 eval_windows, train_armt, train_gluonts, val_subset)
+from armt_ts.data import Windows, count_windows
 from armt_ts.impute import GaussianChannelImputer
 
 FRACTIONS = (0.0, 0.1, 0.3, 0.5)
@@ -162,24 +163,38 @@ def score(pred: np.ndarray, w: Windows, hidden: np.ndarray | None) -> dict[str, 
     return out
 
 
+ARMT_VARIANTS = ("ARMT", "ARMT (mask-aug)", "ARMT (impute)", "ARMT (mask-aug, impute)")
+BASELINES = ("DLinear", "PatchTST", "iTransformer", "DeepAR")
+
+
+def model_name(text: str) -> str:
+    """--models: SeasonalNaive, an ARMT variant, or a gluonts baseline with an optional ' + impute'."""
+    base, _, extra = text.partition(" + ")
+    if text == "SeasonalNaive" or text in ARMT_VARIANTS or (base in BASELINES and extra in ("", "impute")):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}: expected SeasonalNaive, one of {list(ARMT_VARIANTS)}, "
+                                     f"or one of {list(BASELINES)}, optionally followed by ' + impute'")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=existing_file)
     p.add_argument("--dataset", default="ETTh1", choices=["ETTh1", "ETTm1", "Weather"])
-    p.add_argument("--horizon", type=int, default=96)
-    p.add_argument("--context-length", type=int, default=336)
-    p.add_argument("--models", nargs="+",
+    p.add_argument("--horizon", type=positive_int, default=96)
+    p.add_argument("--context-length", type=positive_int, default=336)
+    p.add_argument("--models", nargs="+", type=model_name,
                    default=["SeasonalNaive", "ARMT", "ARMT (mask-aug)", "ARMT (impute)", "ARMT (mask-aug, impute)",
                             "DLinear", "PatchTST", "iTransformer", "DLinear + impute"],
                    help="'ARMT (impute)': the forecaster's Gaussian channel imputer (armt_ts/impute.py) in front; "
                         "'<baseline> + impute': the same fitted imputer, then last-value fill for what is left")
-    p.add_argument("--train-seconds", type=float, default=45.0, help="wall-clock training budget per model")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--armt-from", default=None, help="result JSON of benchmarks.forecast whose armt_chosen to use")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--train-seconds", type=positive_float, default=45.0, help="wall-clock training budget per model")
+    p.add_argument("--max-steps", type=non_negative_int, default=None)
+    p.add_argument("--armt-from", default=None, type=result_file,
+                   help="result JSON of benchmarks.forecast whose armt_chosen to use")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--quick", action="store_true", help="a few minutes: 10 s per model, fractions 0 / 0.1 / 0.3")
     p.add_argument("--aug-p", type=float, nargs="+", default=[0.5],
                    help="mask augmentation strength p in (0, 1] (hidden channels in a fraction p of training "
@@ -199,12 +214,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"missing channels: {command_line('missing_channels', argv)}")
     hyper = ARMTHyper()
     if args.armt_from:
-        hyper = ARMTHyper(**json.loads(Path(args.armt_from).read_text())["armt_chosen"])
+        chosen = json.loads(Path(args.armt_from).read_text()).get("armt_chosen")
+        if chosen is None:
+            p.error(f"--armt-from {args.armt_from}: no armt_chosen there")
+        hyper = armt_hyper_from(chosen, args.armt_from, p)
     if hyper.val_every:
         raise SystemExit(f"{args.armt_from}: its ARMT choice stops early (val_every={hyper.val_every}), which this "
                          f"benchmark does not do (its validation split has hidden channels); use a choice without it")
-    prep = prepare(args.data, args.dataset, args.context_length)
+    try:  # a file that is not the --dataset named (columns, step) or not readable: a usage error, before training
+        prep = prepare(args.data, args.dataset, args.context_length)
+    except ValueError as e:  # DataError is one
+        p.error(f"--data: {e}")
     H, C = args.horizon, prep.n_channels
+    if count_windows(prep.test.n_steps, args.context_length, H) < 1:
+        p.error(f"--horizon {H}: no test window of context {args.context_length} + horizon fits the test split")
     w = eval_windows(prep, H)
     conds = conditions(w, C, args.seed + TEST_SEED, args.quick)
     out_name = args.out or f"missing_channels{'_quick' if args.quick else ''}"

@@ -18,7 +18,8 @@ import torch
 from armt_ts import ARMT, ARMTConfig
 from armt_ts.ops import fused, naive
 from armt_ts.peers import RMT
-from benchmarks.common import git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import (device_name, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
+                               write_results)
 
 
 def _sync(device: str) -> None:
@@ -41,11 +42,11 @@ def timeit(fn, repeats: int, device: str, warmup: int = 2) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--naive-repeats", type=int, default=3, help="the naive path is slow: fewer repeats")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--repeats", type=positive_int, default=20)
+    p.add_argument("--naive-repeats", type=positive_int, default=3, help="the naive path is slow: fewer repeats")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     if args.threads:

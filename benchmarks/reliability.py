@@ -1181,12 +1181,13 @@ def _short(text: str, n: int = 160) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from benchmarks.common import Timer, git_commit, machine_info, markdown_table, write_results
+    from benchmarks.common import (Timer, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
+                                   write_results)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs during save (default: %(default)s)")
+    parser.add_argument("--kills", type=positive_int, default=20, help="SIGKILLs during save (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="3 kills instead of --kills")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     commit = git_commit()

@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 
 from armt_ts import ARMT, MemoryState
 from benchmarks.associative_retrieval import build, make_tasks, parse_args
-from benchmarks.common import git_commit, machine_info, markdown_table, write_results
+from benchmarks.common import (git_commit, machine_info, markdown_table, non_negative_float, non_negative_int,
+                               positive_int, write_results)
 
 BINS = ((1, 50), (51, 150), (151, 500), (501, 1000), (1001, 2000), (2001, 5000))
 
@@ -94,15 +95,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="DIR[=FLAGS]",
                    help="directories written by associative_retrieval --save-models; append '=--mem-tokens 1' "
                    "(etc.) for models trained with non-default flags")
-    p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--read-cap", type=float, nargs="+", default=[], metavar="CAP",
+    p.add_argument("--pairs", type=positive_int, default=2000)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--seed", type=non_negative_int, default=123)
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--read-cap", type=non_negative_float, nargs="+", default=[], metavar="CAP",
                    help="intervention: also trace each model with every retrieved vector's norm capped at CAP "
                    "(the models are not retrained)")
     p.add_argument("--name", default="retrieval_drift")
     args = p.parse_args(argv)
+    for spec in args.models:  # every model folder before any work
+        weights_file = Path(spec.partition("=")[0]) / "rewrite_armt.safetensors"
+        if not weights_file.is_file():
+            p.error(f"--models {spec}: no {weights_file} (a folder written by associative_retrieval --save-models)")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = []

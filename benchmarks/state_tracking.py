@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
 from armt_ts.seq_peers import GatedDeltaNet, KNNRetrieval, MambaPeer, SlidingWindowTransformer
-from benchmarks.common import RESULTS, Timer, git_commit, machine_info, markdown_table, optimizer_step, write_results
+from benchmarks.common import (RESULTS, device_name, git_commit, machine_info, markdown_table, non_negative_float,
+                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, write_results)
 from datasets.state_tracking import ADD, QUERY, SET, EventBatch, EventStreamTask, replay
 
 MODELS = ("armt_keyed", "armt_content", "rmt", "gru", "mamba", "gdn", "swa", "knn", "oracle")
@@ -481,35 +482,40 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: fewer steps, shorter evaluation")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--train-length", type=int, default=32, help="L, events per training stream")
-    p.add_argument("--length-multipliers", type=int, nargs="+", default=None, help="default 1 10 100 1000 (quick: 1 10 100)")
-    p.add_argument("--train-entities", type=int, default=12, help="E per training batch ~ U{1..this}")
-    p.add_argument("--eval-entities", type=int, default=8, help="E of the length and stale-key evaluations")
-    p.add_argument("--capacity-entities", type=int, nargs="+", default=None)
+    p.add_argument("--train-length", type=positive_int, default=32, help="L, events per training stream")
+    p.add_argument("--length-multipliers", type=positive_int, nargs="+", default=None,
+                   help="default 1 10 100 1000 (quick: 1 10 100)")
+    p.add_argument("--train-entities", type=positive_int, default=12, help="E per training batch ~ U{1..this}")
+    p.add_argument("--eval-entities", type=positive_int, default=8, help="E of the length and stale-key evaluations")
+    p.add_argument("--capacity-entities", type=positive_int, nargs="+", default=None)
     p.add_argument("--capacity-models", nargs="+", default=["armt_keyed", "armt_content", "gdn", "gru", "oracle"])
-    p.add_argument("--stale-length", type=int, default=None, help="default 5000 (quick 1200): entity 0 gets ~1000 SETs")
-    p.add_argument("--id-space", type=int, default=None, help="entity ids per stream are drawn from [0, max(E, this)); default K")
-    p.add_argument("--num-values", type=int, default=16)
-    p.add_argument("--max-add", type=int, default=3)
-    p.add_argument("--write-rate", type=float, default=0.4)
-    p.add_argument("--query-rate", type=float, default=0.4)
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 600; quick 200)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--d-model", type=int, default=32)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--d-ff", type=int, default=128, help="MLP width of every transformer-style block")
-    p.add_argument("--d-mem", type=int, default=4, help="ARMT key width r; K = 6r features")
-    p.add_argument("--eval-streams", type=int, default=None, help="streams per evaluation row (default 8; quick 4)")
-    p.add_argument("--chunk", type=int, default=256, help="events per inference chunk (state carried between chunks)")
+    p.add_argument("--stale-length", type=positive_int, default=None,
+                   help="default 5000 (quick 1200): entity 0 gets ~1000 SETs")
+    p.add_argument("--id-space", type=positive_int, default=None,
+                   help="entity ids per stream are drawn from [0, max(E, this)); default K")
+    p.add_argument("--num-values", type=positive_int, default=16)
+    p.add_argument("--max-add", type=positive_int, default=3)
+    p.add_argument("--write-rate", type=non_negative_float, default=0.4)
+    p.add_argument("--query-rate", type=non_negative_float, default=0.4)
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per model (default 600; quick 200)")
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--d-model", type=positive_int, default=32)
+    p.add_argument("--layers", type=positive_int, default=1)
+    p.add_argument("--d-ff", type=positive_int, default=128, help="MLP width of every transformer-style block")
+    p.add_argument("--d-mem", type=positive_int, default=4, help="ARMT key width r; K = 6r features")
+    p.add_argument("--eval-streams", type=positive_int, default=None,
+                   help="streams per evaluation row (default 8; quick 4)")
+    p.add_argument("--chunk", type=positive_int, default=256,
+                   help="events per inference chunk (state carried between chunks)")
     p.add_argument("--latency-match", nargs="*", default=None,
                    help="peers to rerun at ARMT-keyed's per-update latency (default gru mamba gdn; quick: none)")
-    p.add_argument("--knn-capacity", type=int, default=4096,
+    p.add_argument("--knn-capacity", type=positive_int, default=4096,
                    help="also evaluate the trained kNN retriever storing this many past events (0: skip)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (ARMT's memory state stays fp32)")
     p.add_argument("--name", default=None, help="result file stem (default state_tracking, quick: state_tracking_quick)")
     args = p.parse_args(argv)

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import command_line, git_commit, machine_info, markdown_table, train_main_job, write_results
+from benchmarks.common import (command_line, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
+                               train_main_job, write_results)
 
 NAME = "stream_accuracy"
 HORIZON = 24  # the main job's
@@ -138,9 +139,10 @@ def score(model_dir: Path, values: np.ndarray, observed: np.ndarray, scale: np.n
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--length", type=int, default=2**20, help="steps per series (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training seed; the panels use seed + 1 (default 0)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--length", type=positive_int, default=2**20, help="steps per series (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="training seed; the panels use seed + 1 (default 0)")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true", help="2^14 steps and a few training batches per model")
     p.add_argument("--out-name", default=None, help="results file stem (default: stream_accuracy, or _quick)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     from armt_ts.stream import StreamingForecaster
 
     if args.length < 4096:
-        raise SystemExit(f"--length: expected >= 4096 steps, got {args.length}")
+        p.error(f"--length: expected >= 4096 steps, got {args.length}")
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     length = 2**14 if args.quick else args.length

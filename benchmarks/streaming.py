@@ -34,7 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, git_commit, machine_info, markdown_table, peak_rss_mb, write_results
+from benchmarks.common import (RESULTS, device_name, git_commit, machine_info, markdown_table, non_negative_int,
+                               peak_rss_mb, positive_int, write_results)
 
 NAME = "streaming"
 PARTS = ("rss", "latency", "cost", "schedule")
@@ -373,11 +374,12 @@ def bench_schedule(model_dir: Path, segments: list[int], batches: list[int], rep
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small configuration (a few minutes)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", type=device_name, choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the schedule benchmark (memory stays fp32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fleet-long", type=int, default=8, help="entities of the fleet long run (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2,
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--fleet-long", type=positive_int, default=8,
+                   help="entities of the fleet long run (default %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=2,
                    help="torch intra-op threads (default %(default)s: the goals are stated for 2 CPU cores)")
     p.add_argument("--out-name", default=None, help="results file stem (default: streaming, or streaming_quick)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
@@ -389,12 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.child_model:
         return child_stream(args)
-    if args.threads < 1:
-        raise SystemExit(f"--threads: expected >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # --threads >= 1 and --device cuda's availability: checked by the parser
     torch.manual_seed(args.seed)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
     started = time.perf_counter()
     commit = git_commit()
     command = "python -m benchmarks.streaming " + " ".join(sys.argv[1:] if argv is None else argv)

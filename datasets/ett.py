@@ -13,6 +13,7 @@ from pathlib import Path
 from armt_ts.data import Split, TimeSeriesFrame, read_wide, standard_split
 
 ETT_NAMES = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
+ETT_CHANNELS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 # The step is given, not inferred, so a file with a gap or a stray timestamp is caught on load.
 _FREQ = {"h": "1h", "m": "15m"}
 
@@ -35,7 +36,21 @@ def load_ett(path: str | os.PathLike, name: str | None = None) -> TimeSeriesFram
     name = name or ett_name(path)
     if name not in ETT_NAMES:
         raise ValueError(f"name={name!r} must be one of {ETT_NAMES}")
-    return read_wide(path, timestamp="date", freq=_FREQ[name[3]])
+    frame = read_wide(path, timestamp="date", freq=_FREQ[name[3]])
+    if frame.channels != ETT_CHANNELS:
+        raise ValueError(f"{path}: the columns {frame.channels} are not {name}'s ({ETT_CHANNELS}); is it an ETT file?")
+    check_grid(frame, name)
+    return frame
+
+
+def check_grid(frame: TimeSeriesFrame, name: str, least: float = 0.9) -> None:
+    """Refuse a file whose rows fill under ``least`` of the dataset's grid: another dataset's file (an hourly file
+    read as 15-minute ETTm1 leaves 3 of 4 steps empty), not gaps to mask."""
+    rows = frame.rows_per_step
+    filled = float((rows > 0).mean()) if rows is not None and rows.size else 1.0
+    if filled < least:
+        raise ValueError(f"{frame.source}: only {filled:.0%} of the {frame.freq} grid steps have a row, so the file "
+                         f"is not {name} (whose step is {frame.freq}); check --data / --dataset")
 
 
 def load_ett_split(path: str | os.PathLike, context_length: int, name: str | None = None) -> Split:

@@ -22,7 +22,14 @@ def load_weather(path: str | os.PathLike, aggregate: str | None = "first") -> Ti
     ``aggregate`` merges repeated timestamps ("first" keeps the first row; the repeat in the common copy
     is an exact duplicate); None makes a repeat an error.
     """
-    return read_wide(path, timestamp="date", freq="10m", aggregate=aggregate)
+    from datasets.ett import check_grid
+
+    frame = read_wide(path, timestamp="date", freq="10m", aggregate=aggregate)
+    if frame.n_channels != 21 or frame.channels[-1] != "OT":
+        raise ValueError(f"{path}: {frame.n_channels} value columns ending in {frame.channels[-1]!r}; Weather has 21, "
+                         f"OT last; is it the Weather file?")
+    check_grid(frame, "Weather")
+    return frame
 
 
 def load_weather_split(path: str | os.PathLike, context_length: int) -> Split:

@@ -269,6 +269,8 @@ def _open(source: Source) -> _Table:
 
 
 def _open_path(path: Path, file: str) -> _Table:
+    if path.is_dir():
+        raise FormatError("this is a folder, not a file", file=file, expected="a CSV or Parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {file!r}")
     suffix = path.suffix.lower()
@@ -589,9 +591,21 @@ def _numeric_columns(df: pl.DataFrame, columns: list[str], *, file: str, first: 
 
 def _labels(s: pl.Series, *, file: str, column: str, role: str) -> pl.Series:
     """An id column (series, channel, entity, event type) as text without surrounding white space (``a`` and ``a ``
-    are one series, as in ``armt-ts stream``); empty cells are rejected."""
-    text = s.alias("cell").cast(pl.String).str.strip_chars()  # a plain name: see _numeric
-    missing = text.is_null() | (text == "")
+    are one series, as in ``armt-ts stream``); empty cells are rejected. Whole numbers in a float column are
+    named as in an integer column (``3``, not ``3.0``), and a float NaN is a missing id."""
+    s = s.alias("cell")  # a plain name: see _numeric
+    nan = pl.Series("cell", [False] * len(s))
+    if s.dtype.is_float():
+        nan = s.is_nan().fill_null(False)
+        whole = s.filter(~nan & s.is_not_null())
+        if len(whole) and bool(((whole % 1) == 0).all()) and bool((whole.abs() < 2**53).all()):
+            s = s.cast(pl.Int64, strict=False)
+    try:
+        text = s.cast(pl.String).str.strip_chars()
+    except pl.exceptions.PolarsError as err:
+        raise SchemaError(f"the {role} column holds {s.dtype} values, not names ({_first_line(err)})", file=file,
+                          column=column, expected=f"text or numbers as the {role}") from None
+    missing = text.is_null() | (text == "") | nan
     if missing.any():
         i = int(missing.arg_true()[0])
         raise ValueParseError(f"the {role} is missing", file=file, row=i + 1, column=column,

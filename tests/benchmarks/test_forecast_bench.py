@@ -436,11 +436,18 @@ def test_the_missing_channel_benchmark_keeps_finished_rows_when_a_run_stops(tmp_
     monkeypatch.setattr(mc, "RESULTS", tmp_path)
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     monkeypatch.setattr(mc, "prepare", lambda path, dataset, L: prepare_frame(synthetic_frame(2000, 3), dataset, L))
-    argv = ["--data", "unused.csv", "--dataset", "Weather", "--horizon", "12", "--context-length", "192", "--quick",
-            "--out", "mc_x"]
-    # the second model is rejected after SeasonalNaive's rows are done: those rows stay on disk
-    with pytest.raises(SystemExit, match="unknown variant"):
-        mc.main(argv + ["--models", "SeasonalNaive", "DLinear + bogus"])
+    argv = ["--data", _placeholder(tmp_path), "--dataset", "Weather", "--horizon", "12", "--context-length", "192",
+            "--quick", "--out", "mc_x"]
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("the run stops here")
+
+    # the second model's training stops the run after SeasonalNaive's rows are done: those rows stay on disk
+    real_train = mc.train_gluonts
+    monkeypatch.setattr(mc, "train_gluonts", stop)
+    with pytest.raises(RuntimeError, match="the run stops here"):
+        mc.main(argv + ["--models", "SeasonalNaive", "DLinear"])
+    monkeypatch.setattr(mc, "train_gluonts", real_train)
     saved = json.loads((tmp_path / "mc_x.partial.json").read_text())
     assert saved["partial"] is True and "missing_channels" in saved["command"]
     assert [r["model"] for r in saved["rows"]] == ["SeasonalNaive"] * 4  # 0 / 0.1 / 0.3 hidden and blocks
@@ -452,7 +459,7 @@ def test_the_missing_channel_benchmark_keeps_finished_rows_when_a_run_stops(tmp_
     assert [r["mse_all"] for r in payload["rows"]] == [r["mse_all"] for r in saved["rows"]]
 
 
-def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_path, monkeypatch):
+def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_path, monkeypatch, capsys):
     import benchmarks.common
     import benchmarks.missing_channels as mc
     monkeypatch.setattr(mc, "RESULTS", tmp_path)
@@ -470,7 +477,8 @@ def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_pa
         return real_train(model, *args)
 
     monkeypatch.setattr(mc, "train_armt", spy)
-    payload = mc.main(["--data", "unused.csv", "--dataset", "Weather", "--horizon", "12", "--context-length", "192",
+    payload = mc.main(["--data", _placeholder(tmp_path), "--dataset", "Weather", "--horizon", "12", "--context-length",
+                       "192",
                        "--quick", "--max-steps", "2", "--models", "SeasonalNaive", "ARMT (mask-aug)",
                        "--aug-p", "0.1", "0.6", "--out", "mc_aug"])
     grid = payload["aug_grid"]
@@ -482,12 +490,20 @@ def test_the_mask_augmentation_strength_is_chosen_on_the_validation_split(tmp_pa
     assert seen[2] == seen[[0.1, 0.6].index(payload["aug_p"])]
     assert "chosen on the validation split" in (tmp_path / "mc_aug.md").read_text()
     with pytest.raises(SystemExit):
-        mc.main(["--data", "unused.csv", "--aug-p", "1.2"])
+        mc.main(["--data", _placeholder(tmp_path), "--aug-p", "1.2"])
+    assert "--aug-p: every value must be a fraction" in capsys.readouterr().err
     # above p = 2/3 the blocks take the rest of the windows: p = 0.9 masks every window, 0.9 of them by channel
     rng = np.random.default_rng(0)
     outs = [mc.make_augment(3, 0.9)(rng, np.ones((1, 40, 3), np.float32))[0] for _ in range(2000)]
     by_channel = np.mean([bool((o == 0).all(0).any()) for o in outs])
     assert all((o == 0).any() for o in outs) and by_channel == pytest.approx(0.9, abs=0.03)
+
+
+def _placeholder(tmp_path) -> str:
+    """A --data file that exists (the parser checks) for tests whose ``prepare`` never reads it."""
+    path = tmp_path / "never_read.csv"
+    path.write_text("")
+    return str(path)
 
 
 def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
@@ -508,7 +524,7 @@ def _run_file(path, horizons, models=("ARMT", "DLinear"), **over):
     return path
 
 
-def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path, monkeypatch):
+def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path, monkeypatch, capsys):
     import benchmarks.common
     import benchmarks.forecast as fc
     monkeypatch.setattr(fc, "RESULTS", tmp_path)
@@ -517,7 +533,8 @@ def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path
     small = dict(d_model=16, n_layers=1, segment_patches=4, batch_size=4, linear_skip=True, skip_init="ols-frozen")
     a = _run_file(tmp_path / "a.json", [96], armt_chosen=dict(small, lr=1e-3))
     b = _run_file(tmp_path / "b.json", [720], armt_chosen=dict(small, lr=1e-4, skip_norm="last"))
-    argv = ["--data", "unused.csv", "--dataset", "Weather", "--horizons", "24", "--context-length", "96", "--models",
+    argv = ["--data", _placeholder(tmp_path), "--dataset", "Weather", "--horizons", "24", "--context-length", "96",
+            "--models",
             "ARMT", "--train-seconds", "1e9", "--max-steps", "2", "--val-stride", "50", "--out", "ch"]
     payload = fc.main(argv + ["--grid", "choices", "--armt-from", str(a), str(b), str(a)])
     grid = payload["armt_grid"]
@@ -528,19 +545,23 @@ def test_the_choices_grid_decides_between_earlier_choices_on_validation(tmp_path
     # several files are for --grid choices only, and it needs two different choices
     with pytest.raises(SystemExit):
         fc.main(argv + ["--grid", "none", "--armt-from", str(a), str(b)])
+    assert "several are for --grid choices only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fc.main(argv + ["--grid", "choices", "--armt-from", str(a), str(a)])
+    assert "--grid choices: give --armt-from two or more" in capsys.readouterr().err
     # --armt-set changes fields of the given choice (every one of them under --grid choices) and is recorded
     payload = fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "read_norm_cap=5"])
     assert payload["armt_chosen"]["read_norm_cap"] == 5 and payload["armt_chosen"]["lr"] == 1e-4
     assert "set read_norm_cap=5" in payload["armt_hyper_source"]
     with pytest.raises(SystemExit):
         fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "read_cap=5"])
+    assert "--armt-set" in capsys.readouterr().err
     # a field only valid on the given choice (the cross-channel term needs its least-squares skip), not the default
     payload = fc.main(argv + ["--grid", "none", "--armt-from", str(b), "--armt-set", "cross_lags=2"])
     assert payload["armt_chosen"]["cross_lags"] == 2 and payload["armt_chosen"]["skip_init"] == "ols-frozen"
     with pytest.raises(SystemExit):  # without a given choice it applies to the default, which has no skip
         fc.main(argv + ["--grid", "none", "--armt-set", "cross_lags=2"])
+    assert "--armt-set" in capsys.readouterr().err
 
 
 def test_the_read_guard_bounds_retrieved_rows_and_is_exact_where_it_does_not_bind(etth1_like):
@@ -596,7 +617,7 @@ def test_argmin_finite_never_chooses_a_non_finite_candidate():
         argmin_finite([float("nan"), None], "grid")
 
 
-def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch):
+def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path, monkeypatch, capsys):
     import benchmarks.common
     import benchmarks.forecast as fc
     monkeypatch.setattr(fc, "RESULTS", tmp_path)
@@ -642,6 +663,7 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
         fc.merge_results([a, e], "x")
     with pytest.raises(SystemExit):  # the CLI turns a refusal into a usage error
         fc.main(["--merge-from", str(a), str(c), "--out", "x"])
+    assert "error:" in capsys.readouterr().err
     # runs whose validation grids chose different ARMT settings: merged, each choice recorded with its run
     f = _run_file(tmp_path / "run_f.json", [192, 336, 720], armt_chosen={"linear_skip": True, "skip_init": "ols"})
     out = fc.merge_results([a, f], "mixed")
@@ -651,7 +673,8 @@ def test_merging_runs_keeps_each_rows_run_and_refuses_runs_that_differ(tmp_path,
     assert "-ols` in run_f" in text and "-cos` in run_a" in text
     assert out["armt_chosen_by_run"] == json.loads((tmp_path / "mixed.json").read_text())["armt_chosen_by_run"]
     with pytest.raises(SystemExit):  # --armt-from needs one choice
-        fc.main(["--data", "x.csv", "--dataset", "ETTh1", "--armt-from", str(tmp_path / "mixed.json")])
+        fc.main(["--data", _placeholder(tmp_path), "--dataset", "ETTh1", "--armt-from", str(tmp_path / "mixed.json")])
+    assert "no single armt_chosen there" in capsys.readouterr().err
     # PATH@H: only those horizons of a run (here d's H=192 gives way to a later run's H=192)
     sel = fc.merge_results([f"{d}@96", f], "sel")
     assert {(r["horizon"], r["run"]) for r in sel["rows"] if r["source"] == "same-run"} == {
@@ -1115,7 +1138,7 @@ def test_a_frozen_cross_channel_term_stays_fixed_and_its_choices_are_checked(ett
     assert norms[1] < norms[0]
 
 
-def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, monkeypatch):
+def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, monkeypatch, capsys):
     import benchmarks.common
     import benchmarks.forecast as fc
     monkeypatch.setattr(fc, "RESULTS", tmp_path)
@@ -1172,6 +1195,7 @@ def test_the_seed_mean_averages_tables_that_differ_only_in_their_seed(tmp_path, 
     assert out["context_length_by_horizon"] == {96: 336, 192: 336}
     with pytest.raises(SystemExit):
         fc.main(["--seed-mean-from", str(a), "--out", "x"])
+    assert "error:" in capsys.readouterr().err
 
 
 def test_merged_and_seed_mean_tables_say_which_check_early_stopping_kept(tmp_path, monkeypatch):
@@ -1257,4 +1281,4 @@ def test_the_missing_channel_benchmark_refuses_an_early_stopping_choice(tmp_path
     choice = tmp_path / "choice.json"
     choice.write_text(json.dumps({"armt_chosen": {"linear_skip": True, "val_every": 100}}))
     with pytest.raises(SystemExit, match=r"choice.json: its ARMT choice stops early \(val_every=100\)"):
-        mc.main(["--data", str(tmp_path / "never_read.csv"), "--armt-from", str(choice), "--out", "x"])
+        mc.main(["--data", _placeholder(tmp_path), "--armt-from", str(choice), "--out", "x"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -144,3 +146,23 @@ def test_event_rejections(write_csv, assert_names):
     with pytest.raises(SchemaError, match="no event type column"):
         read_events(path)
     assert read_events(path, event_type="kind")["event_type"].to_list() == ["x"]
+
+
+def test_event_ids_from_typed_frames_and_folders():
+    """Whole floats name an event type as an integer column does; a float NaN is a missing id; a column of lists is
+    a SchemaError, not a polars exception; a folder is a FormatError naming it."""
+    from armt_ts.data import FormatError, SchemaError, ValueParseError
+
+    ts = ["2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:02"]
+    floats = pl.DataFrame({"timestamp": ts, "entity": [" a", "a ", "a"], "event_type": [1.0, 3.0, 2.0]})
+    ints = pl.DataFrame({"timestamp": ts, "entity": ["a", "a", "a"], "event_type": [1, 3, 2]})
+    assert read_events(floats).select(["entity", "event_type"]).rows() == [("a", "1"), ("a", "3"), ("a", "2")]
+    assert read_events(floats).equals(read_events(ints))
+    with pytest.raises(ValueParseError, match="row 2, column 'event_type': the event type is missing"):
+        read_events(floats.with_columns(pl.Series("event_type", [1.0, float("nan"), 2.0])))
+    with pytest.raises(SchemaError, match="column 'event_type': the event type column holds List"):
+        read_events(floats.with_columns(pl.Series("event_type", [[1], [2], [3]])))
+    assert read_events(floats.with_columns(pl.Series("event_type", [1.5, 2.0, 1.5])))["event_type"].to_list() == [
+        "1.5", "2.0", "1.5"]  # not all whole: as written
+    with pytest.raises(FormatError, match="this is a folder, not a file"):
+        read_events(Path(__file__).parent)
