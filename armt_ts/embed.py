@@ -262,7 +262,9 @@ class EventEmbedder(nn.Module):
             if t.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"{name}: expected an integer tensor, got {t.dtype}")
             if t.numel() and (t.min() < 0 or t.max() >= n):
-                raise ValueError(f"{name}: ids must be in [0, {n}), got range [{int(t.min())}, {int(t.max())}]")
+                b, s = (int(i) for i in ((t < 0) | (t >= n)).nonzero()[0])
+                raise ValueError(f"{name}: ids must be in [0, {n}), got range [{int(t.min())}, {int(t.max())}]; "
+                                 f"the first outside is {int(t[b, s])} at [{b}, {s}] (batch row, event)")
         v_keep = value_observed != 0
         _check_finite_where_observed("value", value, v_keep)
         if gap_observed is None:

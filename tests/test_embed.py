@@ -296,8 +296,8 @@ def test_event_input_errors_name_the_tensor():
     emb = _event_embedder()
     for name, bad in [("event_type", 5), ("entity", 11), ("entity", -1)]:
         ev = _events()
-        ev[name][0, 0] = bad
-        with pytest.raises(ValueError, match=f"{name}: ids must be in"):
+        ev[name][1, 2] = bad
+        with pytest.raises(ValueError, match=rf"{name}: ids must be in .*the first outside is {bad} at \[1, 2\]"):
             emb(**ev)
     ev = _events()
     ev["value"][0, 0], ev["value_observed"][0, 0] = float("nan"), 1.0
