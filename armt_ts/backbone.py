@@ -148,6 +148,7 @@ class ARMT(nn.Module):
         values without ``defer`` bit for bit, with no second buffer and no copy of A (a streaming fleet's update).
         """
         c = self.config
+        self._check_input(x, state)
         B, t, _ = x.shape
         if t > c.segment_length:
             raise ValueError(f"segment has {t} tokens, more than segment_length={c.segment_length}")
@@ -189,8 +190,11 @@ class ARMT(nn.Module):
         (truncated backpropagation through time); the values are unchanged.
         """
         c = self.config
-        if x.dim() != 3 or x.shape[-1] != c.d_model:
-            raise ValueError(f"expected x of shape [B, S, {c.d_model}], got {tuple(x.shape)}")
+        self._check_input(x, state)
+        n_seg = -(-x.shape[1] // c.segment_length)
+        if key_ids is not None and tuple(key_ids.shape) != (x.shape[0], n_seg):
+            raise ValueError(f"key_ids: expected [B, n_segments] = [{x.shape[0]}, {n_seg}] (one entity id per row "
+                             f"and segment), got {tuple(key_ids.shape)}")
         # config.schedule: the diagonal-batched schedule (schedule.py) gives the same results, faster where
         # supported and the batch is small; "auto" decides per call, "diagonal" raises where it cannot run.
         if c.schedule == "diagonal" or (c.schedule == "auto" and schedule.prefer_diagonal(self, x, key_ids)):
@@ -198,6 +202,19 @@ class ARMT(nn.Module):
                 raise ValueError("schedule='diagonal' does not run keyed memory (key_ids); use 'sequential'")
             return schedule.run_diagonal(self, x, state, outputs)
         return schedule.run_sequential(self, x, state, key_ids, outputs)
+
+    def _check_input(self, x: Tensor, state: MemoryState | None) -> None:
+        """x [B, S, D] with B, S >= 1 in the weights' float type (or under autocast), and a state of this model."""
+        c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.d_model:
+            raise ValueError(f"expected x of shape [B, S, {c.d_model}], got {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"x: an empty batch or sequence, shape {tuple(x.shape)}; expected B, S >= 1")
+        weight = self.mem_tokens.dtype
+        if not x.is_floating_point() or (x.dtype != weight and x.dtype == torch.float64):
+            raise ValueError(f"x: dtype {x.dtype}, the model's weights are {weight}")
+        if state is not None:
+            state.check(c, x.shape[0])
 
     def forget(self, state: MemoryState, key_ids: Tensor) -> MemoryState:
         """Erase entity key_ids[b] from row b's memory in every layer (config.key_mode "identity")."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,11 +88,12 @@ class ARMTConfig(_ConfigMethods):
 
     def __post_init__(self) -> None:
         c = "ARMTConfig"
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "segment_length", "d_mem", "nu", "memory_heads"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, c, name,
-                   f"must be a positive int, got {getattr(self, name)!r}")
-        _check(isinstance(self.num_mem_tokens, int) and self.num_mem_tokens >= 1, c, "num_mem_tokens",
-               f"must be an int >= 1, got {self.num_mem_tokens!r}")
+        _check_positive_ints(self, c, ("d_model", "n_layers", "n_heads", "d_ff", "segment_length", "num_mem_tokens",
+                                       "d_mem", "nu", "memory_heads"))
+        for name in ("phi_l2norm", "beta_per_channel", "positional"):
+            _check(isinstance(getattr(self, name), bool), c, name, f"must be True or False, got {getattr(self, name)!r}")
+        for name in ("dropout", "eps"):
+            _check(_is_number(getattr(self, name)), c, name, f"must be a finite number, got {getattr(self, name)!r}")
         _check(self.d_model % self.n_heads == 0, c, "n_heads",
                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         _check(self.d_model % self.memory_heads == 0, c, "memory_heads",
@@ -102,12 +104,10 @@ class ARMTConfig(_ConfigMethods):
                c, "tbptt_segments", f"must be None or an int >= 1, got {self.tbptt_segments!r}")
         _check(self.ops_backend in ("fused", "naive"), c, "ops_backend",
                f"must be 'fused' or 'naive', got {self.ops_backend!r}")
-        _check(self.read_norm_cap is None or (isinstance(self.read_norm_cap, (int, float))
-                                               and not isinstance(self.read_norm_cap, bool) and self.read_norm_cap > 0),
-               c, "read_norm_cap", f"must be None or a number > 0, got {self.read_norm_cap!r}")
-        _check(self.vbar_floor is None or (isinstance(self.vbar_floor, (int, float))
-                                            and not isinstance(self.vbar_floor, bool) and self.vbar_floor > 0),
-               c, "vbar_floor", f"must be None or a number > 0, got {self.vbar_floor!r}")
+        _check(self.read_norm_cap is None or (_is_number(self.read_norm_cap) and self.read_norm_cap > 0),
+               c, "read_norm_cap", f"must be None or a finite number > 0, got {self.read_norm_cap!r}")
+        _check(self.vbar_floor is None or (_is_number(self.vbar_floor) and self.vbar_floor > 0),
+               c, "vbar_floor", f"must be None or a finite number > 0, got {self.vbar_floor!r}")
         _check(self.schedule in ("auto", "sequential", "diagonal"), c, "schedule",
                f"must be 'auto', 'sequential' or 'diagonal', got {self.schedule!r}")
         _check(self.key_mode in ("content", "identity", "mixed"), c, "key_mode",
@@ -130,6 +130,11 @@ class ARMTConfig(_ConfigMethods):
     def d_head(self) -> int:
         """Value width of one memory head."""
         return self.d_model // self.memory_heads
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (int, float, numpy scalar; not a bool, not a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_positive_ints(obj: Any, cls: str, names: tuple[str, ...]) -> None:

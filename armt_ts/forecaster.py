@@ -12,7 +12,9 @@
 
 The loss is computed in normalised units (the target is scaled with the context's loc / scale), so every series
 weighs the same whatever its magnitude; for the distribution heads this differs from the data-unit negative
-log-likelihood only by the constant log(scale), so the gradients are the same.
+log-likelihood only by the constant log(scale), so the gradients are the same. A (nearly) constant context is the
+exception: "std" scaling floors its scale at sqrt(1e-5) (gluonts' StdScaler), so a future that then moves gives
+normalised errors in the hundreds and such a window outweighs the rest ("mean" scaling does not).
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ def _fill_gaps(y: Tensor, observed: Tensor) -> Tensor:
                     (steps - before).to(y.dtype) / (after - before).clamp_min(1).to(y.dtype),
                     torch.zeros((), dtype=y.dtype, device=y.device))
     return torch.where(observed, y, y_lo + w * (y_hi - y_lo))
+
+
+def _check_skip_batch(pv: Tensor, po: Tensor, fv: Tensor, fo: Tensor, C: int, H: int) -> None:
+    """fit_skip's windows: [B, T, C] / [B, H, C] pairs, finite where observed (as forward and loss demand)."""
+    for name, v, o, steps in (("past", pv, po, None), ("future", fv, fo, H)):
+        if v.dim() != 3 or v.shape[-1] != C or (steps is not None and v.shape[1] != steps) or o.shape != v.shape:
+            want = f"[B, {'T' if steps is None else steps}, {C}]"
+            raise ValueError(f"fit_skip: {name}_values {tuple(v.shape)} / {name}_observed {tuple(o.shape)}; "
+                             f"expected {want} each")
+        bad = (o != 0) & ~torch.isfinite(v)
+        if bool(bad.any()):
+            raise ValueError(f"fit_skip: {name}_values: {int(bad.sum())} non-finite value(s) at observed positions, "
+                             f"first at {tuple(int(i) for i in bad.nonzero()[0])}")
 
 
 class SkipFitError(ValueError):
@@ -243,6 +258,8 @@ class ARMTForecaster(nn.Module):
             cross = torch.zeros(n + 1, H, dtype=torch.float64, device=dev)
             rows, gaps = 0, 0
             for past_values, past_observed, future_values, future_observed in batches:
+                _check_skip_batch(past_values, past_observed, future_values, future_observed,
+                                  self.config.patch.n_channels, H)
                 v, keep = self.skip_inputs(past_values.to(dev), past_observed.to(dev))
                 x, loc, scale = self.skip_window(v, keep)
                 fo = (future_observed.to(dev) != 0).transpose(1, 2)  # [B, C, H]
@@ -290,6 +307,14 @@ class ARMTForecaster(nn.Module):
         past_values, past_observed = self.impute(past_values, past_observed)
         x, keep, own_loc, own_scale = self.normalise(past_values, past_observed)
         if loc is not None:
+            want = (past_values.shape[0], 1, self.config.patch.n_channels)
+            for name, t in (("loc", loc), ("scale", scale)):
+                if tuple(t.shape) != want:
+                    raise ValueError(f"{name}: expected [B, 1, C] = {list(want)}, got {tuple(t.shape)}")
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{name}: non-finite values")
+            if not bool((scale > 0).all()):
+                raise ValueError(f"scale: must be > 0, got a minimum of {float(scale.min())}")
             # the scalers are affine, x = (v - own_loc) / own_scale: re-express in the given units
             x = (x * own_scale + own_loc - loc) / scale
         else:

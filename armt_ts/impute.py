@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 __all__ = ["GaussianChannelImputer"]
 
+_MIN_DOF = 10  # residual degrees of freedom a fit needs before its R^2 decides a fill
 _CHUNK = 1 << 16  # rows per gathered [rows, C, C] product (bounds the temporary at 64k * C^2 floats)
 
 
@@ -47,9 +48,9 @@ class GaussianChannelImputer(nn.Module):
         super().__init__()
         if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
             raise ValueError(f"n_channels: expected an int >= 1, got {n_channels!r}")
-        if not ridge >= 0.0:
-            raise ValueError(f"ridge: expected >= 0, got {ridge!r}")
-        if not 0.0 <= min_r2 <= 1.0:
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0.0 <= ridge < float("inf"):
+            raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+        if isinstance(min_r2, bool) or not isinstance(min_r2, (int, float)) or not 0.0 <= min_r2 <= 1.0:
             raise ValueError(f"min_r2: expected a fraction in [0, 1], got {min_r2!r}")
         self.n_channels = n_channels
         self.ridge = float(ridge)
@@ -57,6 +58,12 @@ class GaussianChannelImputer(nn.Module):
         self.register_buffer("mean", torch.zeros(n_channels, dtype=torch.float64))
         self.register_buffer("cov", torch.eye(n_channels, dtype=torch.float64))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.int64))
+        # steps behind the fit (the fewest any pair of channels was observed at); None after loading a state dict,
+        # which then fills as fitted. With n steps, R^2 from p observed channels is judged adjusted for the fit's
+        # degrees of freedom, 1 - (1 - R^2) (n - 1) / (n - p - 1): a fit on about as many steps as channels explains
+        # noise, and its R^2 near 1 would fill every entry with it; under _MIN_DOF residual degrees of freedom
+        # (n - p - 1) nothing is filled.
+        self.n_fit: int | None = None
 
     def extra_repr(self) -> str:
         return (f"n_channels={self.n_channels}, ridge={self.ridge:g}, min_r2={self.min_r2:g}, "
@@ -83,8 +90,13 @@ class GaussianChannelImputer(nn.Module):
             raise ValueError(f"fit: channels {i} and {j} are observed together at fewer than 2 steps")
         cov = (d.T @ d) / (pair_n - 1)
         cov = 0.5 * (cov + cov.T)
+        scale = float(cov.diagonal().mean())
+        if not scale > 0.0:
+            raise ValueError("fit: every channel is constant over its observed steps; there is no variance to "
+                             "impute from")
         cov = cov + torch.eye(self.n_channels, dtype=torch.float64, device=cov.device) * (
-            self.ridge * float(cov.diagonal().mean()))
+            self.ridge * scale + (cov.diagonal() == 0).to(torch.float64) * scale)  # a constant channel: its own
+        self.n_fit = int(pair_n.min())
         self.mean.copy_(mean.to(self.mean.device))
         self.cov.copy_(cov.to(self.cov.device))
         self.fitted.fill_(1)
@@ -111,6 +123,11 @@ class GaussianChannelImputer(nn.Module):
         K = cov @ torch.linalg.inv(M)  # [U, C, C]: E[x | x_o] = mu + K ((x - mu) * o)
         # explained variance Sigma_ho Sigma_oo^-1 Sigma_oh = diag(K (Sigma * o)), as a fraction of Sigma_hh
         r2 = torch.diagonal(K @ (cov * o[:, :, None]), dim1=-2, dim2=-1) / cov.diagonal()
+        if self.n_fit is not None:  # adjusted for the fit's degrees of freedom (see __init__)
+            p = o.sum(1, keepdim=True)
+            dof = self.n_fit - p - 1
+            r2 = torch.where(dof >= _MIN_DOF, 1.0 - (1.0 - r2) * (self.n_fit - 1) / dof.clamp_min(1.0),
+                             torch.full_like(r2, -torch.inf))
         fills = (o == 0) & (r2 >= self.min_r2)  # [U, C]
         centred = torch.where(ks, xs - self.mean.to(x.device), torch.zeros((), dtype=torch.float64, device=x.device))
         filled = torch.empty_like(centred)

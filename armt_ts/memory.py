@@ -80,6 +80,9 @@ class AssociativeMemory(nn.Module):
             return proj
         if key_ids is None:
             raise ValueError(f"key_mode={mode!r} needs key_ids (one entity id per batch row) for reads and writes")
+        if tuple(key_ids.shape) != (proj.shape[0],):  # no broadcasting of one id over a batch
+            raise ValueError(f"key_ids: expected one entity id per batch row, shape [{proj.shape[0]}], got "
+                             f"{tuple(key_ids.shape)}")
         code = self.code(key_ids).to(proj.dtype)[:, None]  # [B, 1, H*r]
         return code.expand_as(proj) if mode == "identity" else proj + code
 
@@ -136,6 +139,9 @@ class AssociativeMemory(nn.Module):
         if self.config.key_mode != "identity":
             raise ValueError(f"forget needs key_mode='identity' (the key must not depend on content), "
                              f"got {self.config.key_mode!r}")
+        if tuple(key_ids.shape) != (A.shape[0],):  # no broadcasting of one id over a batch
+            raise ValueError(f"key_ids: expected one entity id per batch row, shape [{A.shape[0]}], got "
+                             f"{tuple(key_ids.shape)}")
         k = self.key_features(key_ids)  # [B, H, K]
         kk = (k * k).sum(-1, keepdim=True)  # [B, H, 1]
         safe = torch.where(kk > 0, kk, torch.ones_like(kk))

@@ -145,9 +145,28 @@ class MemoryState:
                     f"MemoryState layer {l}: A {tuple(a.shape)} and z {tuple(zz.shape)} do not match "
                     "[B, H, K, Dv] / [B, H, K]"
                 )
+            if not (a.is_floating_point() and zz.is_floating_point()):
+                raise ValueError(f"MemoryState layer {l}: A and z must be floating point, got {a.dtype} / {zz.dtype}")
+            if a.shape[0] != self.A[0].shape[0]:
+                raise ValueError(f"MemoryState layer {l}: batch size {a.shape[0]}, layer 0's is {self.A[0].shape[0]}")
+
+    def check(self, config: ARMTConfig, batch_size: int, where: str = "state") -> None:
+        """Raise a ValueError naming ``where`` unless this is a state of ``config``'s model for ``batch_size``
+        rows (layers, heads, features, value channels), in fp32 or fp64."""
+        H, K, Dv = config.memory_heads, config.d_key, config.d_head
+        if self.num_layers != config.n_layers:
+            raise ValueError(f"{where}: {self.num_layers} layers of memory for a model of {config.n_layers}")
+        for l, a in enumerate(self.A):
+            if tuple(a.shape) != (batch_size, H, K, Dv):
+                raise ValueError(f"{where}: layer {l}'s A is {tuple(a.shape)}, this model and batch need "
+                                 f"[{batch_size}, {H}, {K}, {Dv}] (B, memory heads, 2 nu d_mem, d_model / heads)")
+            if a.dtype not in (torch.float32, torch.float64) or self.z[l].dtype != a.dtype:
+                raise ValueError(f"{where}: layer {l} is {a.dtype} / {self.z[l].dtype}; the memory state is fp32")
 
     @classmethod
     def zeros(cls, config: ARMTConfig, batch_size: int, device: torch.device | str | None = None) -> "MemoryState":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
         H, K, Dv = config.memory_heads, config.d_key, config.d_head
         A = tuple(torch.zeros(batch_size, H, K, Dv, device=device) for _ in range(config.n_layers))
         z = tuple(torch.zeros(batch_size, H, K, device=device) for _ in range(config.n_layers))
@@ -175,7 +194,7 @@ class MemoryState:
         return sum(t.numel() * t.element_size() for t in (*self.A, *self.z))
 
     def equal(self, other: "MemoryState") -> bool:
-        """Bit-exact equality (shapes, dtypes and every element)."""
+        """Equality of shapes, dtypes and every element (``torch.equal``: -0.0 equals 0.0, NaN equals nothing)."""
         return self.num_layers == other.num_layers and all(
             a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
             for a, b in zip((*self.A, *self.z), (*other.A, *other.z))

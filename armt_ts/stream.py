@@ -868,7 +868,13 @@ class StreamingForecaster:
         return self._run_compiled("read", read, tokens, memory)
 
     def _run_compiled(self, kind: str, step: Any, tokens: Tensor, memory: MemoryState) -> Any:
-        """``step(tokens, A, z)`` through ``torch.compile``, compiled at the first call of each ``kind``."""
+        """``step(tokens, A, z)`` through ``torch.compile``, compiled at the first call of each ``kind``.
+
+        Dynamo turns off ``torch.distributions``' argument validation for the whole process when it first compiles
+        (``Distribution.set_default_validate_args(False)``, torch/_dynamo/eval_frame.py); the caller's setting is
+        restored after every call, so compiling a stream does not change how the rest of the program's
+        distributions check their arguments (the compiled step builds none)."""
+        validate = torch.distributions.Distribution._validate_args
         if kind not in self._compiled:
             # fullgraph: a graph break would quietly run part of the step eagerly, at the eager speed or worse
             self._compiled[kind] = torch.compile(step, fullgraph=True)
@@ -880,6 +886,8 @@ class StreamingForecaster:
             cause = (str(e).strip().splitlines() or [""])[0][:300]
             raise CompileError(f"StreamingForecaster(compile=True): torch.compile could not compile the segment "
                                f"{kind} ({type(e).__name__}: {cause}); use compile=False") from e
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(validate)
 
     def _commit(self, rows: Tensor, up: dict) -> int:
         st = self.state

@@ -374,3 +374,38 @@ def test_segment_step_defer_applies_the_same_state_in_place(carried):
             pending.apply_(MemoryState.zeros(SMALL.replace(n_layers=3), 3))
     with pytest.raises(ValueError, match="defer"):
         model.segment_step(x, state, defer=True)
+
+
+def test_inputs_and_states_of_another_model_are_named_before_any_work():
+    """A state of another model (layers, batch, d_mem, dtype) or an empty / float64 input: a ValueError naming
+    what is wrong, from forward and segment_step alike, instead of an error deep inside the memory ops."""
+    model = ARMT(SMALL).eval()
+    x = torch.randn(2, 12, SMALL.d_model)
+    _, state = model(x)
+    cases = [
+        (x, MemoryState(state.A + state.A[:1], state.z + state.z[:1]), "3 layers of memory for a model of 2"),
+        (x[:1], state, r"layer 0's A is \(2, 1, 48, 32\), this model and batch need \[1, 1, 48, 32\]"),
+        (x, MemoryState.zeros(dataclasses.replace(SMALL, d_mem=4), 2), r"need \[2, 1, 48, 32\]"),
+        (x, state.to(torch.bfloat16), "the memory state is fp32"),
+        (x[:0], None, "an empty batch or sequence"),
+        (x[:, :0], None, "an empty batch or sequence"),
+        (x.double(), None, "dtype torch.float64, the model's weights are torch.float32"),
+    ]
+    for inputs, st, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model(inputs, st)
+        with pytest.raises(ValueError, match=message):
+            model.segment_step(inputs[:, :SMALL.segment_length], st)
+    with pytest.raises(ValueError, match="batch_size: expected an int >= 0"):
+        MemoryState.zeros(SMALL, -1)
+    with pytest.raises(ValueError, match="batch size 1, layer 0's is 2"):
+        MemoryState((state.A[0], state.A[1][:1]), (state.z[0], state.z[1][:1]))
+
+
+def test_config_fields_of_the_wrong_type_are_config_errors():
+    for field, value, message in (("eps", float("inf"), "must be a finite number"), ("eps", "0.1", "finite number"),
+                                  ("dropout", None, "finite number"), ("n_layers", True, "must be a positive int"),
+                                  ("positional", "no", "must be True or False"),
+                                  ("read_norm_cap", float("nan"), "finite number > 0")):
+        with pytest.raises(ConfigError, match=f"ARMTConfig.{field}: .*{message}"):
+            dataclasses.replace(SMALL, **{field: value})

@@ -198,3 +198,26 @@ def test_forward_computes_only_the_rows_the_head_reads(mode, schedule):
             assert a is None and b is None, name
             continue
         assert_close(f"grad {name}", b, a, 1e-4)
+
+
+def test_given_statistics_and_skip_windows_are_checked():
+    f = _forecaster("normal")
+    x, m = _series(30)
+    ref = f(x, m)
+    for loc, scale, message in ((ref.loc[:1], ref.scale[:1], r"loc: expected \[B, 1, C\]"),
+                                (ref.loc, ref.scale * 0, "scale: must be > 0"),
+                                (ref.loc, ref.scale * float("nan"), "scale: non-finite")):
+        with pytest.raises(ValueError, match=message):
+            f(x, m, loc=loc, scale=scale)
+    cfg = ForecasterConfig.build(H, C, armt=ARMT, patch=PatchConfig(patch_len=P, stride=P), linear_skip=8)
+    g = ARMTForecaster(cfg)
+    fut = torch.randn(B, H, C)
+    with pytest.raises(ValueError, match=r"fit_skip: future_values .* expected \[B, 6, 2\]"):
+        g.fit_skip([(x, m, fut[:, :-1], torch.ones(B, H - 1, C))])
+    with pytest.raises(ValueError, match=r"fit_skip: past_values .* expected \[B, T, 2\]"):
+        g.fit_skip([(x[..., :1], m[..., :1], fut, torch.ones_like(fut))])
+    bad = x.clone()
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"fit_skip: past_values: 1 non-finite value\(s\) at observed positions, "
+                                         r"first at \(0, 3, 1\)"):
+        g.fit_skip([(bad, m, fut, torch.ones_like(fut))])

@@ -222,3 +222,31 @@ def test_autocast_leaves_the_fill_in_float64():
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         got = imp(v, m)
     assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def test_a_fit_on_few_steps_fills_nothing_and_a_constant_channel_is_no_error():
+    """Eight independent channels: on about as many steps as channels the fitted R^2 is near 1 by chance. R^2 is
+    judged adjusted for the fit's degrees of freedom (and not at all under 10 of them), so nothing is filled; on
+    strongly related channels the same few steps still fill."""
+    observed = torch.ones(50, 8)
+    observed[:, 0] = 0
+    for n in (3, 9, 20, 1000):
+        x = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+        imp = GaussianChannelImputer(8).fit(x, torch.ones_like(x))
+        assert imp.n_fit == n
+        _, obs = imp(torch.randn(50, 8), observed)
+        assert not obs[:, 0].any(), n
+    z = torch.randn(30, 1, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([z + 0.01 * torch.randn(30, 1, generator=torch.Generator().manual_seed(c)) for c in range(3)], 1)
+    imp = GaussianChannelImputer(3).fit(x, torch.ones_like(x))
+    _, obs = imp(x[:5], torch.tensor([[0.0, 1.0, 1.0]]).repeat(5, 1))
+    assert obs[:, 0].all()
+    const = torch.stack([torch.ones(20), torch.arange(20.0), 2 * torch.arange(20.0)], 1)
+    imp = GaussianChannelImputer(3).fit(const, torch.ones_like(const))  # channel 0 never varies
+    filled, obs = imp(const[:4], torch.tensor([[1.0, 1.0, 0.0]]).repeat(4, 1))
+    assert obs.all() and torch.allclose(filled[:, 2], 2 * torch.arange(4.0), atol=0.05)
+    with pytest.raises(ValueError, match="every channel is constant"):
+        GaussianChannelImputer(2).fit(torch.ones(5, 2), torch.ones(5, 2))
+    for bad in (dict(ridge=float("inf")), dict(min_r2="a"), dict(ridge=True)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GaussianChannelImputer(2, **bad)

@@ -169,3 +169,19 @@ def test_config_rejects_inconsistent_key_settings():
     with pytest.raises(ConfigError, match="identity_keys"):
         ARMTConfig(key_mode="identity", key_buckets=4, identity_keys="random")
     assert ARMTConfig.from_dict(ARMTConfig(key_mode="mixed", key_buckets=8).to_dict()).key_mode == "mixed"
+
+
+def test_one_id_is_not_broadcast_over_a_batch():
+    mem = keyed_memory()
+    K = mem.config.d_key
+    A, z = torch.zeros(2, 1, K, D), torch.zeros(2, 1, K)
+    A, z = mem.write(torch.randn(2, 1, D), A, z, True, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"key_ids: expected one entity id per batch row, shape \[2\], got \(1,\)"):
+        mem.forget(A, z, torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"key_ids: expected one entity id per batch row, shape \[2\], got \(1,\)"):
+        mem.write(torch.randn(2, 1, D), A, z, False, torch.tensor([1]))
+    cfg = ARMTConfig(d_model=D, n_layers=1, n_heads=1, d_ff=16, segment_length=2, d_mem=4, key_mode="identity",
+                     key_buckets=8, schedule="sequential")
+    model = ARMT(cfg)
+    with pytest.raises(ValueError, match=r"key_ids: expected \[B, n_segments\] = \[2, 2\]"):
+        model(torch.randn(2, 4, D), key_ids=torch.tensor([[3, 4]]))
