@@ -91,7 +91,8 @@ class ARMTConfig(_ConfigMethods):
         _check_positive_ints(self, c, ("d_model", "n_layers", "n_heads", "d_ff", "segment_length", "num_mem_tokens",
                                        "d_mem", "nu", "memory_heads"))
         for name in ("phi_l2norm", "beta_per_channel", "positional"):
-            _check(isinstance(getattr(self, name), bool), c, name, f"must be True or False, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            _check(isinstance(value, bool), c, name, f"must be True or False, got {value!r}")
         for name in ("dropout", "eps"):
             _check(_is_number(getattr(self, name)), c, name, f"must be a finite number, got {getattr(self, name)!r}")
         _check(self.d_model % self.n_heads == 0, c, "n_heads",
