@@ -179,6 +179,9 @@ class KeyWriteLog:
         rows = torch.arange(key_ids.shape[0], device=key_ids.device)
         step = torch.as_tensor(step, dtype=torch.long, device=key_ids.device).expand(key_ids.shape[0])
         old = self.last_write[rows, key_ids]
+        if mask is not None and (tuple(mask.shape) != (key_ids.shape[0],) or mask.dtype != torch.bool):
+            raise ValueError(f"mask: expected a bool tensor of shape [{key_ids.shape[0]}] (one per stream), got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
         new = step if mask is None else torch.where(mask, step, old)
         out = self.last_write.clone()
         out[rows, key_ids] = new
@@ -194,7 +197,10 @@ class KeyWriteLog:
         """Steps since the last write of key_ids [B] at step ``now`` -> [B] int64 (-1: never written)."""
         self._check(key_ids)
         last = self.last_write[torch.arange(key_ids.shape[0], device=key_ids.device), key_ids]
-        return torch.where(last >= 0, torch.as_tensor(now, device=last.device) - last, torch.full_like(last, -1))
+        now = torch.as_tensor(now, device=last.device)
+        if bool(((last >= 0) & (now < last)).any()):
+            raise ValueError(f"now: step {now.tolist()} is before a recorded write (step {int(last.max())})")
+        return torch.where(last >= 0, now - last, torch.full_like(last, -1))
 
 
 def orthogonal_codes(n_ids: int, r: int, nu: int = 3) -> Tensor:

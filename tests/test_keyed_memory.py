@@ -185,3 +185,15 @@ def test_one_id_is_not_broadcast_over_a_batch():
     model = ARMT(cfg)
     with pytest.raises(ValueError, match=r"key_ids: expected \[B, n_segments\] = \[2, 2\]"):
         model(torch.randn(2, 4, D), key_ids=torch.tensor([[3, 4]]))
+
+
+def test_write_log_masks_and_times_are_checked():
+    from armt_ts.memory import KeyWriteLog
+
+    log = KeyWriteLog.empty(2, 8).record(torch.tensor([1, 2]), 5)
+    for mask in (torch.tensor([True]), torch.tensor([1, 0])):
+        with pytest.raises(ValueError, match="mask: expected a bool tensor of shape \\[2\\]"):
+            log.record(torch.tensor([1, 2]), 6, mask)
+    assert log.staleness(torch.tensor([1, 3]), 9).tolist() == [4, -1]
+    with pytest.raises(ValueError, match="now: step 4 is before a recorded write"):
+        log.staleness(torch.tensor([1, 2]), 4)
