@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -298,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``armt-ts`` and ``python -m armt_ts``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad options, 0 after --help
+    # gluonts warns at import that it serialises with the standard json module (no orjson / ujson): not the user's
+    warnings.filterwarnings("ignore", message="Using `json`-module", category=UserWarning)
     try:
         return args.run(args)
     except CLIError as err:
@@ -330,7 +332,9 @@ class Panel:
 
 @dataclass(frozen=True)
 class Forecasts:
-    """Forecasts of every series of a Panel: timestamps [H], mean [S, H], quantiles [S, Q, H] at ``levels``."""
+    """Forecasts of every series of a Panel: timestamps [S, H], mean [S, H], quantiles [S, Q, H] at ``levels``.
+    A series forecasts from the end of the file's grid, or from its own last observation where its last context
+    holds none (``predict``); its timestamps say which."""
 
     timestamps: np.ndarray
     mean: np.ndarray
@@ -405,6 +409,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name in ("stride", "season"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.out is not None:  # before the work, not after it
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            open(args.out, "a").close()  # the file it will write (over) once the scores are in
+        except OSError as err:
+            raise CLIError(f"cannot write {args.out!r}: {err.strerror or err}") from None
     with _quiet_libraries(), _torch_threads(args.threads):
         panel = _read_panel(args)
         n = panel.frame.n_steps
@@ -416,9 +426,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             context = args.context or CONTEXT_PER_HORIZON * horizon
         cut = n - max(int(round(args.test_fraction * n)), horizon)
         if cut <= horizon:
+            before = ("for training, which needs more than the horizon" if args.model is None else
+                      "before the test part, where a forecast needs more than the horizon")
             raise CLIError(f"the series have {n} steps: a test part of {n - cut} (--test-fraction "
-                           f"{args.test_fraction:g}, at least the horizon {horizon}) leaves {max(cut, 0)} for "
-                           f"training, which needs more than the horizon; lower --horizon or --test-fraction")
+                           f"{args.test_fraction:g}, at least the horizon {horizon}) leaves {max(cut, 0)} {before}; "
+                           f"lower --horizon or --test-fraction")
         train_panel = _panel(panel.frame.slice(0, cut), panel.description)
         _check_observed(train_panel, "before the test part")
         if args.model is None:
@@ -445,6 +457,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                                    loc, scale)
             last = ev.last_observed(panel.target, t)
             models["Naive (last value)"].add(np.repeat(last[:, None], horizon, 1), actual, loc, scale)
+    armt = models["ARMT"]
+    if armt.summary()["points"] == 0:
+        raise CLIError(f"no series has an observed value in the test part [{cut}, {n}) (--test-fraction "
+                       f"{args.test_fraction:g}): nothing to score")
+    unscored = [i for i in range(len(panel.series)) if armt.summary(np.array([i]))["points"] == 0]
+    notes = []
+    if unscored:
+        names = [panel.series[i] if panel.channels is None else f"{panel.series[i]} / {panel.channels[i]}"
+                 for i in unscored]
+        notes.append(f"{len(unscored)} series have no observed value at the scored test steps and are left out of "
+                     f"the scores: {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}")
+    if int(starts[-1]) - season + min(horizon, season) - 1 < 0:  # seasonal_naive's every look-back is before 0
+        notes.append(f"the season ({season} steps) reaches before the first step from every origin, so "
+                     f"SeasonalNaive repeats the last value (Naive's forecast); lower --season")
+    scored_to = int(starts[-1]) + horizon
+    if scored_to < n:
+        notes.append(f"origins every {stride} steps score steps [{cut}, {scored_to}) of the test part [{cut}, {n}); "
+                     f"a smaller --stride scores the rest")
     if args.out is not None:
         with _writing(args.out):
             _write_scores(panel, models, Path(args.out))
@@ -459,6 +489,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    for note in notes:
+        print(f"  note: {note}")
     if args.out is not None:
         print(f"\n  wrote {args.out} (scores per series)")
     return 0
@@ -515,6 +547,7 @@ def _check_options(args: argparse.Namespace) -> list[float]:
         raise CLIError(f"--quantiles must lie strictly between 0 and 1, got {bad[0]}")
     if len(set(quantiles)) != len(quantiles):
         raise CLIError(f"--quantiles has a repeated level: {quantiles}")
+    _check_quantile_columns(quantiles)
     if args.device == "cuda":
         import torch
 
@@ -702,22 +735,23 @@ def _gluonts_dataset(panel: Panel):
     return to_gluonts(dataclasses.replace(frame, timestamps=frame.timestamps - shift))
 
 
-def future_timestamps(frame: TimeSeriesFrame, horizon: int) -> np.ndarray:
-    """[horizon] datetime64[ns]: the next steps of the frame's regular grid."""
+def future_timestamps(frame: TimeSeriesFrame, horizon: int, last: int | None = None) -> np.ndarray:
+    """[horizon] datetime64[ns]: the steps of the frame's regular grid after step ``last`` (default: its end)."""
     import polars as pl
 
     from armt_ts.data import parse_freq
 
+    last = frame.n_steps - 1 if last is None else last
     freq = parse_freq(frame.freq)
-    last = frame.timestamps[-1].astype("datetime64[ns]")
     if freq.step_ns is not None:
-        return last + np.arange(1, horizon + 1, dtype=np.int64) * np.timedelta64(freq.step_ns, "ns")
+        start = frame.timestamps[last].astype("datetime64[ns]")
+        return start + np.arange(1, horizon + 1, dtype=np.int64) * np.timedelta64(freq.step_ns, "ns")
     # Calendar steps: continue the grid from its first timestamp as the reader built it (month ends stay month
     # ends: Jan 31, Feb 29, Mar 31), not by adding months to the last one.
     first = pl.Series(frame.timestamps[:1].astype("datetime64[ns]"))
-    end = first.dt.offset_by(f"{(frame.n_steps - 1 + horizon) * freq.months}mo")[0]
+    end = first.dt.offset_by(f"{(last + horizon) * freq.months}mo")[0]
     grid = pl.datetime_range(first[0], end, interval=freq.text, time_unit="ns", eager=True)
-    return grid.to_numpy().astype("datetime64[ns]")[frame.n_steps:frame.n_steps + horizon]
+    return grid.to_numpy().astype("datetime64[ns]")[last + 1:last + 1 + horizon]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -827,9 +861,28 @@ def _check_loaded(predictor: ARMTPredictor, args: argparse.Namespace) -> tuple[i
 
 
 def predict(predictor: ARMTPredictor, panel: Panel, horizon: int, levels: Sequence[float]) -> Forecasts:
-    """Forecast the next ``horizon`` steps of every series, from the end of its history."""
-    mean, quantiles = _forecast_arrays(_predicted(predictor, _gluonts_dataset(panel), panel), levels)
-    return Forecasts(future_timestamps(panel.frame, horizon), mean, tuple(levels), quantiles)
+    """Forecast the next ``horizon`` steps of every series, from the end of the file's grid; a series whose last
+    ``context`` steps hold no observed value (it ended earlier, or a column went silent) is forecast from its own
+    last observation instead, dated from there, with a note naming it: from the grid's end its forecast would read
+    nothing at all."""
+    n, context = panel.frame.n_steps, predictor.prediction_net.model.context_length
+    observed = np.isfinite(panel.target)
+    ends = n - 1 - np.argmax(observed[:, ::-1], axis=1)  # each series' last observed step (every series has one)
+    early = np.flatnonzero(ends < n - context)
+    entries = list(_gluonts_dataset(panel))
+    for s in early:
+        entries[s] = dict(entries[s], target=entries[s]["target"][:ends[s] + 1])
+    mean, quantiles = _forecast_arrays(_predicted(predictor, entries, panel), levels)
+    timestamps = np.tile(future_timestamps(panel.frame, horizon), (len(panel.series), 1))
+    for s in early:
+        timestamps[s] = future_timestamps(panel.frame, horizon, last=int(ends[s]))
+    if early.size:
+        names = [panel.series[s] if panel.channels is None else f"{panel.series[s]} / {panel.channels[s]}"
+                 for s in early]
+        print(f"{PROG}: note: {early.size} series have no observed value in their last {context} steps and are "
+              f"forecast from their own last observation (dated from there): "
+              f"{', '.join(map(repr, names[:5]))}{' ...' if early.size > 5 else ''}", file=sys.stderr)
+    return Forecasts(timestamps, mean, tuple(levels), quantiles)
 
 
 def _forecast_arrays(forecasts: list, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -848,6 +901,15 @@ def _quantile_column(level: float) -> str:
     return f"q{level:g}"
 
 
+def _check_quantile_columns(levels: Sequence[float]) -> None:
+    """Levels so close that their columns would share a name (q0.123457 for 0.1234567 and 0.1234568) are refused."""
+    names = [_quantile_column(q) for q in levels]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CLIError(f"--quantiles: levels {[q for q in levels if _quantile_column(q) in twice]} would all be "
+                       f"written as column {twice[0]}; give levels that differ in their first 6 digits")
+
+
 def write_csv(panel: Panel, forecasts: Forecasts, levels: Sequence[float], path: Path) -> int:
     """One row per series, [channel] and forecast step; returns the number of rows."""
     import polars as pl
@@ -856,7 +918,7 @@ def write_csv(panel: Panel, forecasts: Forecasts, levels: Sequence[float], path:
     cols: dict[str, pl.Series] = {"series": pl.Series(np.repeat(panel.series, horizon), dtype=pl.String)}
     if panel.channels is not None:
         cols["channel"] = pl.Series(np.repeat(panel.channels, horizon), dtype=pl.String)
-    cols["timestamp"] = pl.Series(np.tile(forecasts.timestamps, n_series)).cast(pl.Datetime("ns"))
+    cols["timestamp"] = pl.Series(forecasts.timestamps.reshape(-1)).cast(pl.Datetime("ns"))
     cols["mean"] = pl.Series(forecasts.mean.ravel())
     for q in levels:
         cols[_quantile_column(q)] = pl.Series(forecasts.at(q).ravel())
@@ -874,7 +936,7 @@ def plot_forecast(panel: Panel, forecasts: Forecasts, path: Path, *, n_series: i
     from matplotlib.figure import Figure
 
     n = min(n_series, len(panel.series))
-    horizon = forecasts.timestamps.size
+    horizon = forecasts.timestamps.shape[1]
     keep = min(PLOT_HISTORY_PER_HORIZON * horizon, panel.frame.n_steps)
     t_hist = panel.frame.timestamps[-keep:]
     fig = Figure(figsize=(10, 1.0 + 2.4 * n), layout="constrained")
@@ -884,10 +946,10 @@ def plot_forecast(panel: Panel, forecasts: Forecasts, path: Path, *, n_series: i
     for i, ax in enumerate(axes):
         name = panel.series[i] if panel.channels is None else f"{panel.series[i]} / {panel.channels[i]}"
         ax.plot(t_hist, panel.target[i, -keep:], color="0.25", lw=1.0, label="history")
-        ax.fill_between(forecasts.timestamps, lo[i], hi[i], color="tab:blue", alpha=0.25,
+        ax.fill_between(forecasts.timestamps[i], lo[i], hi[i], color="tab:blue", alpha=0.25,
                         label=f"{PLOT_LEVELS[0]:.0%}-{PLOT_LEVELS[2]:.0%} band")
-        ax.plot(forecasts.timestamps, mid[i], color="tab:blue", lw=1.5, label="median forecast")
-        ax.axvline(forecasts.timestamps[0], color="0.6", ls=":", lw=1.0)
+        ax.plot(forecasts.timestamps[i], mid[i], color="tab:blue", lw=1.5, label="median forecast")
+        ax.axvline(forecasts.timestamps[i, 0], color="0.6", ls=":", lw=1.0)
         ax.set_title(name, loc="left", fontsize=10)
         ax.set_ylabel("value")
     axes[0].legend(loc="upper left", fontsize=8, ncols=3)
@@ -953,7 +1015,9 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--target", metavar="COL", nargs="+",
                    help="wide: the value columns (default: all but the timestamp); long: the value column "
                         "(default: 'value')")
-    p.add_argument("--out", metavar="CSV", default="-", help="where forecasts go (default: stdout)")
+    p.add_argument("--out", metavar="CSV", default="-",
+                   help="where forecasts go (default: stdout); an existing file is appended to when its header has "
+                        "the same columns")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast for the embedder and the backbone (the memory state and the head stay fp32)")
@@ -1053,12 +1117,19 @@ class _StreamOutput:
 
     def __init__(self, path: str, levels: Sequence[float]):
         self.levels = list(levels)
+        header = ",".join(["entity", "as_of", "step", "mean", *map(_quantile_column, self.levels)])
+        if path != "-" and os.path.exists(path) and os.path.getsize(path):  # appending: the columns must match
+            with open(path, encoding="utf-8", errors="replace") as f:
+                first = f.readline().rstrip("\r\n")
+            if first != header:
+                raise OSError(f"it exists with the header {first!r}, not {header!r} (forecasts are appended to an "
+                              f"existing file only under the same columns)")
         self.file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
         self.owned = path != "-"
         if not self.owned or self.file.tell() == 0:
-            self.file.write(",".join(["entity", "as_of", "step", "mean", *map(_quantile_column, self.levels)]) + "\n")
+            self.file.write(header + "\n")
 
-    def write(self, fc, as_of: dict) -> int:
+    def write(self, fc, as_of: dict, channels: Sequence[str]) -> int:
         import csv
 
         w = csv.writer(self.file, lineterminator="\n")
@@ -1066,10 +1137,11 @@ class _StreamOutput:
         rows = 0
         for i, e in enumerate(fc.entities):
             for c in range(point.shape[2]):
-                name = e if point.shape[2] == 1 else f"{e}/{c}"
+                name = e if point.shape[2] == 1 else f"{e}/{channels[c]}"
                 for h in range(point.shape[1]):
-                    w.writerow([name, as_of.get(e, ""), h + 1, f"{point[i, h, c]:.6g}",
-                                *(f"{q[i, h, c, k]:.6g}" for k in range(q.shape[3]))])
+                    # 9 significant digits: every float32 exactly (6 lost the band of values near 1e6)
+                    w.writerow([name, as_of.get(e, ""), h + 1, f"{point[i, h, c]:.9g}",
+                                *(f"{q[i, h, c, k]:.9g}" for k in range(q.shape[3]))])
                     rows += 1
         self.file.flush()
         return rows
@@ -1088,6 +1160,7 @@ def run_stream(args: argparse.Namespace) -> int:
     levels = sorted(args.quantiles)
     if any(not 0.0 < q < 1.0 for q in levels) or len(set(levels)) != len(levels):
         raise CLIError(f"--quantiles must be distinct levels strictly between 0 and 1, got {args.quantiles}")
+    _check_quantile_columns(levels)
     source = "<stdin>" if args.file == "-" else args.file
     with _quiet_libraries(), _torch_threads(args.threads):
         from armt_ts.state import StateFileError
@@ -1119,6 +1192,9 @@ def run_stream(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CLIError(f"cannot write {args.out!r}: {err.strerror or err}") from None
         run = _StreamRun(sf, args, source, out, horizon, levels)
+        if not resumed:  # a model of C > 1 channels takes the file's value column names as its channel names
+            run.fresh = lambda names: StreamingForecaster.from_predictor(predictor, entities=[], channels=names,
+                                                                         **run_opts)
         try:
             run.rows(iter(stream.readline, ""))  # row by row as they arrive, no read-ahead
             if not run.forecast_is_current:
@@ -1165,6 +1241,7 @@ class _StreamRun:
         self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
         self.forecast_is_current = False
         self.time_kind: tuple[str, int] | None = None  # the first row's kind of timestamp, and that row
+        self.fresh: Callable[[list[str]], Any] | None = None  # a new stream with these channel names (not resumed)
         self.warned: set[str] = set()  # columns already warned about (a likely fill value)
 
     def _warn(self, column: str) -> Callable[[str], None]:
@@ -1197,7 +1274,7 @@ class _StreamRun:
         ready = self.sf.entities_with_data()
         if ready:
             fc = self.sf.forecast(self.horizon, self.levels, entities=ready)
-            self.counts["forecast_rows"] += self.out.write(fc, self.as_of)
+            self.counts["forecast_rows"] += self.out.write(fc, self.as_of, self.sf.channels)
         self.save_state()
         self.forecast_is_current = True
 
@@ -1214,6 +1291,14 @@ class _StreamRun:
         _check_utf8(header_line, f"{self.source}, the header line")
         header = next(csv.reader([header_line.removeprefix("\ufeff")]))  # a UTF-8 byte-order mark is no name
         t_col, id_col, cols = _stream_columns(header, self.args, self.source, C)
+        if C > 1:  # the value columns are the channels, by name: a resumed state must get them in its order
+            names = [name for _, name in cols]
+            if self.fresh is not None:
+                self.sf = sf = self.fresh(names)
+            elif list(sf.channels) != names and list(sf.channels) != [str(c) for c in range(C)]:
+                raise CLIError(f"{self.source}: the value columns {names} are not the state's channels "
+                               f"{list(sf.channels)} in that order; name them so with --target "
+                               f"{' '.join(sf.channels)}")
         if id_col is None:
             wanted = [name for _, name in cols] if C == 1 else ["series"]
             sf.join([e for e in wanted if e not in sf._rows])

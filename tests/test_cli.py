@@ -343,3 +343,32 @@ def test_a_multivariate_model_is_refused_by_forecast_and_evaluate(tmp_path, caps
                             *(["--no-plot"] if command == "forecast" else []))
         assert code == 2 and "Traceback" not in err, err
         assert "forecasts 2-channel series (ARMTEstimator(target_dim=2))" in err and f"armt-ts {command}" in err
+
+
+def test_a_series_that_ended_early_is_forecast_from_its_own_last_observation(tmp_path, capsys):
+    """In a long file a series whose last context holds no observed value (it ended 100 steps before the others)
+    is forecast from its own last row, dated from there, at its own level, with a note; the others from the end."""
+    t = np.datetime64("2024-01-01T00:00") + np.arange(200) * np.timedelta64(1, "h")
+    rows = ["timestamp,id,value"]
+    for i, ts in enumerate(t):
+        stamp = str(ts).replace("T", " ")
+        rows.append(f"{stamp},live,{10 + np.sin(i / 4):.3f}")
+        if i < 100:
+            rows.append(f"{stamp},gone,{500 + np.cos(i / 4):.3f}")
+    src = tmp_path / "long.csv"
+    src.write_text("\n".join(rows) + "\n")
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 0, err
+    assert "1 series have no observed value in their last 24 steps" in err and "'gone'" in err
+    df = _read_forecast(tmp_path / "f.csv")
+    gone, live = (df.filter(pl.col("series") == s) for s in ("gone", "live"))
+    assert gone["timestamp"].to_list()[0] == "2024-01-05 04:00:00"  # the step after its row 99
+    assert live["timestamp"].to_list()[0] == "2024-01-09 08:00:00"  # the step after the file's end
+    assert 400 < gone["mean"].mean() < 600, "forecast at its own level, not from an empty context"
+
+
+def test_quantile_levels_that_would_share_a_column_are_refused(tmp_path, capsys):
+    src = _hourly(tmp_path / "h.csv")
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--quantiles", "0.1234567", "0.1234568",
+                        "--out", tmp_path / "f.csv", "--no-plot")
+    assert code == 2 and "would all be written as column q0.123457" in err

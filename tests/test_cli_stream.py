@@ -365,3 +365,55 @@ def test_timestamps_are_checked_and_bad_bytes_named_keeping_the_rows_before(save
                  "2020-01-01T02:00:00Z", "2020-01-01T02:00:00.123456-05:30", "2262-04-11"):
         want = int(parse_timestamps(pl.Series("t", [text]), file="f", column="t")[0])
         assert _parse_time(text, "w")[0] == want, text
+
+
+def test_output_keeps_float32_precision_and_appends_only_under_the_same_columns(saved_model, tmp_path, capsys):
+    rows = _wide_rows(40)
+    big = ["timestamp,a,b"] + [f"{r.split(',')[0]},{1234567 + i % 7},{7654321 + i % 5}" for i, r in enumerate(rows[1:])]
+    f = tmp_path / "big.csv"
+    f.write_text("\n".join(big) + "\n")
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0)
+    assert code == 0, err
+    df = _blocks(out)
+    assert (df["q0.9"] - df["q0.1"]).min() > 0, "the band survives the output's rounding"
+    assert all(len(v.split(",")[3].replace(".", "").lstrip("-")) > 6 for v in out.splitlines()[1:3])
+    target = tmp_path / "out.csv"
+    assert _run(capsys, "stream", "--model", saved_model, f, "--every", 0, "--out", target)[0] == 0
+    assert _run(capsys, "stream", "--model", saved_model, f, "--every", 0, "--out", target)[0] == 0  # appends
+    assert target.read_text().count("entity,as_of") == 1
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--every", 0, "--out", target,
+                        "--quantiles", "0.5")
+    assert code == 2 and "exists with the header" in err and "same columns" in err
+
+
+def test_a_multichannel_model_names_its_channels_by_column_and_keeps_their_order(tmp_path, capsys):
+    from gluonts.dataset.common import ListDataset
+
+    from armt_ts.config import ARMTConfig, PatchConfig
+    from armt_ts.gluonts import ARMTEstimator
+
+    t = np.arange(200)
+    data = ListDataset([{"start": "2024-01-01", "target": np.stack([10 + np.sin(t / 4), 100 + 5 * np.cos(t / 4)])}],
+                       freq="h", one_dim_target=False)
+    est = ARMTEstimator(prediction_length=H, context_length=24, target_dim=2,
+                        armt=ARMTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, segment_length=4),
+                        patch=PatchConfig(patch_len=8, stride=8), batch_size=4, num_batches_per_epoch=1,
+                        trainer_kwargs=dict(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                                            enable_model_summary=False, logger=False))
+    est.train(data).serialize(tmp_path / "mc")
+    stamps = np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h")
+    lines = ["timestamp,x,y"] + [f"{str(s).replace('T', ' ')},{10 + np.sin(i / 4):.3f},{100 + np.cos(i / 4):.3f}"
+                                 for i, s in enumerate(stamps)]
+    half, whole = tmp_path / "half.csv", tmp_path / "whole.csv"
+    half.write_text("\n".join(lines[:101]) + "\n")
+    whole.write_text("\n".join(lines) + "\n")
+    state = tmp_path / "s.state"
+    code, out, err = _run(capsys, "stream", "--model", tmp_path / "mc", half, "--every", 0, "--state", state)
+    assert code == 0, err
+    assert set(_blocks(out)["entity"]) == {"series/x", "series/y"}
+    # resuming with the columns in another order would feed y's values to x's channel: refused
+    code, _, err = _run(capsys, "stream", "--model", tmp_path / "mc", whole, "--every", 0, "--state", state,
+                        "--target", "y", "x")
+    assert code == 2 and "not the state's channels ['x', 'y'] in that order" in err
+    code, out, err = _run(capsys, "stream", "--model", tmp_path / "mc", whole, "--every", 0, "--state", state)
+    assert code == 0 and "skipped 100 row(s)" in err

@@ -167,3 +167,23 @@ def test_a_series_with_nothing_in_the_test_part_gets_no_scores(tmp_path, capsys)
     sc = ev.Scores.zeros(1, 0)
     r = sc.summary()
     assert r["points"] == 0 and np.isnan(r["mse"]) and np.isnan(r["mae"]) and np.isnan(r["mae_units"])
+
+
+def test_evaluate_says_what_it_did_not_score_and_checks_out_first(tmp_path, capsys):
+    src = tmp_path / "p.csv"
+    _periodic_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--season", "1000", "--stride", "7")
+    assert code == 0, err
+    assert "note: the season (1000 steps) reaches before the first step from every origin" in stdout
+    assert "note: origins every 7 steps score steps [320, 396) of the test part [320, 400)" in stdout
+    # an --out that cannot be written fails before the training, not after it
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--out", blocker / "scores.csv")
+    assert code == 2 and "cannot write" in err and "trained" not in stdout
+    empty = tmp_path / "empty_test.csv"
+    df = pl.read_csv(src, infer_schema=False)
+    df.with_columns([pl.when(pl.int_range(df.height) >= 320).then(pl.lit("")).otherwise(pl.col(c)).alias(c)
+                     for c in ("cycle", "walk")]).write_csv(empty)
+    code, _, err = _run(capsys, "evaluate", empty, *TINY)
+    assert code == 2 and "no series has an observed value in the test part [320, 400)" in err

@@ -131,7 +131,7 @@ def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequenc
     else:
         chans = list(channels)
         for c in chans:
-            _find(table, c, (), "channel", "channels")
+            _find(table, c, (), "value (channel)", "channels")
         _check_distinct(table, [ts, *chans])
     if not chans:
         raise SchemaError("there is no channel column", file=table.file, column=None,

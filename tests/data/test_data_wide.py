@@ -295,7 +295,7 @@ def test_schema_rejections(write_csv, assert_names):
         read_wide(path)
     assert_names(err.value, path, None, "a")
     path = write_csv("date,a\n2020-01-01,1\n2020-01-02,2\n")
-    with pytest.raises(SchemaError, match="no channel column named 'OT'") as err:
+    with pytest.raises(SchemaError, match="no value \\(channel\\) column named 'OT'") as err:
         read_wide(path, channels=["a", "OT"])
     assert_names(err.value, path, None, "OT")
     with pytest.raises(SchemaError, match="no timestamp column named 'ts'") as err:
