@@ -323,20 +323,9 @@ def test_long_ids_are_names_without_surrounding_space(tmp_path, capsys):
 
 
 def test_a_multivariate_model_is_refused_by_forecast_and_evaluate(tmp_path, capsys):
-    from gluonts.dataset.common import ListDataset
+    from armt_ts.testing import tiny_multichannel_model
 
-    from armt_ts.config import ARMTConfig, PatchConfig
-    from armt_ts.gluonts import ARMTEstimator
-
-    t = np.arange(120)
-    data = ListDataset([{"start": "2024-01-01", "target": np.stack([np.sin(t / 4), np.cos(t / 4)])}], freq="h",
-                       one_dim_target=False)
-    est = ARMTEstimator(prediction_length=H, context_length=24, target_dim=2,
-                        armt=ARMTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, segment_length=4),
-                        patch=PatchConfig(patch_len=8, stride=8), batch_size=4, num_batches_per_epoch=1,
-                        trainer_kwargs=dict(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                                            enable_model_summary=False, logger=False))
-    est.train(data).serialize(tmp_path / "mv")
+    tiny_multichannel_model(tmp_path / "mv", H)
     src = _hourly(tmp_path / "two.csv")
     for command in ("forecast", "evaluate"):
         code, _, err = _run(capsys, command, src, "--model", tmp_path / "mv", "--out", tmp_path / "o.csv",

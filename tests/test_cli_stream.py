@@ -387,20 +387,10 @@ def test_output_keeps_float32_precision_and_appends_only_under_the_same_columns(
 
 
 def test_a_multichannel_model_names_its_channels_by_column_and_keeps_their_order(tmp_path, capsys):
-    from gluonts.dataset.common import ListDataset
+    from armt_ts.testing import tiny_multichannel_model
 
-    from armt_ts.config import ARMTConfig, PatchConfig
-    from armt_ts.gluonts import ARMTEstimator
-
+    tiny_multichannel_model(tmp_path / "mc", H)
     t = np.arange(200)
-    data = ListDataset([{"start": "2024-01-01", "target": np.stack([10 + np.sin(t / 4), 100 + 5 * np.cos(t / 4)])}],
-                       freq="h", one_dim_target=False)
-    est = ARMTEstimator(prediction_length=H, context_length=24, target_dim=2,
-                        armt=ARMTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, segment_length=4),
-                        patch=PatchConfig(patch_len=8, stride=8), batch_size=4, num_batches_per_epoch=1,
-                        trainer_kwargs=dict(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                                            enable_model_summary=False, logger=False))
-    est.train(data).serialize(tmp_path / "mc")
     stamps = np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h")
     lines = ["timestamp,x,y"] + [f"{str(s).replace('T', ' ')},{10 + np.sin(i / 4):.3f},{100 + np.cos(i / 4):.3f}"
                                  for i, s in enumerate(stamps)]
