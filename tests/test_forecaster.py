@@ -221,3 +221,14 @@ def test_given_statistics_and_skip_windows_are_checked():
     with pytest.raises(ValueError, match=r"fit_skip: past_values: 1 non-finite value\(s\) at observed positions, "
                                          r"first at \(0, 3, 1\)"):
         g.fit_skip([(bad, m, fut, torch.ones_like(fut))])
+
+
+def test_the_package_names_its_user_facing_classes():
+    import armt_ts
+
+    for name in armt_ts.__all__:
+        assert getattr(armt_ts, name) is not None, name
+    assert armt_ts.StreamingForecaster.__module__ == "armt_ts.stream"
+    assert armt_ts.ARMTForecaster is ARMTForecaster
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        armt_ts.Nope
