@@ -135,8 +135,10 @@ def hash_entity(name: str, buckets: int) -> int:
     Stable across processes, machines and Python versions, so saved models and streams keep their meaning.
     Different names may share a bucket; with B buckets and n entities, about n^2 / (2B) pairs collide.
     """
-    if buckets < 1:
-        raise ValueError(f"buckets: must be >= 1, got {buckets}")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"buckets: must be an int >= 1, got {buckets!r}")
+    if not isinstance(name, str):
+        raise ValueError(f"name: an entity name is a str, got {type(name).__name__} {name!r}")
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % buckets
 
@@ -162,6 +164,11 @@ def time_gaps(time: Tensor, entity: Tensor | None = None) -> tuple[Tensor, Tenso
         raise ValueError(f"time: expected [B, S], got shape {tuple(time.shape)}")
     if not torch.isfinite(time).all():
         raise ValueError("time: must be finite")
+    if time.dtype in (torch.float16, torch.bfloat16, torch.float32) and time.numel() and (
+            float(time.abs().max()) >= 2.0 / torch.finfo(time.dtype).eps):  # whole seconds no longer exact
+        raise ValueError(f"time: {time.dtype} holds times this large ({float(time.abs().max()):.4g} s) only to "
+                         f"{float(time.abs().max()) * torch.finfo(time.dtype).eps:.3g} s; pass float64 (or times "
+                         f"relative to the first event)")
     back = time[:, 1:] < time[:, :-1]
     if back.any():
         b, s = (int(i) for i in back.nonzero()[0])
@@ -174,7 +181,7 @@ def time_gaps(time: Tensor, entity: Tensor | None = None) -> tuple[Tensor, Tenso
     ent_sorted, order = torch.sort(entity, dim=1, stable=True)
     t_sorted = time.gather(1, order)
     same = ent_sorted[:, 1:] == ent_sorted[:, :-1]
-    first = torch.zeros_like(same[:, :1])
+    first = torch.zeros(time.shape[0], 1, dtype=torch.bool, device=time.device)  # [B, 1] even when S = 1
     obs_sorted = torch.cat([first, same], dim=1)
     diff = torch.cat([torch.zeros_like(t_sorted[:, :1]), t_sorted[:, 1:] - t_sorted[:, :-1]], dim=1)
     gap_sorted = torch.where(obs_sorted, diff, torch.zeros_like(diff))

@@ -32,8 +32,14 @@ class RMT(nn.Module):
     def segment_step(self, x: Tensor, mem: Tensor | None) -> tuple[Tensor, Tensor]:
         """x [B, t, D], mem [B, M, D] -> (y [B, t, D], new mem [B, M, D])."""
         c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.d_model:
+            raise ValueError(f"x: expected [B, t, {c.d_model}], got {tuple(x.shape)}")
         B, t, _ = x.shape
         M, T = c.num_mem_tokens, c.segment_length
+        if not 1 <= t <= T:
+            raise ValueError(f"segment has {t} tokens; expected 1 to segment_length={T}")
+        if mem is not None and tuple(mem.shape) != (B, M, c.d_model):
+            raise ValueError(f"mem: expected [B, M, D] = [{B}, {M}, {c.d_model}], got {tuple(mem.shape)}")
         if mem is None:
             mem = self.mem_init.unsqueeze(0).expand(B, -1, -1)
         # the write tokens start as a copy of the read memory (RMT's decoder variant); causal attention
@@ -88,9 +94,14 @@ class GRUPeer(nn.Module):
     @classmethod
     def matched(cls, config: ARMTConfig, target_params: int, n_layers: int | None = None) -> "GRUPeer":
         """A GRU with (nearly) ``target_params`` parameters on ``config.d_model``-wide tokens."""
-        n_layers = n_layers or config.n_layers
+        n_layers = config.n_layers if n_layers is None else n_layers
+        if n_layers < 1 or target_params < 1:
+            raise ValueError(f"GRUPeer.matched: n_layers and target_params must be >= 1, got {n_layers}, "
+                             f"{target_params}")
         return cls(config.d_model, gru_hidden_for_params(config.d_model, n_layers, target_params), n_layers)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.dim() != 3 or x.shape[-1] != self.gru.input_size:  # nn.GRU reads [S, D] as one unbatched sequence
+            raise ValueError(f"x: expected [B, S, {self.gru.input_size}], got {tuple(x.shape)}")
         out, h = self.gru(x, state)
         return self.ln_f(self.proj(out)), h

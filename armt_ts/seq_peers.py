@@ -18,10 +18,18 @@ Every peer maps tokens [B, S, D] to [B, S, D] with a carried state, ``y, state =
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _positive(cls: str, **sizes: Any) -> None:
+    """Each size an int >= 1 (not a bool); the error names the class and the argument."""
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{cls}.{name}: must be an int >= 1, got {v!r}")
 
 
 def _mlp(d_model: int, d_ff: int) -> nn.Sequential:
@@ -33,6 +41,7 @@ class MambaPeer(nn.Module):
 
     def __init__(self, d_model: int, n_layers: int = 2, d_state: int = 16, expand: int = 2, d_conv: int = 4):
         super().__init__()
+        _positive("MambaPeer", d_model=d_model, n_layers=n_layers, d_state=d_state, expand=expand, d_conv=d_conv)
         try:
             from mambapy.mamba import Mamba, MambaConfig
         except ImportError as e:  # the explicit-backend rule: no silent fallback to another model
@@ -51,9 +60,16 @@ class MambaPeer(nn.Module):
         return [(torch.zeros(batch, c.d_inner, c.d_state, device=device),
                  torch.zeros(batch, c.d_inner, c.d_conv - 1, device=device)) for _ in range(c.n_layers)]
 
-    def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
-        if state is None and x.shape[1] > 1 and torch.is_grad_enabled():
-            # training from an empty state: the parallel scan; the final state is not needed
+    def forward(self, x: Tensor, state: list | None = None, return_state: bool = False) -> tuple[Tensor, list | None]:
+        """x [B, S, D] -> (y [B, S, D], state after the last token). Training from an empty state (gradients on,
+        ``state`` None, S > 1) runs mambapy's parallel scan, which gives no final state: the second value is then
+        None unless ``return_state=True`` (the token-by-token recurrence, the same outputs, slower), which chunked
+        training (a state carried into the next chunk) needs."""
+        if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"x: expected [B, S, {self.cfg.d_model}], got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            return x, (self.empty_state(x.shape[0], x.device) if state is None else state)
+        if state is None and x.shape[1] > 1 and torch.is_grad_enabled() and not return_state:
             return self.ln_f(self.mamba(x)), None
         caches = self.empty_state(x.shape[0], x.device) if state is None else list(state)
         ys = []
@@ -116,6 +132,8 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, d_model: int, n_layers: int = 2, n_heads: int = 2, d_key: int = 16, d_value: int = 16,
                  d_ff: int = 64):
         super().__init__()
+        _positive("GatedDeltaNet", d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_key=d_key, d_value=d_value,
+                  d_ff=d_ff)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
         self.mixers = nn.ModuleList(GatedDeltaNetLayer(d_model, n_heads, d_key, d_value) for _ in range(n_layers))
         self.mlps = nn.ModuleList(_mlp(d_model, d_ff) for _ in range(n_layers))
@@ -169,8 +187,10 @@ class SlidingWindowTransformer(nn.Module):
 
     def __init__(self, d_model: int, n_layers: int = 2, n_heads: int = 2, d_ff: int = 64, window: int = 16):
         super().__init__()
-        if window < 1:
-            raise ValueError(f"SlidingWindowTransformer.window: must be >= 1, got {window}")
+        _positive("SlidingWindowTransformer", d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
+                  window=window)
+        if d_model % n_heads:
+            raise ValueError(f"SlidingWindowTransformer.n_heads: d_model={d_model} is not divisible by {n_heads}")
         self.window = window
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
         self.attn = nn.ModuleList(_WindowAttention(d_model, n_heads, window) for _ in range(n_layers))
@@ -202,6 +222,7 @@ class KNNRetrieval(nn.Module):
 
     def __init__(self, d_model: int, k: int = 4, capacity: int = 4096, d_ff: int = 64):
         super().__init__()
+        _positive("KNNRetrieval", d_model=d_model, k=k, capacity=capacity, d_ff=d_ff)  # capacity 0 kept everything
         self.k, self.capacity = k, capacity
         self.W_q = nn.Linear(d_model, d_model, bias=False)
         self.W_k = nn.Linear(d_model, d_model, bias=False)

@@ -67,6 +67,8 @@ class RetrievalTask:
     def sample_dense(self, batch: int, pairs: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """-> tokens [batch, L] and targets [batch, L] (long, -100 where there is nothing to answer).
 
+        ``batch`` and ``pairs`` are ints >= 1 and ``generator`` a torch.Generator (never the global RNG).
+
         Every "key sep" prefix is a query: at each pair's sep the target is the value the key held
         BEFORE this pair's write (if the key was written earlier), and at the final query's sep it is the
         answer. The input is exactly the task's sequence; only more of its positions are scored.
@@ -87,6 +89,12 @@ class RetrievalTask:
         [batch, queries]. Each (pairs, query j) is one sequence of the paper's format; sharing the pairs
         lets a model score many queries for the cost of one pass over the pairs.
         """
+        for name, n in (("batch", batch), ("pairs", pairs), ("queries", queries)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name}: must be an int >= 1, got {n!r}")
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator: a torch.Generator (the task never draws from the global RNG), got "
+                             f"{type(generator).__name__}")
         if self.kind == "remember" and pairs > self.num_keys:
             raise ValueError(f"remember with {pairs} pairs needs unique keys, but only {self.num_keys} exist")
         if self.kind == "remember":
@@ -128,4 +136,10 @@ def capacity_estimate(pairs: int, accuracy: float, num_values: int) -> float:
     A model that knows k of n pairs and guesses the rest uniformly scores alpha = k/n + (1 - k/n)/v,
     so k = n (v alpha - 1) / (v - 1) (the paper's estimate).
     """
+    if isinstance(num_values, bool) or not isinstance(num_values, int) or num_values < 2:
+        raise ValueError(f"capacity_estimate: num_values must be an int >= 2, got {num_values!r}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"capacity_estimate: accuracy must be a fraction in [0, 1], got {accuracy!r}")
+    if pairs < 0:
+        raise ValueError(f"capacity_estimate: pairs must be >= 0, got {pairs!r}")
     return pairs * (num_values * accuracy - 1) / (num_values - 1)

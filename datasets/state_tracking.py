@@ -125,6 +125,13 @@ class EventStreamTask:
 def replay(batch: EventBatch, num_entities: int, num_values: int) -> Tensor:
     """The exact entity -> state table replayed from the events (the oracle): -> predictions [B, L]."""
     B, L = batch.types.shape
+    for name, what, n, ids in (("num_entities", "entity", num_entities, batch.entities),
+                               ("num_values", "value", num_values, batch.values)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"replay: {name} must be an int >= 1, got {n!r}")
+        if ids.numel() and int(ids.max()) >= n:
+            raise ValueError(f"replay: the batch holds {what} ids up to {int(ids.max())}, more than {name}={n} "
+                             f"(the task's own sizes)")
     rows = torch.arange(B)
     state = torch.zeros(B, num_entities, dtype=torch.long)
     out = torch.empty(B, L, dtype=torch.long)

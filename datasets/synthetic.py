@@ -156,6 +156,8 @@ class TelemetryConfig:
             start = None
         if start is None or np.isnat(start):
             _fail("start", f"must be a timestamp string like '2024-01-01 00:00:00', got {self.start!r}")
+        if isinstance(self.start, str) and re.search(r"(Z|[+-]\d{2}:?\d{2})\s*$", self.start.strip()[10:]):
+            _fail("start", f"must be naive (no time zone: the calendar phase starts there), got {self.start!r}")
         for name in ("daily_amplitude", "weekly_amplitude", "trend_scale", "factor_scale", "noise_scale",
                      "level_spread", "scale_spread", "level_shift_scale"):
             v = getattr(self, name)
@@ -393,6 +395,9 @@ def generate_telemetry(config: TelemetryConfig | None = None) -> Telemetry:
         missing |= offline[sl, :, None]
         np.copyto(z, np.float32(np.nan), where=missing)
         np.logical_not(missing, out=observed[sl], casting="unsafe")
+        if not np.isfinite(z[~missing]).all():
+            raise ValueError("TelemetryConfig: these amplitudes, levels or scales overflow float32 (observed values "
+                             "came out infinite); use magnitudes below about 1e30")
 
     entities = _names("entity_", n, 3)
     events = _events_frame(

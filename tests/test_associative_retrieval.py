@@ -106,3 +106,18 @@ def test_shared_prefix_queries_equal_separate_sequences(name):
     for j in range(4):
         separate = model(torch.cat([body, queries[:, j]], dim=1))
         torch.testing.assert_close(shared[:, j], separate, rtol=1e-5, atol=1e-5)
+
+
+def test_sizes_generators_and_capacity_arguments_are_named():
+    from datasets.associative_retrieval import RetrievalTask, capacity_estimate
+
+    task = RetrievalTask("rewrite")
+    g = torch.Generator().manual_seed(0)
+    for args, message in (((0, 3, g), "batch: must be an int >= 1"), ((2, 0, g), "pairs: must be an int >= 1"),
+                          ((2, 3, None), "generator: a torch.Generator")):
+        with pytest.raises(ValueError, match=message):
+            task.sample(*args)
+    for args, message in (((10, 0.5, 1), "num_values must be an int >= 2"), ((10, 1.5, 16), "accuracy"),
+                          ((-1, 0.5, 16), "pairs must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            capacity_estimate(*args)

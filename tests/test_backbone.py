@@ -409,3 +409,11 @@ def test_config_fields_of_the_wrong_type_are_config_errors():
                                   ("read_norm_cap", float("nan"), "finite number > 0")):
         with pytest.raises(ConfigError, match=f"ARMTConfig.{field}: .*{message}"):
             dataclasses.replace(SMALL, **{field: value})
+
+
+def test_rmt_segment_step_refuses_a_segment_longer_than_its_length():
+    rmt = RMT(SMALL)
+    with pytest.raises(ValueError, match="segment has 6 tokens; expected 1 to segment_length=5"):
+        rmt.segment_step(torch.randn(1, 6, SMALL.d_model), None)
+    with pytest.raises(ValueError, match=r"mem: expected \[B, M, D\]"):
+        rmt.segment_step(torch.randn(2, 5, SMALL.d_model), torch.zeros(1, SMALL.num_mem_tokens, SMALL.d_model))

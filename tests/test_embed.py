@@ -325,3 +325,16 @@ def test_event_config_validation_names_the_field():
             EventConfig(**kwargs)
     cfg = EventConfig(n_types=3)
     assert EventConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_time_gaps_of_one_event_and_of_float32_epoch_times():
+    gap, known = time_gaps(torch.zeros(3, 1))
+    assert gap.shape == (3, 1) and not known.any()
+    with pytest.raises(ValueError, match="float32 holds times this large .* pass float64"):
+        time_gaps(torch.tensor([[1.7e9, 1.7e9 + 1]]))
+    gap, _ = time_gaps(torch.tensor([[1.7e9, 1.7e9 + 1, 1.7e9 + 61]], dtype=torch.float64))
+    assert gap.tolist() == [[0.0, 1.0, 60.0]]
+    with pytest.raises(ValueError, match="name: an entity name is a str"):
+        hash_entity(3, 10)
+    with pytest.raises(ValueError, match="buckets: must be an int >= 1"):
+        hash_entity("a", 2.5)

@@ -93,3 +93,30 @@ def test_knn_keeps_at_most_capacity_embeddings_and_reads_neighbours():
     y[:, -1].square().sum().backward()  # (a plain sum of a layer-normed vector is constant)
     assert x.grad[:, :-1].abs().sum() > 0, "the last token reads earlier tokens"
     assert model.state_numel() == 5 * D
+
+
+def test_peer_inputs_and_sizes_are_checked_by_name():
+    from armt_ts.peers import GRUPeer
+    from armt_ts.seq_peers import GatedDeltaNet, KNNRetrieval, SlidingWindowTransformer
+
+    for make, message in ((lambda: KNNRetrieval(8, capacity=0), "KNNRetrieval.capacity: must be an int >= 1"),
+                          (lambda: KNNRetrieval(8, k=0), "KNNRetrieval.k"),
+                          (lambda: GatedDeltaNet(8, n_heads=0), "GatedDeltaNet.n_heads"),
+                          (lambda: SlidingWindowTransformer(8, window=True), "SlidingWindowTransformer.window"),
+                          (lambda: SlidingWindowTransformer(8, n_heads=3), "not divisible")):
+        with pytest.raises(ValueError, match=message):
+            make()
+    with pytest.raises(ValueError, match=r"x: expected \[B, S, 8\]"):
+        GRUPeer(8, 5, 2)(torch.randn(3, 8))  # nn.GRU would read it as one sequence of 3 steps
+
+
+def test_mamba_carries_its_state_between_training_chunks_when_asked():
+    torch.manual_seed(0)
+    m = MambaPeer(8, n_layers=1, d_state=4)
+    x = torch.randn(2, 6, 8)
+    whole, _ = m(x, return_state=True)
+    first, state = m(x[:, :3], return_state=True)
+    assert state is not None
+    second, _ = m(x[:, 3:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-5)
+    assert m(x[:, :3])[1] is None  # the parallel scan: no final state unless asked

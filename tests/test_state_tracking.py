@@ -124,3 +124,13 @@ def test_per_entity_layout_equals_running_each_entity_alone():
             sub = type(b)(*(t[row : row + 1, sel] for t in (b.types, b.entities, b.values, b.targets, b.last_write)))
             alone, _ = predict_shared(model, sub, ids[row : row + 1, sel], args)
             assert torch.equal(alone[0], preds[row, sel])
+
+
+def test_replay_refuses_sizes_smaller_than_the_batch_holds():
+    task = EventStreamTask(num_entities=3, num_values=5)
+    batch = task.sample(2, 40, torch.Generator().manual_seed(0))
+    assert torch.equal(replay(batch, 3, 5), replay(batch, 3, 5))
+    for args, message in (((2, 5), "entity ids up to 2, more than num_entities=2"),
+                          ((3, 0), "num_values must be an int >= 1")):
+        with pytest.raises(ValueError, match=message):
+            replay(batch, *args)

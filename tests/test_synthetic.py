@@ -390,3 +390,10 @@ def test_any_valid_config_gives_consistent_masks(**kw):
     if ev.height:
         ts = tel.timestamps.astype("datetime64[us]")
         assert ev["timestamp"].min() > ts[0].item() and ev["timestamp"].max() <= ts[-1].item()
+
+
+def test_a_zoned_start_and_overflowing_magnitudes_are_refused():
+    with pytest.raises(ValueError, match="TelemetryConfig.start: must be naive"):
+        TelemetryConfig(start="2024-01-01T00:00:00+05:00")
+    with pytest.raises(ValueError, match="overflow float32"):
+        generate_telemetry(TelemetryConfig(n_entities=2, n_channels=2, length=30, daily_amplitude=1e308))
