@@ -134,3 +134,15 @@ def test_replay_refuses_sizes_smaller_than_the_batch_holds():
                           ((3, 0), "num_values must be an int >= 1")):
         with pytest.raises(ValueError, match=message):
             replay(batch, *args)
+
+
+def test_task_fields_of_the_wrong_type_are_named():
+    for make, message in ((lambda: EventStreamTask(num_entities=True), "EventStreamTask.num_entities"),
+                          (lambda: EventStreamTask(num_entities=3, write_rate="0.5"), "EventStreamTask.write_rate"),
+                          (lambda: RegimeTelemetryTask(num_entities=2, level_scale=float("nan")),
+                           "RegimeTelemetryTask.level_scale"),
+                          (lambda: RegimeTelemetryTask(num_entities=2, noise_sd=[0.1]), "RegimeTelemetryTask.noise_sd"),
+                          (lambda: RegimeTelemetryTask(num_entities=2, announce_rate=True),
+                           "RegimeTelemetryTask.announce_rate")):
+        with pytest.raises(ValueError, match=message):
+            make()
