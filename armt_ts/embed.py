@@ -104,6 +104,8 @@ class PatchEmbedder(nn.Module):
         B, T, C = values.shape
         if C != c.n_channels:
             raise ValueError(f"values: expected C = n_channels = {c.n_channels} channels, got {C}")
+        if not values.is_floating_point():  # ints would be cast silently, complex values lose their imaginary part
+            raise ValueError(f"values: expected a floating-point tensor, got {values.dtype}")
         _check_shape("observed", observed, (B, T, C))
         keep = observed != 0
         _check_finite_where_observed("values", values, keep)

@@ -338,3 +338,11 @@ def test_time_gaps_of_one_event_and_of_float32_epoch_times():
         hash_entity(3, 10)
     with pytest.raises(ValueError, match="buckets: must be an int >= 1"):
         hash_entity("a", 2.5)
+
+
+def test_patch_values_must_be_floating_point():
+    emb = _patch("independent")
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        values = torch.ones(2, 12, emb.config.n_channels, dtype=dtype)
+        with pytest.raises(ValueError, match=f"values: expected a floating-point tensor, got {dtype}"):
+            emb(values, torch.ones(values.shape))
