@@ -54,6 +54,9 @@ class RMT(nn.Module):
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.d_model or x.shape[1] == 0 or not x.is_floating_point():
+            raise ValueError(f"x: expected float token embeddings [B, S >= 1, {c.d_model}], got {x.dtype} "
+                             f"{tuple(x.shape)}")
         ys = []
         for s, start in enumerate(range(0, x.shape[1], c.segment_length)):
             if c.tbptt_segments is not None and s > 0 and s % c.tbptt_segments == 0:

@@ -145,6 +145,10 @@ class GatedDeltaNet(nn.Module):
         return L * H * dv * dk
 
     def forward(self, x: Tensor, state: tuple | None = None) -> tuple[Tensor, tuple]:
+        if x.dim() != 3 or x.shape[-1] != self.ln_f.normalized_shape[0]:
+            raise ValueError(f"x: expected [B, S, {self.ln_f.normalized_shape[0]}], got {tuple(x.shape)}")
+        if x.shape[1] == 0:  # nothing to read: the state is unchanged, as the other sequence peers do
+            return x, state
         new = []
         for l, (norm, mixer, mlp) in enumerate(zip(self.norms, self.mixers, self.mlps)):
             out, S = mixer(norm(x), None if state is None else state[l])

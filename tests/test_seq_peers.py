@@ -120,3 +120,16 @@ def test_mamba_carries_its_state_between_training_chunks_when_asked():
     second, _ = m(x[:, 3:], state)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-5)
     assert m(x[:, :3])[1] is None  # the parallel scan: no final state unless asked
+
+
+def test_empty_sequences_pass_through_and_rmt_wants_float_embeddings():
+    from armt_ts import ARMTConfig
+    from armt_ts.peers import RMT
+
+    empty = torch.randn(2, 0, 8)
+    for peer in (GatedDeltaNet(8), MambaPeer(8, n_layers=1, d_state=4), SlidingWindowTransformer(8, window=4),
+                 KNNRetrieval(8)):
+        assert peer(empty)[0].shape == (2, 0, 8), type(peer).__name__
+    rmt = RMT(ARMTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16, segment_length=4))
+    with pytest.raises(ValueError, match="x: expected float token embeddings"):
+        rmt(torch.ones(1, 4, 8, dtype=torch.long))
