@@ -771,10 +771,29 @@ BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
 PANDAS_FREQ = {"ETTh1": "h", "ETTm1": "15min", "Weather": "10min"}
 
 
-def make_estimator(name: str, dataset: str, horizon: int, context_length: int, kw: dict):
+def baseline_settings(deepar_lags: str = "gluonts") -> dict[str, dict[str, Any]]:
+    """The baselines' settings; ``deepar_lags="context"`` keeps DeepAR inside the shared context (``deepar_within``)."""
+    settings = {k: dict(v) for k, v in BASELINE_SETTINGS.items()}
+    if deepar_lags == "context":
+        settings["DeepAR"]["lags"] = "context"
+    return settings
+
+
+def deepar_within(freq: str, context_length: int) -> tuple[list[int], int]:
+    """gluonts' default lags for ``freq`` up to half the context, and the RNN context that leaves: DeepAR then reads
+    exactly the context's L steps (RNN context + largest lag), at test time as in training. With gluonts' defaults
+    its lags reach up to 720 hourly steps beyond the context, which a test window does not hold (gluonts fills 0)."""
+    from gluonts.time_feature import get_lags_for_frequency
+
+    lags = [lag for lag in get_lags_for_frequency(freq) if lag <= context_length // 2]
+    return lags, context_length - max(lags)
+
+
+def make_estimator(name: str, dataset: str, horizon: int, context_length: int, kw: dict,
+                   settings: dict[str, dict[str, Any]] | None = None):
     from gluonts.torch import DeepAREstimator, DLinearEstimator, PatchTSTEstimator
     from gluonts.torch.model.i_transformer import ITransformerEstimator
-    s = dict(BASELINE_SETTINGS[name])
+    s = dict((settings or BASELINE_SETTINGS)[name])
     common = {"prediction_length": horizon, "context_length": context_length, "trainer_kwargs": kw,
               "num_batches_per_epoch": 50}
     if name == "DLinear":
@@ -784,19 +803,21 @@ def make_estimator(name: str, dataset: str, horizon: int, context_length: int, k
     if name == "iTransformer":
         return ITransformerEstimator(**common, **s)
     if name == "DeepAR":
+        if s.pop("lags", "gluonts") == "context":
+            s["lags_seq"], common["context_length"] = deepar_within(PANDAS_FREQ[dataset], context_length)
         return DeepAREstimator(freq=PANDAS_FREQ[dataset], **common, **s)
     raise ValueError(name)
 
 
 def train_gluonts(name: str, prep: Prepared, horizon: int, budget_s: float, seed: int, device: str, bf16: bool,
-                  max_steps: int | None = None):
+                  max_steps: int | None = None, settings: dict[str, dict[str, Any]] | None = None):
     import lightning.pytorch as pl
     _quiet()
     pl.seed_everything(seed, workers=True, verbose=False)
     data = to_gluonts(prep.train, multivariate=(name == "iTransformer"))
     with tempfile.TemporaryDirectory() as root:
         est = make_estimator(name, prep.dataset, horizon, prep.context_length,
-                             trainer_kwargs(budget_s, device, bf16, root, max_steps))
+                             trainer_kwargs(budget_s, device, bf16, root, max_steps), settings)
         with Timer() as t:
             out = est.train_model(data)
     steps = int(out.trainer.global_step)
@@ -1061,7 +1082,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                 device: str, bf16: bool, max_steps: int | None, label: str = "ARMT",
                 deepar_horizons: tuple[int, ...] = (96, 192, 336, 720),
                 on_row: Callable[[dict], None] | None = None, val_stride: int | None = None,
-                check_stride: int = 4) -> list[dict]:
+                check_stride: int = 4, settings: dict[str, dict[str, Any]] | None = None) -> list[dict]:
     """Train and test every model at one horizon; the rows in order (ARMT's ablation row right after its own).
 
     An ARMT choice with ``val_every`` (early stopping) scores every ``check_stride``-th validation window.
@@ -1122,7 +1143,9 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                                 predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
                                 hyperparameters=hyper.__dict__, **val_scores(alone)))
         else:
-            est, predictor, info = train_gluonts(name, prep, horizon, budget_s, seed, device, bf16, max_steps)
+            settings = settings or BASELINE_SETTINGS
+            est, predictor, info = train_gluonts(name, prep, horizon, budget_s, seed, device, bf16, max_steps,
+                                                 settings)
             with Timer() as tp:
                 mean, q = predict_gluonts(name, est, predictor, prep, w, device, bf16)
             m = masked_errors(mean, w.future_values, w.future_observed)
@@ -1130,7 +1153,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
             rows.append(row(prep, horizon, name, m, params=n_params(predictor.prediction_net),
                             train_seconds=info["train_seconds"], train_steps=info["steps"],
                             predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W,
-                            hyperparameters=BASELINE_SETTINGS[name]))
+                            hyperparameters=settings[name]))
         r = rows[-1]
         log(f"  -> mse {r['mse']:.4f} mae {r['mae']:.4f} crps {r['crps']} steps {r['train_steps']} "
             f"train {r['train_seconds']:.0f}s predict {r['predict_ms_per_window']:.2f} ms/window")
@@ -1564,6 +1587,11 @@ def build_parser(live: bool = True) -> argparse.ArgumentParser:
                    help="horizons at which DeepAR runs: its autoregressive sampling over every stride-1 window "
                         "costs 15 / 24 / 43 / 124 ms per window at H=96 / 192 / 336 / 720 on one CPU thread "
                         "(ETTh1), so only H=96 by default")
+    p.add_argument("--deepar-lags", choices=("gluonts", "context"), default="gluonts",
+                   help="DeepAR's lags: gluonts' defaults for the frequency (up to 720 hourly steps, beyond the "
+                        "shared context, so a test window leaves the longer ones 0), or 'context': its lags up to "
+                        "L/2 and an RNN context of L minus the largest, so it reads exactly the L steps every model "
+                        "gets (default: %(default)s, as the committed DeepAR rows)")
     p.add_argument("--armt-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="take the ARMT hyperparameters from an earlier result JSON (its armt_chosen) instead of "
                         "a grid; with --grid choices, two or more files whose choices the validation split decides "
@@ -1695,16 +1723,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"chosen on val: {hyper.name()}")
 
     name = args.out or f"forecast_{args.dataset}{'_quick' if args.quick else ''}"
+    settings = baseline_settings(args.deepar_lags)
     partial = PartialRows(RESULTS / f"{name}.partial.json",
                           {"command": command_line('forecast', argv), "git_commit": commit,
                            "machine": machine_info(args.device), "armt_chosen": hyper.__dict__,
-                           "baseline_settings": BASELINE_SETTINGS})
+                           "baseline_settings": settings})
     rows: list[dict] = []
     for h in args.horizons:
         rows += run_horizon(prep, h, hyper, args.models, args.train_seconds, args.seed, args.device, args.bf16,
                             args.max_steps, deepar_horizons=tuple(args.deepar_horizons), on_row=partial.add,
                             val_stride=args.val_stride if args.context_lengths and h == args.horizons[0] else None,
-                            check_stride=args.val_stride)
+                            check_stride=args.val_stride, settings=settings)
     for r in rows:
         r.setdefault("table", "main")  # run_horizon marks its ablation rows
     if args.context_lengths and args.context_length not in args.context_lengths:
@@ -1733,7 +1762,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "armt_chosen": hyper.__dict__,
         "armt_hyper_source": " + ".join(x for x in (*(args.armt_from or []), *(f"set {a}" for a in args.armt_set),
                                                     f"grid={args.grid}" if grid_scores else "") if x),
-        "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": BASELINE_SETTINGS,
+        "deepar_horizons": args.deepar_horizons, "armt_grid": grid_scores, "baseline_settings": settings,
         "published_note": PUBLISHED_NOTE, "summary": summ, "rows": rows,
     }
     main_rows = [r for r in rows if r["table"] == "main"]
@@ -1764,7 +1793,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               + (["val_mse_skip_alone"] if any("val_mse_skip_alone" in s for s in grid_scores)
                                  else [])), "",
                f"Chosen: `{hyper.name()}`.", ""]
-    md += ["Baselines (fixed, not tuned): " + "; ".join(f"{k}: {v}" for k, v in BASELINE_SETTINGS.items()), "",
+    md += ["Baselines (fixed, not tuned): " + "; ".join(f"{k}: {v}" for k, v in settings.items()), "",
            PUBLISHED_NOTE]
     write_results(name, payload, "\n".join(md))
     plot(rows, args.dataset, RESULTS / f"{name}.png")

@@ -1282,3 +1282,20 @@ def test_the_missing_channel_benchmark_refuses_an_early_stopping_choice(tmp_path
     choice.write_text(json.dumps({"armt_chosen": {"linear_skip": True, "val_every": 100}}))
     with pytest.raises(SystemExit, match=r"choice.json: its ARMT choice stops early \(val_every=100\)"):
         mc.main(["--data", _placeholder(tmp_path), "--armt-from", str(choice), "--out", "x"])
+
+
+def test_deepar_within_the_context_reads_exactly_the_shared_steps():
+    import benchmarks.forecast as fc
+
+    for freq, L in (("h", 336), ("15min", 336), ("10min", 512)):
+        lags, ctx = fc.deepar_within(freq, L)
+        assert max(lags) <= L // 2 and ctx + max(lags) == L and lags == sorted(lags)
+    est = fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1}, fc.baseline_settings("context"))
+    assert est.context_length == 168 and max(est.lags_seq) == 168
+    default = fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1})
+    from gluonts.time_feature import get_lags_for_frequency
+
+    # default: gluonts' lags for the frequency (lags_seq None), which reach past the context
+    assert default.context_length == 336 and default.lags_seq is None and max(get_lags_for_frequency("h")) > 336
+    assert fc.baseline_settings()["DeepAR"] == fc.BASELINE_SETTINGS["DeepAR"]
+    assert "lags" not in fc.BASELINE_SETTINGS["DeepAR"]  # baseline_settings("context") copies, never mutates
