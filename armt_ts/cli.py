@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -1087,14 +1088,21 @@ _TIME_KINDS = {"integer": "an integer", "naive": "a date/time without a UTC offs
                "zoned": "a date/time with a UTC offset"}
 
 
+@functools.cache
+def _cell_rules() -> tuple[frozenset[str], float]:
+    """The file readers' missing-cell spellings and fill-value magnitude (imported once, on the first cell)."""
+    from armt_ts.data.readers import MISSING_TEXT, SUSPICIOUS_MAGNITUDE
+
+    return frozenset(MISSING_TEXT), SUSPICIOUS_MAGNITUDE
+
+
 def _parse_value(text: str, where: str, warn: Callable[[str], None] | None = None) -> float:
     """A value cell by the file readers' rules (armt_ts/data/readers.py): empty / NaN / NA / N/A / null / None
     (any case) are missing (NaN); infinities and magnitudes beyond float32 are rejected; ``warn`` gets a message
     for a magnitude >= 1e20 (a likely fill value, kept as a number)."""
-    from armt_ts.data.readers import MISSING_TEXT, SUSPICIOUS_MAGNITUDE
-
+    missing, fill_at = _cell_rules()
     t = text.strip()
-    if t.lower() in MISSING_TEXT:
+    if t.lower() in missing:
         return float("nan")
     if _INFINITY.fullmatch(t):
         raise CLIError(f"{where}: {text.strip()!r} is not a finite number (an empty cell or NaN marks a missing "
@@ -1106,8 +1114,8 @@ def _parse_value(text: str, where: str, warn: Callable[[str], None] | None = Non
     if not abs(v) <= _FLOAT32_MAX:
         raise CLIError(f"{where}: {t!r} is beyond float32's range (it would reach the model as inf); expected a "
                        f"finite number of magnitude at most {_FLOAT32_MAX:.4g}")
-    if abs(v) >= SUSPICIOUS_MAGNITUDE and warn is not None:
-        warn(f"{where}: the value {t!r} (magnitude >= {SUSPICIOUS_MAGNITUDE:g}) looks like a fill / sentinel value; "
+    if abs(v) >= fill_at and warn is not None:
+        warn(f"{where}: the value {t!r} (magnitude >= {fill_at:g}) looks like a fill / sentinel value; "
              f"it is kept as a number: make such cells empty to mark them missing")
     return v
 
@@ -1302,6 +1310,7 @@ class _StreamRun:
         if id_col is None:
             wanted = [name for _, name in cols] if C == 1 else ["series"]
             sf.join([e for e in wanted if e not in sf._rows])
+        warners = {name: self._warn(name) for _, name in cols}  # one per value column, not one per cell
         # rows are numbered as the file readers number them: the first row after the header is row 1
         for row_no, line in enumerate(lines, start=1):
             if not line.strip():
@@ -1313,7 +1322,7 @@ class _StreamRun:
                 raise CLIError(f"{where}: {len(cells)} fields, the header has {len(header)}")
             ts = self._time(cells[t_col], f"{where}, column {header[t_col]!r}", row_no)
             if id_col is None:
-                vals = np.array([_parse_value(cells[i], f"{where}, column {name!r}", self._warn(name))
+                vals = np.array([_parse_value(cells[i], f"{where}, column {name!r}", warners[name])
                                  for i, name in cols])
                 if C == 1:  # every column is an entity
                     ents = [name for _, name in cols]
@@ -1327,7 +1336,7 @@ class _StreamRun:
                     raise CLIError(f"{where}, column {header[id_col]!r}: empty entity id")
                 i, name = cols[0]
                 ents = [] if self._seen(e, ts) else [e]
-                vals = np.array([[_parse_value(cells[i], f"{where}, column {name!r}", self._warn(name))]])
+                vals = np.array([[_parse_value(cells[i], f"{where}, column {name!r}", warners[name])]])
                 if ents and e not in sf._rows:
                     sf.join([e])  # a new entity joins the fleet
             if not ents:

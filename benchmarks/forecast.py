@@ -1090,6 +1090,7 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
     With ``val_stride`` the ARMT rows (the trained model and its least-squares fit alone) also carry ``val_mse`` /
     ``val_mae`` on every ``val_stride``-th validation window: the context-length table records them, so that a
     context can be chosen on validation, not on the test numbers beside them."""
+    settings = settings or BASELINE_SETTINGS
     w = eval_windows(prep, horizon)
     W = len(w)
     wv = None if val_stride is None else val_subset(prep, horizon, val_stride)
@@ -1143,7 +1144,6 @@ def run_horizon(prep: Prepared, horizon: int, hyper: ARMTHyper, models: list[str
                                 predict_ms_per_window=1e3 * tp.seconds / W, n_test_windows=W, table="ablation",
                                 hyperparameters=hyper.__dict__, **val_scores(alone)))
         else:
-            settings = settings or BASELINE_SETTINGS
             est, predictor, info = train_gluonts(name, prep, horizon, budget_s, seed, device, bf16, max_steps,
                                                  settings)
             with Timer() as tp:

@@ -15,22 +15,16 @@ Both are pure functions of (task, batch, length, generator): the same seed gives
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def _finite(v: object) -> bool:
-    """A finite real number (not a bool, not a string)."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
-        and math.isfinite(v)
+from datasets.synthetic import _is_int, _is_real
 
 
 def _fraction(v: object) -> bool:
-    return _finite(v) and 0.0 <= v <= 1.0
+    return _is_real(v) and 0.0 <= v <= 1.0
 
 SET, ADD, QUERY, NOISE = 0, 1, 2, 3
 EVENT_TYPES = ("set", "add", "query", "noise")
@@ -72,13 +66,10 @@ class EventStreamTask:
             if not ok:
                 raise ValueError(f"EventStreamTask.{field}: {msg}")
 
-        def whole(v: object) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-        check(whole(self.num_entities) and self.num_entities >= 1, "num_entities",
+        check(_is_int(self.num_entities) and self.num_entities >= 1, "num_entities",
               f"must be an int >= 1, got {self.num_entities!r}")
-        check(whole(self.num_values) and self.num_values >= 2, "num_values", f"must be >= 2, got {self.num_values!r}")
-        check(whole(self.max_add) and 1 <= self.max_add < self.num_values, "max_add",
+        check(_is_int(self.num_values) and self.num_values >= 2, "num_values", f"must be >= 2, got {self.num_values!r}")
+        check(_is_int(self.max_add) and 1 <= self.max_add < self.num_values, "max_add",
               f"must be in [1, num_values), got {self.max_add!r}")
         for f in ("write_rate", "add_fraction", "query_rate", "hot_fraction"):
             v = getattr(self, f)
@@ -191,10 +182,10 @@ class RegimeTelemetryTask:
             raise ValueError(f"RegimeTelemetryTask.announce_rate: must be a number in [0, 1], got "
                              f"{self.announce_rate!r}")
         if not (isinstance(self.noise_sd, tuple) and self.noise_sd
-                and all(_finite(s) and s >= 0 for s in self.noise_sd)):
+                and all(_is_real(s) and s >= 0 for s in self.noise_sd)):
             raise ValueError(f"RegimeTelemetryTask.noise_sd: must be a non-empty tuple of finite numbers >= 0, got "
                              f"{self.noise_sd!r}")
-        if not (_finite(self.level_scale) and self.level_scale >= 0):
+        if not (_is_real(self.level_scale) and self.level_scale >= 0):
             raise ValueError(f"RegimeTelemetryTask.level_scale: must be a finite number >= 0, got {self.level_scale!r}")
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> TelemetryBatch:

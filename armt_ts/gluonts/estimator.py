@@ -67,8 +67,8 @@ class DatasetError(ValueError):
     """A gluonts dataset entry this model cannot read; the message names the entry (index and item_id) and field."""
 
 
-def check_entry(entry: dict, index: int, target_dim: int, where: str) -> int:
-    """Check one gluonts dataset entry for this model; return its length T. Raises DatasetError naming the entry
+def check_entry(entry: dict, index: int, target_dim: int, where: str) -> tuple[int, bool]:
+    """Check one gluonts dataset entry for this model; return its length T and whether any value is observed. Raises DatasetError naming the entry
     (``where`` and its index, and its item_id) and the field: no target; a target that is not numbers or has the
     wrong shape ([T] for target_dim 1, [target_dim, T] otherwise); +-inf in the target (NaN marks a missing value
     and is fine); a ``start`` that is not a pandas Period (gluonts' instance
@@ -98,7 +98,7 @@ def check_entry(entry: dict, index: int, target_dim: int, where: str) -> int:
     if not isinstance(start, pd.Period):
         raise DatasetError(f"{name}: field 'start' is a {type(start).__name__} ({start!r}); gluonts needs a pandas "
                            f"Period, e.g. pd.Period('2024-01-01', freq='h'), as ListDataset(..., freq=...) makes")
-    return int(target.shape[-1])
+    return int(target.shape[-1]), bool(np.isfinite(target).any())
 
 
 class _CheckedEntries:
@@ -428,9 +428,8 @@ class ARMTEstimator(PyTorchLightningEstimator):
     def _check_data(self, data: Dataset, where: str) -> None:
         n, longest, observed = 0, 0, False
         for i, entry in enumerate(data):
-            longest = max(longest, check_entry(entry, i, self.target_dim, where))
-            observed = observed or bool(np.isfinite(np.asarray(entry[FieldName.TARGET], dtype=np.float64)).any())
-            n += 1
+            length, seen = check_entry(entry, i, self.target_dim, where)
+            longest, observed, n = max(longest, length), observed or seen, n + 1
         if n == 0:
             raise DatasetError(f"{where}: no entries")
         if not observed:
