@@ -68,10 +68,10 @@ class DatasetError(ValueError):
 
 
 def check_entry(entry: dict, index: int, target_dim: int, where: str) -> tuple[int, bool]:
-""""""Check one gluonts dataset entry for this model; return its length T and whether any value is observed. Raises DatasetError naming the entry
-    (``where`` and its index, and its item_id) and the field: no target; a target that is not numbers or has the
-    wrong shape ([T] for target_dim 1, [target_dim, T] otherwise); +-inf in the target (NaN marks a missing value
-    and is fine); a ``start`` that is not a pandas Period (gluonts' instance
+    """Check one gluonts dataset entry for this model; return its length T and whether any value is observed.
+    Raises DatasetError naming the entry (``where`` and its index, and its item_id) and the field: no target; a
+    target that is not numbers or has the wrong shape ([T] for target_dim 1, [target_dim, T] otherwise); +-inf in
+    the target (NaN marks a missing value and is fine); a ``start`` that is not a pandas Period (gluonts' instance
     splitter computes forecast dates from it; ``ListDataset(..., freq=...)`` converts strings and Timestamps)."""
     if not isinstance(entry, dict):
         raise DatasetError(f"{where} entry {index}: expected a dict with 'start' and 'target', got "
