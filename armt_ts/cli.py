@@ -809,6 +809,10 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
             raise CLIError(f"the series have {panel.frame.n_steps} steps: no training window has both an observed "
                            f"step among the {horizon} it forecasts and two observed context steps, so the linear "
                            f"skip has nothing to fit; lower --horizon, or train without it (--linear-skip 0)") from None
+        except FloatingPointError as err:  # a loss or gradient that is not finite, before any checkpoint
+            raise CLIError(f"training failed, nothing was written: {err}. Fill / sentinel values kept as numbers "
+                           f"(-9999, 1e30: make those cells empty) are the usual cause; otherwise try another "
+                           f"--seed") from None
     return predictor.to(args.device)
 
 

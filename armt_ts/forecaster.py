@@ -14,7 +14,10 @@ The loss is computed in normalised units (the target is scaled with the context'
 weighs the same whatever its magnitude; for the distribution heads this differs from the data-unit negative
 log-likelihood only by the constant log(scale), so the gradients are the same. A (nearly) constant context is the
 exception: "std" scaling floors its scale at sqrt(1e-5) (gluonts' StdScaler), so a future that then moves gives
-normalised errors in the hundreds and such a window outweighs the rest ("mean" scaling does not).
+normalised errors in the hundreds and such a window outweighs the rest ("mean" scaling does not). Normalised
+targets are clipped at +-``LOSS_TARGET_BOUND`` (1e12 scales), far beyond any forecastable move: past it a
+Student-t's squared error overflows float32 (data of magnitude ~1e17 and up after a constant or empty context, as
+a training window at a series' start has), and the loss would be inf instead of merely huge.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from .state import MemoryState
 # least-squares fit has no defence against such rows (a near-constant window, then a jump), and no linear map of
 # the window could forecast them
 SKIP_FIT_BOUND = 100.0
+# |normalised target| at which ``ARMTForecaster.loss`` clips: (1e12 / the heads' smallest scale, float32's eps)^2
+# is ~7e37, below float32's 3.4e38; no window of ordinary data comes near it (values ~1e3 over an empty context,
+# scale sqrt(1e-5), are ~3e5 scales away)
+LOSS_TARGET_BOUND = 1e12
 
 
 def _fill_gaps(y: Tensor, observed: Tensor) -> Tensor:
@@ -337,6 +344,8 @@ class ARMTForecaster(nn.Module):
         """
         params, loc, scale, _ = self(past_values, past_observed, state)
         target = (future_values.to(loc.dtype) - loc) / scale  # NaN stays NaN; the head masks it out
+        # clipped (the module docstring): +-inf (a float32 difference of two values near 3.4e38) too
+        target = target.clamp(-LOSS_TARGET_BOUND, LOSS_TARGET_BOUND)
         return self.head.loss(params, target, future_observed)
 
     @torch.no_grad()

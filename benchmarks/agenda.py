@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, git_commit, markdown_table, positive_int
+from benchmarks.common import RESULTS, git_commit, markdown_table, positive_int, result_name
 
 ROOT = RESULTS.parent.parent
 # name -> extra arguments of its quick run (beyond --quick and the result name)
@@ -54,7 +54,7 @@ CANDIDATES: dict[str, list[str]] = {
                          "missing_channels_quick"],
     "streaming": ["streaming", "agenda_streaming", "streaming_quick"],
     "state_tracking": ["state_tracking", "agenda_state_tracking", "state_tracking_quick"],
-    "reliability": ["reliability", "agenda_reliability"],
+    "reliability": ["reliability", "agenda_reliability", "reliability_quick"],
     "channels": ["channels", "agenda_channels", "channels_quick"],
 }
 # question 2's 21-channel rows: the first of these Weather forecast results that exists (the current table: per-channel
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-run", action="store_true", help="build agenda.md from existing result files only")
     p.add_argument("--only", nargs="+", default=None, choices=list(EXPERIMENTS), help="run only these experiments")
     p.add_argument("--timeout", type=positive_int, default=1800, help="seconds per experiment before it is stopped")
-    p.add_argument("--name", default="agenda", help="output stem under benchmarks/results")
+    p.add_argument("--name", type=result_name, default="agenda", help="output stem under benchmarks/results")
     args = p.parse_args(argv)
     status = {} if args.no_run else run_all(args.only or list(EXPERIMENTS), args.timeout)
     path = build_agenda(status, prefer_agenda=not args.no_run, out_name=args.name)

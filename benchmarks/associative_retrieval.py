@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
 from benchmarks.common import (device_name, existing_dir, git_commit, machine_info, markdown_table, non_negative_float,
-                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, write_results)
+                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, result_name,
+                               write_results)
 from datasets.associative_retrieval import RetrievalTask, capacity_estimate
 
 MODELS = ("armt", "rmt", "gru")
@@ -280,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="save each trained model as DIR/<task>_<model>.safetensors")
     p.add_argument("--load-models", type=existing_dir, default=None, metavar="DIR",
                    help="skip training: evaluate the models saved by --save-models in DIR (same model flags)")
-    p.add_argument("--name", default=None, help="result file stem under benchmarks/results "
+    p.add_argument("--name", type=result_name, default=None, help="result file stem under benchmarks/results "
                    "(default associative_retrieval, or associative_retrieval_quick with --quick)")
     args = p.parse_args(argv)
     if args.steps is None:

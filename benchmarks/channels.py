@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (command_line, device_name, git_commit, machine_info, markdown_table, non_negative_int,
-                               peak_rss_mb, positive_float, positive_int, write_results)
+                               peak_rss_mb, positive_float, positive_int, result_name, write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["ARMT (joint)", "ARMT (channel-independent)", "ARMT (mixing)", "DLinear", "PatchTST", "iTransformer"]
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--quick", action="store_true", help="7 and 21 channels, 2 steps, 16 windows")
-    p.add_argument("--out", default=None, help="result name (default: channels, or channels_quick)")
+    p.add_argument("--out", type=result_name, default=None, help="result name (default: channels, or channels_quick)")
     p.add_argument("--child-model", help=argparse.SUPPRESS)
     p.add_argument("--child-channels", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

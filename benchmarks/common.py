@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -94,6 +95,21 @@ def result_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{path}: not a JSON file ({e})") from None
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError(f"{path}: holds a JSON {type(data).__name__}, not a result file's object")
+    return text
+
+
+def result_name(text: str) -> str:
+    """A result name: the stem of the files a run writes under benchmarks/results (``NAME.json``, ``NAME.md``,
+    ``NAME.png``), so letters, digits, ``.``, ``_`` and ``-`` only, no folder and no extension."""
+    import argparse
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"expected a file stem (letters, digits, '.', '_', '-'; no folder), "
+                                         f"got {text!r}: results go to benchmarks/results/<name>.json and .md")
+    for ext in (".json", ".md", ".png"):
+        if text.endswith(ext):
+            raise argparse.ArgumentTypeError(f"{text!r}: give the stem without {ext} (results go to "
+                                             f"benchmarks/results/{text[:-len(ext)]}.json and .md)")
     return text
 
 

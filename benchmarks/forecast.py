@@ -61,7 +61,7 @@ from armt_ts.data import Scaler, TimeSeriesFrame, Windows, count_windows, fit_sc
 from armt_ts.forecaster import ARMTForecaster
 from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, device_name, existing_file, git_commit,
                                machine_info, markdown_table, non_negative_int, positive_float, positive_int,
-                               result_file, write_results)
+                               result_file, result_name, write_results)
 
 QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -1605,7 +1605,7 @@ def build_parser(live: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--quick", action="store_true",
                    help="a few minutes: first horizon only, 15 s per model, no grid, DeepAR skipped")
-    p.add_argument("--out", default=None, help="result name (default forecast_<dataset>[_quick])")
+    p.add_argument("--out", type=result_name, default=None, help="result name (default forecast_<dataset>[_quick])")
     only = p.add_mutually_exclusive_group()  # the modes that train nothing
     only.add_argument("--plot-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="only redraw <out>.png from result files (no training): the first file's rows plus the "

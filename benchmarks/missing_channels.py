@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.common import (RESULTS, Timer, argmin_finite, command_line, device_name, existing_file, git_commit,
                                machine_info, markdown_table, non_negative_int, positive_float, positive_int,
-                               result_file, write_results)
+                               result_file, result_name, write_results)
 from benchmarks.forecast import (BASELINE_SETTINGS, SEASON, ARMTBench, ARMTHyper, PartialRows, armt_hyper_from, log,
                                  masked_errors, n_params, predict_armt, predict_gluonts, prepare, seasonal_naive,
                                  eval_windows, train_armt, train_gluonts, val_subset)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="mask augmentation strength p in (0, 1] (hidden channels in a fraction p of training "
                         "windows, blocks in min(p/2, 1-p)); several values: chosen on the validation split at 30%% "
                         "hidden")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=result_name, default=None)
     args = p.parse_args(argv)
     if any(not 0.0 < a <= 1.0 for a in args.aug_p):
         p.error(f"--aug-p: every value must be a fraction of the training windows in (0, 1], got {args.aug_p}")

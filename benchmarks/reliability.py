@@ -2,9 +2,10 @@
 the stream API, every injected fault (SIGKILL during a save, truncated / altered / foreign / wrong-version state
 and model files, NaN and inf in training), the no-pickle scan, and the outcome of each.
 
-    python -m benchmarks.reliability [--kills 20] [--quick]
+    python -m benchmarks.reliability [--kills 20] [--quick] [--out NAME]
 
-writes ``benchmarks/results/reliability.json`` (``rows``: one per input or fault) and ``reliability.md``. The
+writes ``benchmarks/results/reliability.json`` (``rows``: one per input or fault) and ``reliability.md``
+(``reliability_quick.*`` with ``--quick``; ``NAME.*`` with ``--out``). The
 same case tables drive ``tests/test_bad_inputs.py`` and ``tests/test_faults.py``, which assert that each
 outcome is the expected one; this script records what actually happened, and says so when it differs.
 
@@ -1182,13 +1183,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from benchmarks.common import (Timer, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
-                                   write_results)
+                                   result_name, write_results)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=positive_int, default=20, help="SIGKILLs during save (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="3 kills instead of --kills")
     parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--out", type=result_name, default=None,
+                        help="result name (default: reliability, or reliability_quick with --quick, so a quick check "
+                             "never replaces the full run's results)")
     args = parser.parse_args(argv)
+    out_name = args.out or ("reliability_quick" if args.quick else "reliability")
     torch.set_num_threads(1)
     commit = git_commit()
     rows: list[dict[str, Any]] = []
@@ -1260,7 +1265,7 @@ def main(argv: list[str] | None = None) -> None:
                "wall_seconds": round(total.seconds, 1), "sigkill": extra["sigkill"]}
     command = f"python -m benchmarks.reliability {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
     md = _markdown(rows, payload, command)
-    write_results("reliability", payload, md)
+    write_results(out_name, payload, md)
     print(f"{len(rows)} rows, {len(bad)} not as expected, {total.seconds:.0f} s")
     for r in bad:
         print("NOT AS EXPECTED:", r["section"], r["case"], r.get("outcome"), _short(r.get("message", ""), 300))

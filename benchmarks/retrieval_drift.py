@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from armt_ts import ARMT, MemoryState
 from benchmarks.associative_retrieval import build, make_tasks, parse_args
 from benchmarks.common import (git_commit, machine_info, markdown_table, non_negative_float, non_negative_int,
-                               positive_int, write_results)
+                               positive_int, result_name, write_results)
 
 BINS = ((1, 50), (51, 150), (151, 500), (501, 1000), (1001, 2000), (2001, 5000))
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--read-cap", type=non_negative_float, nargs="+", default=[], metavar="CAP",
                    help="intervention: also trace each model with every retrieved vector's norm capped at CAP "
                    "(the models are not retrained)")
-    p.add_argument("--name", default="retrieval_drift")
+    p.add_argument("--name", type=result_name, default="retrieval_drift")
     args = p.parse_args(argv)
     for spec in args.models:  # every model folder before any work
         weights_file = Path(spec.partition("=")[0]) / "rewrite_armt.safetensors"

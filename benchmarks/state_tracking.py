@@ -25,7 +25,8 @@ from armt_ts import ARMT, ARMTConfig, MemoryState
 from armt_ts.peers import RMT, GRUPeer
 from armt_ts.seq_peers import GatedDeltaNet, KNNRetrieval, MambaPeer, SlidingWindowTransformer
 from benchmarks.common import (RESULTS, device_name, git_commit, machine_info, markdown_table, non_negative_float,
-                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, write_results)
+                               non_negative_int, optimizer_step, positive_float, positive_int, Timer, result_name,
+                               write_results)
 from datasets.state_tracking import ADD, QUERY, SET, EventBatch, EventStreamTask, replay
 
 MODELS = ("armt_keyed", "armt_content", "rmt", "gru", "mamba", "gdn", "swa", "knn", "oracle")
@@ -517,7 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (ARMT's memory state stays fp32)")
-    p.add_argument("--name", default=None, help="result file stem (default state_tracking, quick: state_tracking_quick)")
+    p.add_argument("--name", type=result_name, default=None,
+                   help="result file stem (default state_tracking, quick: state_tracking_quick)")
     args = p.parse_args(argv)
     q = args.quick
     args.steps = args.steps or (200 if q else 600)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (command_line, git_commit, machine_info, markdown_table, non_negative_int, positive_int,
-                               train_main_job, write_results)
+                               result_name, train_main_job, write_results)
 
 NAME = "stream_accuracy"
 HORIZON = 24  # the main job's
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="training seed; the panels use seed + 1 (default 0)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true", help="2^14 steps and a few training batches per model")
-    p.add_argument("--out-name", default=None, help="results file stem (default: stream_accuracy, or _quick)")
+    p.add_argument("--out-name", type=result_name, default=None,
+                   help="results file stem (default: stream_accuracy, or _quick)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
                    help=f"which models (default: all of {list(MODELS)})")
     args = p.parse_args(argv)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (RESULTS, device_name, git_commit, machine_info, markdown_table, non_negative_int,
-                               peak_rss_mb, positive_int, write_results)
+                               peak_rss_mb, positive_int, result_name, write_results)
 
 NAME = "streaming"
 PARTS = ("rss", "latency", "cost", "schedule")
@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="entities of the fleet long run (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=2,
                    help="torch intra-op threads (default %(default)s: the goals are stated for 2 CPU cores)")
-    p.add_argument("--out-name", default=None, help="results file stem (default: streaming, or streaming_quick)")
+    p.add_argument("--out-name", type=result_name, default=None,
+                   help="results file stem (default: streaming, or streaming_quick)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                    help="which measurements to run (default: all). A GPU run takes latency and schedule: peak RSS "
                         "is host memory, and the PatchTST peer is a CPU predictor")

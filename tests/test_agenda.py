@@ -13,8 +13,10 @@ def test_quick_command_uses_a_distinct_result_name():
     assert named
     cmd, named = agenda.quick_command("forecast", "--quick --out OUT")
     assert cmd[-2:] == ["--out", "agenda_forecast"] and "--data" in cmd and named
-    cmd, named = agenda.quick_command("reliability", "--quick --kills K")
-    assert cmd[-1] == "--quick" and not named  # its outputs are moved to agenda_reliability.* after the run
+    cmd, named = agenda.quick_command("reliability", "--quick --kills K --out NAME")
+    assert cmd[-3:] == ["--quick", "--out", "agenda_reliability"] and named
+    cmd, named = agenda.quick_command("ops", "--repeats R --threads T")
+    assert "--quick" not in cmd and not named  # no result-name option: its outputs are moved to agenda_ops.*
     # scripts that need real data get the path; every experiment has a quick-run entry
     assert "--data" in agenda.EXPERIMENTS["missing_channels"]
     assert set(agenda.CANDIDATES) == set(agenda.EXPERIMENTS)

@@ -312,6 +312,35 @@ def test_too_short_for_the_linear_skip_is_exit_2_with_the_fix(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_a_training_failure_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from armt_ts.gluonts import ARMTEstimator
+
+    def diverge(self, *args, **kwargs):
+        raise FloatingPointError("train loss is nan at global step 3 (epoch 0, batch index 3)")
+
+    monkeypatch.setattr(ARMTEstimator, "train", diverge)
+    out = tmp_path / "f.csv"
+    code, _, err = _run(capsys, "forecast", _hourly(tmp_path / "a.csv"), *TINY, "--out", out, "--no-plot")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 2  # the training note, the error
+    assert "training failed, nothing was written: train loss is nan at global step 3" in err and "--seed" in err
+    assert not out.exists()
+
+
+def test_values_of_magnitude_1e20_train_and_forecast(tmp_path, capsys):
+    """Windows at a series' start have empty contexts (scale sqrt(1e-5)): at 1e20 their normalised loss overflowed
+    float32 until the loss clipped its targets (armt_ts.forecaster.LOSS_TARGET_BOUND)."""
+    src = tmp_path / "big.csv"
+    values = (2 + np.sin(np.arange(120) / 5)) * 1e20
+    src.write_text("timestamp,x\n" + "".join(f"2024-01-{1 + h // 24:02d} {h % 24:02d}:00,{float(v)!r}\n"
+                                            for h, v in enumerate(values)))
+    out = tmp_path / "f.csv"
+    code, _, err = _run(capsys, "forecast", src, "--epochs", "1", "--batches-per-epoch", "20", "--batch-size", "32",
+                        "--horizon", "6", "--context", "48", "--out", out, "--no-plot")
+    assert code == 0, err
+    mean = _read_forecast(out)["mean"].to_numpy()
+    assert np.isfinite(mean).all() and (np.abs(mean) > 1e19).all()
+
+
 def test_long_ids_are_names_without_surrounding_space(tmp_path, capsys):
     rows = ["timestamp,id,value"] + [f"2024-01-01 {h:02d}:00,{name},{h}" for h in range(24)
                                       for name in (("a " if h == 5 else "a"), " b")]

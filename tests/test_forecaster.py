@@ -111,6 +111,31 @@ def test_non_finite_observed_value_raises():
         f(x, m)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_huge_values_after_a_flat_context_give_a_finite_loss_and_gradients(kind):
+    """A training window whose context is empty or constant gets the scale floor sqrt(1e-5); data of magnitude 1e20
+    then sit ~3e22 scales away, whose square overflows float32. The normalised targets are clipped at
+    LOSS_TARGET_BOUND, so the loss stays finite; ordinary windows are untouched (bit for bit)."""
+    from armt_ts.forecaster import LOSS_TARGET_BOUND
+
+    f = _forecaster(kind).train()
+    x, m = _series(20)
+    future, fm = _series(H, seed=1)
+    ordinary = f.loss(x, m, future, fm)
+    _, _, loc, scale = f.normalise(x, m)
+    assert float(((future - loc) / scale).abs().max()) < LOSS_TARGET_BOUND
+    out = f(x, m)
+    assert torch.equal(ordinary, f.head.loss(out.params, (future - out.loc) / out.scale, fm))  # nothing clipped
+    flat = torch.full_like(x, 2e20)
+    flat[0] = 0.0
+    m_flat = m.clone()
+    m_flat[0] = 0.0  # row 0: an empty context (a window at a series' start), row 1: a constant one
+    loss = f.loss(flat, m_flat, future * 1e20, fm)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize("kind", ["point", "quantile", "normal"])
 def test_forecasts_come_back_in_data_units(kind):
     """z-scoring makes the forecast equivariant: a * x + b in, a * forecast + b out."""

@@ -19,7 +19,9 @@ The serialised predictor is JSON (``predictor.json``, gluonts' serde) plus the w
 
 # No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
 # cannot resolve them as strings.
+import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -330,6 +332,28 @@ class SkipWindows:
             yield wv[:, :L], wo[:, :L], wv[:, L:], wo[:, L:]
 
 
+_INTEGER_ARGUMENTS = ("prediction_length", "context_length", "target_dim", "linear_skip", "batch_size",
+                      "num_batches_per_epoch")
+
+
+def _whole_numbers(init):
+    """Refuse a fraction or a bool where ``ARMTEstimator`` takes a count, before gluonts' ``@validated`` sees it:
+    its pydantic v1 model would truncate ``context_length=2.5`` to 2 and read ``batch_size=True`` as 1."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)  # keeps @validated's ``Model`` attribute, which gluonts' serde reads
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs).arguments
+        for name in _INTEGER_ARGUMENTS:
+            value = bound.get(name)
+            if isinstance(value, (bool, np.bool_)) or (isinstance(value, (float, np.floating))
+                                                        and not float(value).is_integer()):
+                raise ValueError(f"ARMTEstimator: {name} must be a whole number, got {value!r}")
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _check_arguments(**kwargs: Any) -> None:
     """ARMTEstimator's numeric arguments, each named in the error (before any config is built from them)."""
     for name in ("prediction_length", "target_dim", "batch_size", "num_batches_per_epoch"):
@@ -371,6 +395,7 @@ class ARMTEstimator(PyTorchLightningEstimator):
         train_sampler, validation_sampler: where windows are cut (gluonts' defaults as PatchTST's).
     """
 
+    @_whole_numbers
     @validated()
     def __init__(
         self,

@@ -58,6 +58,18 @@ CASES = [
     ("linear_skip", ["--data", "{tmp}/typo.csv"], "typo.csv: no such file"),
     ("reliability", ["--kills", "0"], "--kills: expected an integer >= 1"),
     ("agenda", ["--timeout", "0"], "--timeout: expected an integer >= 1"),
+    # result names are file stems under benchmarks/results: no folder, no extension
+    ("forecast", ["--data", "{hourly}", "--dataset", "ETTh1", "--out", "runs/x"], "--out: expected a file stem"),
+    ("forecast", ["--data", "{hourly}", "--dataset", "ETTh1", "--out", "x.json"], "give the stem without .json"),
+    ("missing_channels", ["--data", "{hourly}", "--out", "../x"], "--out: expected a file stem"),
+    ("channels", ["--quick", "--out", ""], "--out: expected a file stem"),
+    ("state_tracking", ["--quick", "--name", "x.md"], "give the stem without .md"),
+    ("associative_retrieval", ["--name", "a b"], "--name: expected a file stem"),
+    ("retrieval_drift", ["--models", "{tmp}", "--name", "/tmp/x"], "--name: expected a file stem"),
+    ("stream_accuracy", ["--out-name", "x/y"], "--out-name: expected a file stem"),
+    ("streaming", ["--out-name", ".hidden"], "--out-name: expected a file stem"),
+    ("reliability", ["--out", "x.png"], "give the stem without .png"),
+    ("agenda", ["--name", "a/b"], "--name: expected a file stem"),
 ]
 
 

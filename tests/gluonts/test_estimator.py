@@ -231,10 +231,20 @@ def test_random_start_drops_whole_patches_from_training_contexts_only(tmp_path):
     (dict(lr=-1.0), "lr must be a finite number > 0"),
     (dict(weight_decay=-1.0), "weight_decay must be a finite number >= 0"),
     (dict(linear_skip=-2), "linear_skip must be >= 0"),
+    # gluonts' pydantic model would truncate these to 2 / read them as 1
+    (dict(context_length=2.5), r"context_length must be a whole number, got 2.5"),
+    (dict(batch_size=True), "batch_size must be a whole number, got True"),
+    (dict(prediction_length=np.float32(24.5)), "prediction_length must be a whole number"),
 ])
 def test_bad_arguments_are_refused_at_construction_by_name(kwargs, message):
     with pytest.raises(ValueError, match=f"ARMTEstimator: {message}"):
         ARMTEstimator(**{"prediction_length": H, **kwargs})
+
+
+def test_whole_floats_and_numpy_integers_are_counts_as_before():
+    est = ARMTEstimator(prediction_length=np.int64(H), context_length=4.0 * H, batch_size=np.int32(8))
+    assert (est.prediction_length, est.context_length, est.batch_size) == (H, 4 * H, 8)
+    assert type(est).__init__.Model is not None  # gluonts' serde still finds the validated model
 
 
 def test_datasets_it_cannot_train_on_or_read_are_named(tmp_path):
