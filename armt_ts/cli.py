@@ -177,7 +177,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
             "Scores, over every observed (series, origin, step): MSE and MAE on z-scored values (each series by\n"
             "the mean and standard deviation of its training steps, so series in different units weigh alike)\n"
             "and CRPS in the same units (approximated by twice the mean pinball loss over --quantiles; point\n"
-            "forecasts have none). --out writes the scores per series, with MAE in the series' own units too."
+            "forecasts have none). A forecast whose context holds no observed value of its series (a gap at\n"
+            "least the context long ends at its origin) is made from nothing: it is left out of every model's\n"
+            "scores, with a note. --out writes the scores per series, with MAE in the series' own units too."
         ),
         epilog=(
             "Examples:\n"
@@ -396,11 +398,46 @@ def _read_panel(args: argparse.Namespace) -> Panel:
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     _check_observed(panel)
+    _warn_small_spread(panel)
     return panel
 
 
+# A series whose standard deviation is below this gets a warning: the std scaler's floor (variance + 1e-5, i.e. a
+# scale of at least 0.0032) then inflates a typical context's scale by 5% or more and flattens its forecast
+SMALL_SPREAD = 0.01
+
+
+def _warn_small_spread(panel: Panel) -> None:
+    """One warning line for the series that vary too little for the model's std scaling (``SMALL_SPREAD``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a series with one observation: std 0, left alone
+        std = np.nanstd(panel.target.astype(np.float64), axis=1)
+    small = np.flatnonzero((std > 0) & (std < SMALL_SPREAD))
+    if small.size == 0:
+        return
+    k = int(small[0])
+    power = int(math.ceil(-math.log10(std[k])))
+    print(f"{PROG}: warning: {small.size} series {'varies' if small.size == 1 else 'vary'} by a standard deviation "
+          f"below {SMALL_SPREAD:g} (the first, "
+          f"{_series_names(panel, [k])}: {std[k]:.3g}); the model's std scaling adds 1e-5 to every context's "
+          f"variance (a scale of at least {math.sqrt(1e-5):.2g}), so their forecasts come out flattened: multiply "
+          f"the values by a power of ten (e.g. 1e{power}) and the forecasts back", file=sys.stderr)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """The ``evaluate`` subcommand: a rolling-origin backtest (``armt_ts/evaluate.py``)."""
+    """The ``evaluate`` subcommand: a rolling-origin backtest (``armt_ts/evaluate.py``). An --out file that did not
+    exist is created first, to fail before the work if it cannot be written, and removed again if the run fails."""
+    made = args.out is not None and not Path(args.out).exists()
+    try:
+        return _run_evaluate(args)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # e.g. it never got made: a folder on its path is a file
+                Path(args.out).unlink()
+        raise
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
     from armt_ts import evaluate as ev
     from armt_ts.data import fit_scaler, parse_freq
 
@@ -451,24 +488,39 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   f"SeasonalNaive ({season})": ev.Scores.zeros(len(panel.series), 0),
                   "Naive (last value)": ev.Scores.zeros(len(panel.series), 0)}
         forecasts = _backtest_forecasts(predictor, panel, starts, context, levels)
+        blind = np.zeros(len(panel.series), dtype=np.int64)  # per series: scorable origins with an empty context
         for t, (mean, quantiles) in zip(starts, forecasts):
             actual = panel.target[:, t:t + horizon].astype(np.float64)
+            empty = ev.blind(panel.target, int(t), context)  # a forecast made from nothing: no model is scored there
+            blind += empty & ~np.isnan(actual).all(1)
+            actual[empty] = np.nan
             models["ARMT"].add(mean, actual, loc, scale, quantiles, np.asarray(levels))
             models[f"SeasonalNaive ({season})"].add(ev.seasonal_naive(panel.target, t, horizon, season), actual,
                                                    loc, scale)
             last = ev.last_observed(panel.target, t)
             models["Naive (last value)"].add(np.repeat(last[:, None], horizon, 1), actual, loc, scale)
     armt = models["ARMT"]
+    blind_note = (f"{int(blind.sum())} forecast(s) of {int((blind > 0).sum())} series read no observed value in "
+                  f"their {context} context steps (a gap at least that long ends at the origin) and are left out "
+                  f"of every model's scores: {_series_names(panel, np.flatnonzero(blind))}")
     if armt.summary()["points"] == 0:
+        if blind.any():
+            raise CLIError(f"nothing to score in the test part [{cut}, {n}): {blind_note}")
         raise CLIError(f"no series has an observed value in the test part [{cut}, {n}) (--test-fraction "
                        f"{args.test_fraction:g}): nothing to score")
     unscored = [i for i in range(len(panel.series)) if armt.summary(np.array([i]))["points"] == 0]
     notes = []
     if unscored:
-        names = [panel.series[i] if panel.channels is None else f"{panel.series[i]} / {panel.channels[i]}"
-                 for i in unscored]
         notes.append(f"{len(unscored)} series have no observed value at the scored test steps and are left out of "
-                     f"the scores: {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}")
+                     f"the scores: {_series_names(panel, unscored)}")
+    if blind.any():
+        notes.append(blind_note)
+    train_part = panel.target[:, :cut]  # every series has an observed value there (checked above)
+    flat = np.flatnonzero(np.nanmax(train_part, 1) == np.nanmin(train_part, 1))
+    if flat.size:
+        notes.append(f"{flat.size} series are constant over the training part [0, {cut}) (standard deviation 0): "
+                     f"their z-scores divide by 1, so they are in the series' own units: "
+                     f"{_series_names(panel, flat)}")
     if int(starts[-1]) - season + min(horizon, season) - 1 < 0:  # seasonal_naive's every look-back is before 0
         notes.append(f"the season ({season} steps) reaches before the first step from every origin, so "
                      f"SeasonalNaive repeats the last value (Naive's forecast); lower --season")
@@ -511,6 +563,13 @@ def _backtest_forecasts(predictor: ARMTPredictor, panel: Panel, starts: np.ndarr
         forecasts = _predicted(predictor, entries, panel)
         for k in range(len(chunk)):
             yield _forecast_arrays(forecasts[k * S:(k + 1) * S], levels)
+
+
+def _series_names(panel: Panel, rows: Sequence[int]) -> str:
+    """The first five of these panel rows' names (with the channel, where there are channels), for a note."""
+    names = [panel.series[i] if panel.channels is None else f"{panel.series[i]} / {panel.channels[i]}"
+             for i in rows]
+    return f"{', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}"
 
 
 def _score_text(x: float | None, spec: str, nothing: str) -> str:
@@ -775,6 +834,11 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
     if context > seen:
         print(f"{PROG}: note: the series have {panel.frame.n_steps} steps, so a training window holds at most {seen} "
               f"of the {context} context steps (the rest is padding, masked as missing)", file=sys.stderr)
+    skip = min(args.linear_skip, context)
+    if skip == 1:  # one step normalised by its own statistics is always 0: nothing for the skip to read
+        print(f"{PROG}: note: --context 1 leaves the linear skip a single step, which carries nothing; training "
+              f"without it (as --linear-skip 0)", file=sys.stderr)
+        skip = 0
     print(f"{PROG}: training on {len(panel.series)} series (horizon {horizon}, context {context}, "
           f"{args.epochs} epochs x {args.batches_per_epoch} batches)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="armt-ts-") as tmp:
@@ -785,7 +849,7 @@ def train(panel: Panel, horizon: int, context: int, args: argparse.Namespace) ->
                             vbar_floor=args.vbar_floor or None),
             patch=PatchConfig(patch_len=PATCH_LEN, stride=PATCH_LEN),
             head=HeadConfig(kind="student_t"),  # a distribution: any quantile level can be asked for
-            linear_skip=min(args.linear_skip, context),
+            linear_skip=skip,
             random_start=args.random_start,
             batch_size=args.batch_size,
             num_batches_per_epoch=args.batches_per_epoch,

@@ -288,9 +288,9 @@ class ForecasterConfig(_ConfigMethods):
         _check(isinstance(self.impute_min_r2, (int, float)) and not isinstance(self.impute_min_r2, bool)
                and 0.0 <= self.impute_min_r2 <= 1.0, c, "impute_min_r2",
                f"must be a fraction in [0, 1], got {self.impute_min_r2!r}")
-        _check(isinstance(self.linear_skip, int) and not isinstance(self.linear_skip, bool) and self.linear_skip >= 0,
-               c, "linear_skip", f"must be an int >= 0 (context steps the skip reads; 0: none), got "
-               f"{self.linear_skip!r}")
+        _check(isinstance(self.linear_skip, int) and not isinstance(self.linear_skip, bool) and self.linear_skip >= 0
+               and self.linear_skip != 1, c, "linear_skip", f"must be 0 (none) or an int >= 2 (context steps the "
+               f"skip reads; one step, normalised by its own statistics, is always 0), got {self.linear_skip!r}")
         _check(isinstance(self.linear_skip_ridge, (int, float)) and not isinstance(self.linear_skip_ridge, bool)
                and math.isfinite(self.linear_skip_ridge) and self.linear_skip_ridge > 0, c, "linear_skip_ridge",
                f"must be a finite number > 0 (the scaler centres each window, so its steps sum to 0 and the "

@@ -3,8 +3,11 @@
 The series are cut at ``cut``: the model trains on steps [0, cut); forecasts start at origins cut, cut + stride, ...
 (each needs ``horizon`` steps after it) and read only the steps before their origin. Scores are taken on every
 observed (series, origin, step) and on z-scored values (each series by the mean and standard deviation of its
-observed training steps, ``armt_ts.data.fit_scaler``), so series in different units weigh alike; the per-series table also gives MAE in the
-series' own units.
+observed training steps, ``armt_ts.data.fit_scaler``), so series in different units weigh alike; the per-series
+table also gives MAE in the series' own units. A series constant over its training steps has standard deviation 0
+and is divided by 1 instead (its z-scores are in its own units; the command names it). A forecast whose context
+holds no observed value of its series (a gap at least the context long ends at the origin) is left out of every
+model's scores (``blind``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ def origins(n_steps: int, cut: int, horizon: int, stride: int) -> np.ndarray:
         raise ValueError(f"origins: need 0 < cut={cut} < n_steps={n_steps}, horizon={horizon} >= 1, "
                          f"stride={stride} >= 1")
     return np.arange(cut, n_steps - horizon + 1, stride)
+
+
+def blind(target: np.ndarray, t: int, context: int) -> np.ndarray:
+    """[S] True where a series has no observed value in the ``context`` steps [t - context, t) before origin t.
+
+    The model reads only those steps, so its forecast from there is made from nothing (a constant near 0, not the
+    series' level) and ``armt-ts forecast`` never issues one; the naive peers would still look further back. Such
+    (series, origin) pairs are left out of every model's scores, so that all three are scored on the same points."""
+    return ~np.isfinite(target[:, max(0, t - context):t]).any(axis=1)
 
 
 def default_season(step_ns: int | None, months: int | None) -> int:

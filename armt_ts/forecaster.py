@@ -92,15 +92,36 @@ class ForecasterOutput(NamedTuple):
     state: MemoryState  # memory after the last segment of the context
 
 
-def _scaler(kind: str) -> Scaler:
+class _FiniteScaler:
+    """A gluonts scaler whose statistics stay finite for every finite float32 input. The gluonts scalers sum in the
+    data's dtype, so a float32 context of values near float32's maximum (mean x steps past 3.4e38) gets loc or
+    scale inf. Those (row, channel) entries, and only those, are computed again in float64 (their statistics fit
+    float32 again: a mean or spread of finite values is at most their magnitude); every other entry is the gluonts
+    scaler's own result, bit for bit, and each entry depends on its own row only."""
+
+    def __init__(self, inner: Scaler):
+        self.inner = inner
+
+    def __call__(self, data: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, loc, scale = self.inner(data, weights)
+        bad = ~(torch.isfinite(loc) & torch.isfinite(scale))
+        if data.dtype != torch.float64 and bool(bad.any()):
+            x64, loc64, scale64 = self.inner(data.double(), weights.double())
+            x = torch.where(bad, x64.to(x.dtype), x)  # [B, 1, C] broadcasts over the steps
+            loc = torch.where(bad, loc64.to(loc.dtype), loc)
+            scale = torch.where(bad, scale64.to(scale.dtype), scale)
+        return x, loc, scale
+
+
+def _scaler(kind: str) -> _FiniteScaler:
     # dim=1 is time in [B, T, C]; keepdim gives [B, 1, C], which broadcasts against [B, H, C].
     if kind == "std":
-        return StdScaler(dim=1, keepdim=True)
+        return _FiniteScaler(StdScaler(dim=1, keepdim=True))
     if kind == "mean":
         # default_scale=1.0: a series with no observed value gets scale 1, not a batch statistic (a forecast must
         # not depend on which other series share its batch).
-        return MeanScaler(dim=1, keepdim=True, default_scale=1.0)
-    return NOPScaler(dim=1, keepdim=True)
+        return _FiniteScaler(MeanScaler(dim=1, keepdim=True, default_scale=1.0))
+    return _FiniteScaler(NOPScaler(dim=1, keepdim=True))
 
 
 class ARMTForecaster(nn.Module):

@@ -1257,7 +1257,20 @@ def early_stopping_section(rows: list[dict]) -> list[str]:
                     ["horizon", "model", "train_steps", "val_checks", "best_step", "best_val_mse"])
 
 
-MERGE_MUST_AGREE = ("dataset", "budget", "baseline_settings", "seed")
+MERGE_MUST_AGREE = ("dataset", "protocol", "budget", "baseline_settings", "seed")
+
+
+def finite_errors(path: Path, r: dict[str, Any]) -> None:
+    """Refuse a row whose test error is not a finite number (mse, mae; crps where it is not null): a NaN has no mean
+    and no rank, so a table built on it is wrong without saying so (min-max skipped it or not, depending on the order
+    of the files, and every comparison with it counted as a loss)."""
+    for f in ("mse", "mae", "crps"):
+        v = r.get(f)
+        finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if finite or (f == "crps" and v is None):
+            continue
+        raise ValueError(f"{path}: H={r.get('horizon')} {r.get('model')} {f} is {v}; a merge or a mean over seeds "
+                         f"needs finite errors (rerun that model)")
 
 
 def partial_run(payload: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -1314,10 +1327,12 @@ def context_note(contexts: dict[int, int | None]) -> str:
 def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     """One four-horizon table from runs that each trained their own horizons (no training here).
 
-    The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, budget, the
-    baseline settings, the seed), every row of a horizon must have the same context length (``context_by_horizon``),
-    and the runs must not share a (horizon, model); a run's peers stay the peers it trained in
-    the same run, and every same-run row names its run (``run``: the file's stem). Each run keeps its own ARMT
+    The runs must agree on everything that makes rows comparable (``MERGE_MUST_AGREE``: dataset, protocol, budget,
+    the baseline settings, the seed), every row of a horizon must have the same context length
+    (``context_by_horizon``), every error must be finite (``finite_errors``), and the runs must not share a
+    (horizon, model); a run's peers stay the peers it trained in the same run, and every same-run row names its run
+    (``run``: the file's stem, so no two files may share a stem; give a run once). A merged table or a mean over seeds
+    is not a run: merge the files it was made from. Each run keeps its own ARMT
     choice (a validation grid at its own horizons may choose differently), recorded per run (``armt_chosen_by_run``;
     ``armt_chosen`` only when every run made the same one). The published rows are made anew for the union of
     horizons. Writes ``<name>.json`` / ``.md`` / ``.png`` and returns the payload.
@@ -1326,15 +1341,16 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     every model its command asked for finished (``partial_run``); its other rows are left out and counted.
 
     ``PATH@H1,H2`` takes only those horizons' rows from that run (e.g. a horizon that a later run, with a choice made
-    on validation at that horizon, trained again); the horizons left out are recorded per run.
+    on validation at that horizon, trained again); the horizons left out are recorded per run. ``PATH@`` with no
+    horizon is refused, not read as every horizon.
     """
     if len(paths) < 2:
         raise ValueError("--merge-from: give at least two result files")
     runs, keep_h, kept = [], {}, {}
     for spec in map(str, paths):
-        file, _, sel = spec.partition("@")
+        file, at, sel = spec.partition("@")
         path = Path(file)
-        if sel:
+        if at:
             try:
                 keep_h[path] = {int(h) for h in sel.split(",")}
             except ValueError:
@@ -1344,7 +1360,15 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
             payload = partial_run(payload, path)
         elif payload.get("benchmark") != "forecast":
             raise ValueError(f"{path}: not a benchmarks.forecast result")
+        elif "merged_from" in payload or "mean_of" in payload:
+            raise ValueError(f"{path}: a merged table or a mean over seeds, not a run; merge the files it was made "
+                             f"from (its {'merged_from' if 'merged_from' in payload else 'mean_of'})")
         runs.append((path, payload))
+    stems = [path.stem for path, _ in runs]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ValueError(f"--merge-from: two files named {twice[0]} (a row's run is its file's stem); give each run "
+                         f"once, with PATH@H1,H2 for several of its horizons")
     first_path, first = runs[0]
 
     def field(payload: dict, key: str) -> Any:  # the ARMT choice with this version's defaults for newer fields
@@ -1372,6 +1396,7 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
             if key in seen:
                 raise ValueError(f"{path}: H={key[0]} {key[1]} is also in {seen[key]}; a (horizon, model) may come "
                                  f"from one run only")
+            finite_errors(path, r)
             seen[key] = path
             rows.append(dict(r, run=path.stem))
     contexts = context_by_horizon(((r["horizon"], r["run"], r.get("context_length")) for r in rows
@@ -1433,13 +1458,14 @@ def merge_results(paths: list[str | Path], name: str) -> dict[str, Any]:
     return payload
 
 
-SEED_MEAN_MUST_AGREE = ("dataset", "budget", "baseline_settings")
+SEED_MEAN_MUST_AGREE = ("dataset", "protocol", "budget", "baseline_settings")
 
 
 def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
     """The mean over seeds of result files (runs or merges) that differ only in their seed: the same models at the
-    same horizons, the same budget and baseline settings, and per horizon the same context length and ARMT choice
-    (no training).
+    same horizons, the same protocol, budget and baseline settings, and per horizon the same context length and
+    ARMT choice (a row's own, else its run's in a merge, else the file's), one row per (horizon, model) in each file
+    and finite errors (``finite_errors``); no training. Whole files only (``PATH@H`` is for ``--merge-from``).
 
     One wall-clock-budgeted run is one sample: the seed moves every model's initial weights and batches, and the
     budget's cut moves its step count. Per (horizon, model): the mean MSE / MAE / CRPS over the seeds and each seed's
@@ -1450,6 +1476,9 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
         raise ValueError("--seed-mean-from: give at least two result files")
     runs = []
     for path in map(Path, paths):
+        if "@" in path.name and not path.exists():
+            raise ValueError(f"--seed-mean-from {path}: PATH@H selects horizons for --merge-from only; a mean over "
+                             f"seeds takes whole files")
         payload = json.loads(path.read_text())
         if payload.get("benchmark") != "forecast" or payload.get("partial"):
             raise ValueError(f"{path}: not a complete benchmarks.forecast result")
@@ -1465,14 +1494,19 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
         raise ValueError(f"--seed-mean-from: the files' seeds are {seeds}; each file needs its own seed")
 
     def table(path: Path, payload: dict) -> dict[tuple[int, str], dict]:
-        out = {}
+        out: dict[tuple[int, str], dict] = {}
         for r in payload["rows"]:
             if r.get("source") == "same-run" and r.get("table", "main") in ("main", "ablation"):
-                out[(r["horizon"], r["model"])] = r
+                k = (r["horizon"], r["model"])
+                if k in out:
+                    raise ValueError(f"{path}: two rows of H={k[0]} {k[1]}; a table has one row per (horizon, model)")
+                finite_errors(path, r)
+                out[k] = r
         return out
 
     def choice(payload: dict, r: dict) -> dict | None:  # the row's ARMT settings, with this version's defaults
-        h = r.get("hyperparameters") or payload.get("armt_chosen")
+        h = (r.get("hyperparameters") or (payload.get("armt_chosen_by_run") or {}).get(r.get("run"))
+             or payload.get("armt_chosen"))
         return None if h is None else ARMTHyper(**h).__dict__
 
     tables = [table(path, payload) for path, payload in runs]
@@ -1538,7 +1572,8 @@ def seed_mean(paths: list[str | Path], name: str) -> dict[str, Any]:
     n = len(seeds)
     md = [f"# Forecast accuracy: {first['dataset']}, mean over {n} seeds ({', '.join(map(str, seeds))})", "",
           f"Protocol: DESIGN.md section 7, exactly. Budget in every run: {first['budget'].get('train_seconds'):g} wall "
-          f"seconds of training per model, {first['budget'].get('threads')} thread(s). Every file has the same "
+          f"seconds of training per model{step_cap(first['budget'].get('max_steps'))}, "
+          f"{first['budget'].get('threads')} thread(s). Every file has the same "
           f"settings but its seed (the seed moves every model's initial weights and batches; the wall-clock cut "
           f"moves its step count). No training happened here. {context_note(contexts)}",
           f"Command: `{payload['command']}`  ", f"Commit: {payload['git_commit']}.", "", "Files:", ""]

@@ -143,6 +143,21 @@ def _check_long_all_nan(frame) -> None:
     _eq(frame.observed[0], [[1], [1]])
 
 
+def _check_dst(frame) -> None:
+    # 00:00+01:00, 01:00+01:00, 03:00+02:00 (the clock skips 02:00) are 23:00, 00:00, 01:00 UTC: one hourly grid
+    _eq(frame.timestamps.astype("datetime64[m]").astype(str).tolist(),
+        ["2024-03-30T23:00", "2024-03-31T00:00", "2024-03-31T01:00"])
+    _eq(frame.observed, [[1, 1], [1, 1], [1, 1]])
+
+
+def _check_long_two_offsets(frame) -> None:
+    # pump2's 01:00+02:00 is 23:00 UTC the day before, an hour ahead of pump1's 00:00+00:00
+    _eq(frame.timestamps.astype("datetime64[m]").astype(str).tolist(),
+        ["2023-12-31T23:00", "2024-01-01T00:00", "2024-01-01T01:00"])
+    _eq(frame.observed[:, :, 0], [[0, 1, 1], [1, 1, 0]])
+    _eq(frame.values[:, :, 0], np.array([[0.0, 20.0, 20.2], [20.5, 20.7, 0.0]], dtype=np.float32))
+
+
 def _check_events_repaired(df) -> None:
     assert df.columns == ["timestamp", "entity", "event_type", "value"]
     assert df["entity"].to_list() == ["pump, 3", "pump, 3"]
@@ -239,8 +254,9 @@ INPUT_CASES: list[InputCase] = [
     _wide("unparseable_timestamp.csv", "timestamp '2024-01-01 25:00'", "TimestampError", 3, "timestamp"),
     _wide("mixed_timezones.csv", "UTC ('Z') and naive timestamps in one column", "TimestampError", 2, "timestamp",
           decision="naive + zoned cells are ambiguous: rejected"),
-    _wide("dst_offsets.csv", "offsets +01:00 then +02:00 (a DST change)", "TimestampError", 3, "timestamp",
-          decision="one UTC offset per column; convert DST-local time to UTC first (existing reader rule)"),
+    _wide("dst_offsets.csv", "offsets +01:00 then +02:00 (a DST change)", "accepted", check=_check_dst,
+          decision="repair: each cell converted to UTC by its own offset (an hourly UTC grid, as an aware pandas "
+                   "column gives; the stream did so already)"),
     _wide("utc_offsets.csv", "every cell with the same +01:00 offset", "accepted", check=_check_utc,
           decision="repair: converted to UTC (naive UTC timestamps)"),
     _wide("duplicate_timestamps.csv", "the same timestamp twice", "DuplicateTimestampError", 3, "timestamp",
@@ -326,7 +342,9 @@ INPUT_CASES: list[InputCase] = [
     _long("inf_value.csv", "value '-inf'", "NonFiniteValueError", 2, "value"),
     _long("all_nan_series.csv", "a series whose values are all empty / NaN", "accepted", check=_check_long_all_nan,
           decision="reader: mask 0; `armt-ts forecast` refuses the series"),
-    _long("mixed_timezones.csv", "offsets +00:00 and +02:00", "TimestampError", 2, "timestamp"),
+    _long("mixed_timezones.csv", "offsets +00:00 (one series) and +02:00 (another)", "accepted",
+          check=_check_long_two_offsets,
+          decision="each cell's explicit offset names one instant: converted to UTC (as an aware pandas column)"),
     _long("non_utf8_id.csv", "Latin-1 byte in a series id", "FormatError", 1),
     # --- events CSV ---
     _events("bom_crlf_quoted.csv", "BOM + CRLF + quoted entity and type holding ','", "accepted",

@@ -341,6 +341,33 @@ def test_values_of_magnitude_1e20_train_and_forecast(tmp_path, capsys):
     assert np.isfinite(mean).all() and (np.abs(mean) > 1e19).all()
 
 
+def test_context_1_trains_without_the_linear_skip_with_a_note(tmp_path, capsys):
+    """--context 1 capped the default skip at one step, which the fit refused with advice that did not help."""
+    out = tmp_path / "f.csv"
+    code, _, err = _run(capsys, "forecast", _hourly(tmp_path / "a.csv"), "--epochs", "1", "--batches-per-epoch", "2",
+                        "--batch-size", "8", "--horizon", "2", "--context", "1", "--out", out, "--no-plot")
+    assert code == 0, err
+    assert "--context 1 leaves the linear skip a single step" in err
+    assert np.isfinite(_read_forecast(out)["mean"].to_numpy()).all()
+
+
+def test_series_too_small_or_too_offset_for_float32_are_warned_about(tmp_path, capsys):
+    """The std scaler's floor (scale >= 0.0032) flattens a series varying by 1e-6; float32 rounds 1e9 + sin to steps
+    of 64. Both still forecast, with one warning line each saying what to do."""
+    k = np.arange(60)
+    src = tmp_path / "odd.csv"
+    src.write_text("timestamp,tiny,offset,plain\n" + "".join(
+        f"2024-01-{1 + i // 24:02d} {i % 24:02d}:00,{1e-6 * (10 + np.sin(i / 4)):.6e},{1e9 + np.sin(i / 4):.6f},"
+        f"{10 + np.sin(i / 4):.4f}\n" for i in k))
+    out = tmp_path / "f.csv"
+    code, _, err = _run(capsys, "forecast", src, *TINY, "--out", out, "--no-plot")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warned) == 2, err
+    assert "1 series varies by a standard deviation below 0.01 (the first, 'tiny': 7" in err and "1e7" in err
+    assert "column 'offset': values of magnitude up to 1e+09" in err and "subtract an offset" in err
+
+
 def test_long_ids_are_names_without_surrounding_space(tmp_path, capsys):
     rows = ["timestamp,id,value"] + [f"2024-01-01 {h:02d}:00,{name},{h}" for h in range(24)
                                       for name in (("a " if h == 5 else "a"), " b")]

@@ -187,3 +187,54 @@ def test_evaluate_says_what_it_did_not_score_and_checks_out_first(tmp_path, caps
                      for c in ("cycle", "walk")]).write_csv(empty)
     code, _, err = _run(capsys, "evaluate", empty, *TINY)
     assert code == 2 and "no series has an observed value in the test part [320, 400)" in err
+
+
+def test_a_forecast_from_an_empty_context_is_scored_for_no_model(tmp_path, capsys):
+    """A series silent for at least the context before an origin: the model's forecast from there reads nothing (a
+    constant near 0, whatever the series' level), so that (series, origin) is left out of all three models' scores
+    instead of charging ARMT for a forecast ``armt-ts forecast`` never makes."""
+    nan = np.nan
+    target = np.array([[1.0, nan, nan, nan, 5.0], [nan, 2.0, nan, nan, nan]])
+    assert ev.blind(target, 4, 3).tolist() == [True, False] and ev.blind(target, 5, 3).tolist() == [False, True]
+    assert ev.blind(target, 2, 10).tolist() == [False, False]  # a context longer than the history: [0, t)
+    src, out = tmp_path / "p.csv", tmp_path / "scores.csv"
+    _periodic_csv(src)
+    df = pl.read_csv(src, infer_schema=False)
+    gap = (pl.int_range(df.height) >= 280) & (pl.int_range(df.height) < 320)  # origin 320 reads [296, 320): empty
+    df.with_columns(pl.when(gap).then(pl.lit("")).otherwise(pl.col("walk")).alias("walk")).write_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--out", out)
+    assert code == 0, err
+    scores = pl.read_csv(out)
+    assert (scores.filter(pl.col("series") == "walk")["points"] == 12 * 6).all()  # origin 320's 6 steps left out
+    assert (scores.filter(pl.col("series") == "cycle")["points"] == 13 * 6).all()
+    assert ("note: 1 forecast(s) of 1 series read no observed value in their 24 context steps" in stdout
+            and "left out of every model's scores: 'walk'" in stdout)
+
+
+def test_a_series_constant_in_its_training_part_is_named(tmp_path, capsys):
+    """Standard deviation 0 in the training part: the series is divided by 1, so its "z" scores are in its own
+    units and can outweigh every other series; the command says so instead of printing them silently."""
+    src, out = tmp_path / "p.csv", tmp_path / "scores.csv"
+    _periodic_csv(src)
+    df = pl.read_csv(src, infer_schema=False)
+    df.with_columns(pl.when(pl.int_range(df.height) < 320).then(pl.lit("1000.0")).otherwise(pl.col("cycle"))
+                    .alias("cycle")).write_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY, "--out", out)
+    assert code == 0, err
+    assert ("note: 1 series are constant over the training part [0, 320) (standard deviation 0): their z-scores "
+            "divide by 1, so they are in the series' own units: 'cycle'") in stdout
+    cycle = pl.read_csv(out).filter(pl.col("series") == "cycle")
+    assert cycle["mae_z"].to_list() == pytest.approx(cycle["mae"].to_list())
+
+
+def test_a_failed_run_leaves_no_empty_out_file(tmp_path, capsys):
+    """--out is created before the work (to fail early when it cannot be written); a run that then fails removes
+    it again instead of leaving an empty scores file behind. A file that was there already is left alone."""
+    src, out = tmp_path / "p.csv", tmp_path / "new" / "scores.csv"
+    _periodic_csv(src)
+    code, _, err = _run(capsys, "evaluate", src, *TINY, "--test-fraction", "0.99", "--out", out)
+    assert code == 2 and "leaves 4 for training" in err and not out.exists()
+    old = tmp_path / "old.csv"
+    old.write_text("kept\n")
+    code, _, err = _run(capsys, "evaluate", src, *TINY, "--test-fraction", "0.99", "--out", old)
+    assert code == 2 and old.read_text() == "kept\n"

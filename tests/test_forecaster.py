@@ -136,6 +136,29 @@ def test_huge_values_after_a_flat_context_give_a_finite_loss_and_gradients(kind)
     assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("scaling", ["std", "mean"])
+def test_values_near_float32s_maximum_get_finite_statistics(scaling):
+    """gluonts' scalers sum in float32: a context of values ~1e38 had loc (or scale) inf and the forecast NaN.
+    Those entries are computed again in float64; every other entry is the gluonts scaler's, bit for bit, whatever
+    shares its batch."""
+    f = _forecaster(scaling=scaling)
+    x, m = _series(20)
+    huge = x.clone()
+    huge[1, :, 0] = 1e38 * (2 + torch.sin(torch.arange(20.0)))  # row 1, channel 0: sums past 3.4e38
+    _, _, loc, scale = f.normalise(huge, m)
+    assert torch.isfinite(loc).all() and torch.isfinite(scale).all()
+    want = f.scaler.inner(huge.double(), m.double())
+    assert torch.allclose(loc[1, 0, 0].double(), want[1][1, 0, 0], rtol=1e-6)
+    assert torch.allclose(scale[1, 0, 0].double(), want[2][1, 0, 0], rtol=1e-6)
+    plain = f.scaler.inner(huge, m)  # the other entries: unchanged, bit for bit
+    ok = torch.ones_like(loc, dtype=torch.bool)
+    ok[1, 0, 0] = False
+    assert torch.equal(loc[ok], plain[1][ok]) and torch.equal(scale[ok], plain[2][ok])
+    alone = f.normalise(huge[1:2], m[1:2])
+    assert torch.equal(alone[2], loc[1:2]) and torch.equal(alone[3], scale[1:2])  # independent of the batch
+    assert torch.isfinite(f.point(huge, m)).all()
+
+
 @pytest.mark.parametrize("kind", ["point", "quantile", "normal"])
 def test_forecasts_come_back_in_data_units(kind):
     """z-scoring makes the forecast equivariant: a * x + b in, a * forecast + b out."""

@@ -63,7 +63,7 @@ def _windows(T=200, L=20, seed=0):
 
 
 def test_config_fields_are_checked():
-    for bad in (-1, True, 2.5):
+    for bad in (-1, True, 2.5, 1):  # 1: a one-step window normalised by its own statistics is always 0
         with pytest.raises(ConfigError, match="ForecasterConfig.linear_skip"):
             ForecasterConfig.build(H, C, linear_skip=bad)
     for bad in (0.0, -0.1, float("nan"), "1"):
@@ -204,6 +204,21 @@ def test_skip_windows_take_whole_windows_pad_a_short_series_thin_out_past_a_cap_
     assert len(thinned) == 4 and thinned[1, -1, 0] == 9  # every 2nd origin: 8, 10, 12, 14
     multi = [{"target": np.ones((C, 30), np.float32), "observed_values": np.ones((C, 30), np.float32)}]
     assert next(iter(SkipWindows(multi, L, H, C)))[0].shape == (30 - H - L + 1, L, C)
+
+
+def test_a_lone_window_of_one_channel_is_a_writable_copy():
+    """A series of exactly L + H steps has one whole window; with one channel its slice was already contiguous, so
+    torch got the read-only window view itself (a UserWarning on stderr of ``armt-ts forecast``)."""
+    L = 8
+    one = [{"target": np.arange(L + H, dtype=np.float32), "observed_values": np.ones(L + H, np.float32)}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = list(SkipWindows(one, L, H, 1))
+    assert len(batches) == 1 and len(batches[0][0]) == 1  # the one whole window
+    pv, po, fv, fo = batches[0]
+    assert pv[0, :, 0].tolist() == list(range(L)) and fv[0, :, 0].tolist() == list(range(L, L + H))
+    for t in (pv, po, fv, fo):
+        t.add_(0)  # writable: in place works on every tensor handed out
 
 
 def test_estimator_fits_the_skip_and_the_predictor_file_keeps_it(tmp_path):

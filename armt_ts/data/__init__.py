@@ -6,8 +6,8 @@ with an ``observed`` mask of the same shape (1 = observed); missing cells hold 0
 """
 
 from armt_ts.data.errors import (DataError, DuplicateTimestampError, FormatError, NonFiniteValueError,
-                                 SchemaError, SuspiciousValueWarning, TimestampError, UnsortedTimeError,
-                                 ValueParseError)
+                                 PrecisionWarning, SchemaError, SuspiciousValueWarning, TimestampError,
+                                 UnsortedTimeError, ValueParseError)
 from armt_ts.data.frame import TimeSeriesFrame
 from armt_ts.data.gluonts_conv import to_gluonts
 from armt_ts.data.readers import read_events, read_long, read_wide
@@ -16,7 +16,8 @@ from armt_ts.data.splits import (DATASETS, Scaler, Split, Windows, count_windows
 from armt_ts.data.timegrid import Freq, parse_freq
 
 __all__ = [
-    "DATASETS", "DataError", "DuplicateTimestampError", "FormatError", "Freq", "NonFiniteValueError", "Scaler",
+    "DATASETS", "DataError", "DuplicateTimestampError", "FormatError", "Freq", "NonFiniteValueError",
+    "PrecisionWarning", "Scaler",
     "SchemaError", "Split", "SuspiciousValueWarning", "TimeSeriesFrame", "TimestampError", "UnsortedTimeError",
     "ValueParseError",
     "Windows", "count_windows", "fit_scaler", "parse_freq", "read_events", "read_long", "read_wide",

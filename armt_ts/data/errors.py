@@ -89,3 +89,16 @@ class SuspiciousValueWarning(UserWarning):
         self.row = row
         self.column = column
         super().__init__(f"file {file!r}, row {row}, column {column!r}: {problem}")
+
+
+class PrecisionWarning(UserWarning):
+    """A series whose variation float32 cannot hold: the model computes in float32 (about 7 significant digits),
+    so values like 1e9 + a variation of a few units (a counter, an epoch time, a price with a large offset) round
+    to steps of 64 and their variation is partly or wholly lost. The readers keep the values (float32, as the
+    model sees them) and name the first such series; subtracting an offset (e.g. the first value) fixes it."""
+
+    def __init__(self, problem: str, *, file: str, column: str) -> None:
+        self.file = file
+        self.column = column
+        super().__init__(f"file {file!r}, column {column!r}: {problem}")
+

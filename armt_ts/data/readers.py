@@ -34,9 +34,10 @@ unless ``sort=True``; a repeated timestamp is rejected unless ``aggregate`` is g
 runs from the first to the last timestamp at ``freq`` (given, or the most common step); timestamps off
 that grid are rejected; grid steps with no row are unobserved (mask 0), never interpolated.
 Time zones (all readers): cells with a UTC offset (``Z``, ``+01:00``) and time-zone-aware Parquet / pandas
-columns are converted to UTC (naive UTC timestamps come out); a column that mixes naive and zoned cells, or
-two different offsets (local time across a DST change, say), is rejected (TimestampError at the first
-differing row): the reader does not guess which zone was meant. See ``timegrid`` for the accepted spellings.
+columns are converted to UTC (naive UTC timestamps come out), each cell by its own offset, so local time
+across a DST change (``+01:00``, then ``+02:00``) lands on the UTC grid; a column that mixes naive and zoned
+cells is rejected (TimestampError at the first differing row): the reader does not guess a naive cell's zone.
+See ``timegrid`` for the accepted spellings.
 Every rejection is a :class:`~armt_ts.data.errors.DataError` naming file, row and column.
 """
 
@@ -56,8 +57,9 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError, SchemaError,
-                                 SuspiciousValueWarning, TimestampError, UnsortedTimeError, ValueParseError, pass_hint)
+from armt_ts.data.errors import (DuplicateTimestampError, FormatError, NonFiniteValueError, PrecisionWarning,
+                                 SchemaError, SuspiciousValueWarning, TimestampError, UnsortedTimeError,
+                                 ValueParseError, pass_hint)
 from armt_ts.data.frame import TimeSeriesFrame
 from armt_ts.data.timegrid import (Freq, infer_step, parse_freq, parse_timestamps, place_on_grid, show_time,
                                    step_to_freq)
@@ -146,6 +148,8 @@ def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequenc
     grid_freq = given or _inferred_freq(t, None, table.file, ts)
     grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
     ok = ~np.isnan(v)
+    _check_float32_precision(v, None, chans, file=table.file, column=lambda j: chans[j], where=lambda j: "",
+                             noun="column")
     values = np.zeros((grid.size, len(chans)), dtype=np.float32)
     observed = np.zeros_like(values)
     values[pos] = np.where(ok, v, 0.0)
@@ -200,6 +204,9 @@ def read_long(source: Source, *, timestamp: str | None = None, series_id: str | 
     grid_freq = given or _inferred_freq(t, g, table.file, ts)
     grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
     ok = ~np.isnan(v[:, 0])
+    _check_float32_precision(v[:, 0], g, [None] * (len(series_ids) * n_chan), file=table.file, column=lambda k: val,
+                             where=lambda k: f"series {series_ids[k // n_chan]!r}"
+                             + (f", channel {chans[k % n_chan]!r}" if ch is not None else "") + ": ", noun="series")
     values = np.zeros((len(series_ids), grid.size, n_chan), dtype=np.float32)
     observed = np.zeros_like(values)
     values[g // n_chan, pos, g % n_chan] = np.where(ok, v[:, 0], 0.0)
@@ -563,6 +570,44 @@ def _numeric(s: pl.Series, *, file: str, column: str) -> np.ndarray:
             f"kept as a number ({int(large.sum())} such cell(s) in the column): make these cells empty to mark them "
             f"missing", file=file, row=i + 1, column=column), stacklevel=3)
     return out
+
+
+# PrecisionWarning when float32 rounds a series by more than this fraction of its standard deviation
+_PRECISION_LOSS = 0.01
+
+
+def _check_float32_precision(v: np.ndarray, groups: np.ndarray | None, names: list, *, file: str,
+                             column: Callable[[int], str], where: Callable[[int], str], noun: str) -> None:
+    """Warn (PrecisionWarning, once per call, naming the first series and counting the rest) where storing the
+    float64 values ``v`` as float32 moves some value by more than ``_PRECISION_LOSS`` of its series' standard
+    deviation. ``v`` is [n, S] (a wide table's columns) with ``groups`` None, or [n] with ``groups`` [n] giving each
+    value's series (a long table's (series, channel) index); NaN is missing. ``names`` has one entry per series."""
+    n_groups = len(names)
+    if groups is None:
+        groups = np.broadcast_to(np.arange(v.shape[1]), v.shape)
+    ok = ~np.isnan(v)
+    x, g = v[ok], groups[ok]
+    if x.size == 0:
+        return
+    count = np.bincount(g, minlength=n_groups)
+    mean = np.bincount(g, x, minlength=n_groups) / np.maximum(count, 1)
+    std = np.sqrt(np.bincount(g, (x - mean[g]) ** 2, minlength=n_groups) / np.maximum(count, 1))
+    err = np.zeros(n_groups)
+    np.maximum.at(err, g, np.abs(x - x.astype(np.float32).astype(np.float64)))
+    bad = np.flatnonzero((std > 0) & (err > _PRECISION_LOSS * std))
+    if bad.size == 0:
+        return
+    k = int(bad[0])
+    size = float(np.max(np.abs(x[g == k])))
+    plural = "s" if noun == "column" and bad.size > 2 else ""
+    more = f" ({bad.size - 1} more {noun}{plural} like it)" if bad.size > 1 else ""
+    ratio = err[k] / std[k]
+    share = f"{100 * ratio:.0f}% of that spread" if ratio < 10 else f"{ratio:.3g} times that spread"
+    warnings.warn(PrecisionWarning(
+        f"{where(k)}values of magnitude up to {size:.4g} vary by a standard deviation of {std[k]:.3g}, but the "
+        f"model computes in float32 (about 7 significant digits), which moves them by up to {err[k]:.3g} "
+        f"({share}), so their variation is partly or wholly lost{more}; subtract an offset (e.g. the first "
+        f"value) from the values", file=file, column=column(k)), stacklevel=3)
 
 
 def _numeric_columns(df: pl.DataFrame, columns: list[str], *, file: str, first: int = 0) -> np.ndarray:

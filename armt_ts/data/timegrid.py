@@ -6,8 +6,10 @@ when the input carried a zone (numpy ``datetime64[ns]`` on the way out).
 Accepted timestamp cells:
 - ISO-like strings: ``2020-01-01``, ``2020-01-01 00:10``, ``2020-01-01 00:10:00(.fff)``, with ``T`` or a
   space between date and time, ``/`` or ``-`` in the date, and optionally a UTC offset (``Z``, ``+01:00``,
-  ``+0100``), kept to the microsecond. Offsets are converted to UTC. Naive and offset cells in one column, or two different
-  offsets, are rejected (mixed time zones): DST-shifting local time belongs in UTC before it gets here.
+  ``+0100``), kept to the microsecond. Offsets are converted to UTC, each cell by its own (so local time with
+  its offset across a DST change, ``+01:00`` then ``+02:00``, lands on the UTC grid, as a time-zone-aware
+  pandas or Parquet column does). Naive and offset cells in one column are rejected (mixed time zones): a naive
+  cell's zone would be a guess.
 - Dates / datetimes typed by Parquet, polars or pandas (a time-zone-aware column is converted to UTC).
 - Epoch numbers (integers, or decimals for fractional units). Unless ``time_unit`` is given, the unit is
   chosen by the column's largest magnitude: below 1e11 seconds, below 1e14 milliseconds, below 1e17
@@ -233,14 +235,7 @@ def parse_timestamps(s: pl.Series, *, file: str, column: str, time_unit: str | N
             f"{s[i]!r} {'has' if zoned[i] else 'has no'} UTC offset but row 1 ({s[0]!r}) "
             f"{'has' if zoned[0] else 'has none'} (mixed time zones)", row=i + 1,
             expected="one time zone for the whole column (convert to UTC first)", **ctx)
-    if zoned[0]:
-        offsets = s.str.extract(r"([+-]\d{2}:?\d{2})$").str.replace(":", "", literal=True)
-        differ = offsets != offsets[0]
-        if differ.any():
-            i = int(differ.arg_true()[0])
-            raise TimestampError(
-                f"{s[i]!r} has UTC offset {offsets[i]} but row 1 has {offsets[0]} (mixed time zones)",
-                row=i + 1, expected="one UTC offset for the whole column (convert to UTC first)", **ctx)
+    if zoned[0]:  # every cell with its own offset (a DST change included): each is one instant, made UTC
         return _parse_strings(s, _AWARE_FORMATS, zoned=True, **ctx)
     return _parse_strings(s, _NAIVE_FORMATS, zoned=False, **ctx)
 

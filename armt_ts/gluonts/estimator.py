@@ -327,8 +327,10 @@ class SkipWindows:
         windows_v = np.lib.stride_tricks.sliding_window_view(v, L + H, axis=0)[origins]  # [n, C, L + H]
         windows_o = np.lib.stride_tricks.sliding_window_view(o, L + H, axis=0)[origins]
         for i in range(0, len(windows_v), self.chunk):
-            wv = torch.from_numpy(np.ascontiguousarray(windows_v[i:i + self.chunk].transpose(0, 2, 1)))  # [b, L+H, C]
-            wo = torch.from_numpy(np.ascontiguousarray(windows_o[i:i + self.chunk].transpose(0, 2, 1)))
+            # copies (np.array): a lone window of one channel is already contiguous, and ascontiguousarray would
+            # hand torch the read-only window view itself (a warning, and a tensor that must not be written)
+            wv = torch.from_numpy(np.array(windows_v[i:i + self.chunk].transpose(0, 2, 1), order="C"))  # [b, L+H, C]
+            wo = torch.from_numpy(np.array(windows_o[i:i + self.chunk].transpose(0, 2, 1), order="C"))
             yield wv[:, :L], wo[:, :L], wv[:, L:], wo[:, L:]
 
 

@@ -1225,6 +1225,108 @@ def test_merged_and_seed_mean_tables_say_which_check_early_stopping_kept(tmp_pat
     assert "Early stopping" not in (tmp_path / "plain_merged.md").read_text()
 
 
+def _edit_rows(path, edit, **over):
+    """Rewrite a result file: ``edit(row)`` on every same-run row, then the top-level fields ``over``."""
+    payload = json.loads(path.read_text())
+    for r in payload["rows"]:
+        if r["source"] == "same-run":
+            edit(r)
+    payload.update(over)
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_merge_and_seed_mean_refuse_inputs_that_would_make_a_wrong_table(tmp_path, monkeypatch, capsys):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    a = _run_file(tmp_path / "a.json", [96])
+    b = _run_file(tmp_path / "b.json", [192])
+    s1 = _run_file(tmp_path / "s1.json", [96], seed=1)
+    s2 = _run_file(tmp_path / "s2.json", [96], seed=2)
+    # another protocol: the table would state the first file's
+    other = _run_file(tmp_path / "other.json", [192], protocol="another protocol")
+    with pytest.raises(ValueError, match="other.json: field 'protocol'"):
+        fc.merge_results([a, other], "x")
+    with pytest.raises(ValueError, match="field 'protocol'"):
+        fc.seed_mean([a, _run_file(tmp_path / "o1.json", [96], seed=1, protocol="another protocol")], "x")
+    # a NaN error: its mean is NaN while min-max skipped it (or not: it depended on the file order), and the
+    # "below the baseline in k seeds" count took it for a loss
+    nan = tmp_path / "nan.json"
+    nan.write_text(s1.read_text())
+    _edit_rows(nan, lambda r: r.update(mse=float("nan")) if r["model"] == "DLinear" else None)
+    for files in ([a, nan, s2], [nan, a, s2]):
+        with pytest.raises(ValueError, match=r"nan.json: H=96 DLinear mse is nan"):
+            fc.seed_mean(files, "x")
+    with pytest.raises(ValueError, match=r"nan.json: H=96 DLinear mse is nan"):
+        fc.merge_results([b, _edit_rows(nan, lambda r: None, seed=0)], "x")
+    inf = _edit_rows(_run_file(tmp_path / "inf.json", [96], seed=1),
+                     lambda r: r.update(mae=float("inf")) if r["model"] == "ARMT" else None)
+    with pytest.raises(ValueError, match=r"inf.json: H=96 ARMT mae is inf"):
+        fc.seed_mean([a, inf], "x")
+    # one file with two rows of one (horizon, model): the mean took the last one
+    dup = _run_file(tmp_path / "dup.json", [96], seed=1)
+    payload = json.loads(dup.read_text())
+    payload["rows"].append(dict(payload["rows"][0], mse=9.9))
+    dup.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"dup.json: two rows of H=96 ARMT"):
+        fc.seed_mean([a, dup], "x")
+    # two files with the same stem (column run names a row's run): their choices were recorded as one
+    (tmp_path / "x1").mkdir()
+    (tmp_path / "x2").mkdir()
+    r1 = _run_file(tmp_path / "x1" / "run.json", [96])
+    r2 = _run_file(tmp_path / "x2" / "run.json", [192], armt_chosen={"linear_skip": True, "skip_init": "ols"})
+    with pytest.raises(ValueError, match=r"two files named run\b"):
+        fc.merge_results([r1, r2], "x")
+    both = _run_file(tmp_path / "both.json", [96, 192])
+    with pytest.raises(ValueError, match=r"two files named both\b.*PATH@H1,H2"):
+        fc.merge_results([f"{both}@96", f"{both}@192"], "x")
+    with pytest.raises(ValueError, match="integer horizons"):  # an empty selection is not "every horizon"
+        fc.merge_results([f"{both}@", a], "x")
+    # a merged table or a mean over seeds is not a run: refused by name, not by a TypeError in the rendering
+    fc.merge_results([a, b], "ab")
+    with pytest.raises(ValueError, match=r"ab.json: a merged table .*not a run"):
+        fc.merge_results([f"{tmp_path / 'ab.json'}@96", _run_file(tmp_path / "c.json", [336])], "x")
+    with pytest.raises(SystemExit):
+        fc.main(["--merge-from", str(tmp_path / "ab.json"), str(tmp_path / "c.json"), "--out", "x"])
+    assert "a merged table" in capsys.readouterr().err
+    # PATH@H is for --merge-from: the mean takes whole files (it was a FileNotFoundError traceback)
+    with pytest.raises(ValueError, match=r"s1.json@96: .*--merge-from only"):
+        fc.seed_mean([a, f"{s1}@96"], "x")
+    with pytest.raises(SystemExit):
+        fc.main(["--seed-mean-from", str(a), f"{s1}@96", "--out", "x"])
+    assert "--merge-from only" in capsys.readouterr().err
+
+
+def test_the_seed_mean_compares_each_runs_armt_choice_of_a_merge(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    ols = {"linear_skip": True, "skip_init": "ols"}
+    for seed, lr in ((0, 0.001), (1, 0.5)):  # seed 1's H=192 run chose another learning rate
+        _run_file(tmp_path / f"h96_s{seed}.json", [96], seed=seed)
+        _run_file(tmp_path / f"h192_s{seed}.json", [192], seed=seed, armt_chosen=dict(ols, lr=lr))
+        fc.merge_results([tmp_path / f"h96_s{seed}.json", tmp_path / f"h192_s{seed}.json"], f"m{seed}")
+    assert json.loads((tmp_path / "m1.json").read_text())["armt_chosen"] is None  # each run's choice, by run
+    with pytest.raises(ValueError, match="H=192 ARMT used other ARMT settings"):
+        fc.seed_mean([tmp_path / "m0.json", tmp_path / "m1.json"], "x")
+
+
+def test_the_seed_mean_states_a_step_capped_budget(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.forecast as fc
+    monkeypatch.setattr(fc, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    budget = {"kind": "wall seconds per trained model or optimiser steps, whichever comes first",
+              "train_seconds": 100000.0, "max_steps": 900, "threads": 1, "bf16": False}
+    files = [_run_file(tmp_path / f"s{s}.json", [96], seed=s, budget=budget) for s in (0, 1)]
+    fc.seed_mean(files, "mean")
+    assert "100000 wall seconds of training per model or 900 optimiser steps, whichever comes first" in (
+        tmp_path / "mean.md").read_text()
+
+
 def test_early_stopping_ends_with_the_weights_of_the_best_validation_check(etth1_like):
     from benchmarks.forecast import val_subset
     # lr 0.1 overshoots after a few steps on this data: the best check is neither the first nor the last

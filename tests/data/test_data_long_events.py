@@ -166,3 +166,13 @@ def test_event_ids_from_typed_frames_and_folders():
         "1.5", "2.0", "1.5"]  # not all whole: as written
     with pytest.raises(FormatError, match="this is a folder, not a file"):
         read_events(Path(__file__).parent)
+
+
+def test_long_names_the_series_whose_variation_float32_cannot_hold(write_csv):
+    from armt_ts.data import PrecisionWarning, read_long
+
+    rows = "".join(f"2024-01-01 {h:02d}:00,{sid},{base + np.sin(h):.6f}\n"
+                   for sid, base in (("x", 10.0), ("y", 1e15)) for h in range(24))
+    path = write_csv("timestamp,series,value\n" + rows)
+    with pytest.warns(PrecisionWarning, match=r"column 'value': series 'y': values of magnitude up to 1e\+15"):
+        read_long(path)

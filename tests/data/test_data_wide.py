@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -104,10 +105,17 @@ def test_frames_are_accepted(write_csv):
 def test_time_zones_are_converted_to_utc_and_mixing_is_rejected(write_csv, assert_names):
     path = write_csv("date,x\n2020-01-01 00:00+02:00,1\n2020-01-01 01:00+0200,2\n")
     np.testing.assert_array_equal(read_wide(path).timestamps, ts("2019-12-31T22:00", "2019-12-31T23:00"))
-    path = write_csv("date,x\n2020-01-01 00:00+02:00,1\n2020-01-01 01:00+01:00,2\n")
-    with pytest.raises(TimestampError, match="mixed time zones") as err:
-        read_wide(path)
-    assert_names(err.value, path, 2, "date")
+    # local time with its offset across a DST change: each cell converted by its own offset, an hourly UTC grid
+    # (as the same instants in a time-zone-aware pandas column)
+    path = write_csv("date,x\n2024-03-31T01:00:00+01:00,1\n2024-03-31T03:00:00+02:00,2\n"
+                     "2024-03-31T04:00:00+02:00,3\n")
+    frame = read_wide(path)
+    np.testing.assert_array_equal(frame.timestamps, ts("2024-03-31T00:00", "2024-03-31T01:00", "2024-03-31T02:00"))
+    assert frame.values[:, 0].tolist() == [1.0, 2.0, 3.0] and frame.observed.all()
+    aware = pd.DataFrame({"date": pd.date_range("2024-03-31", periods=6, freq="h", tz="Europe/Berlin"),
+                          "x": np.arange(6.0)})
+    csv = write_csv(aware.assign(date=aware["date"].map(lambda t: t.isoformat())).to_csv(index=False), "dst.csv")
+    np.testing.assert_array_equal(read_wide(csv).timestamps, read_wide(aware).timestamps)
     path = write_csv("date,x\n2020-01-01 00:00,1\n2020-01-01 01:00,2\n2020-01-01T02:00:00Z,3\n")
     with pytest.raises(TimestampError, match="mixed time zones") as err:
         read_wide(path)
@@ -394,3 +402,26 @@ def test_a_mistyped_year_does_not_build_a_huge_grid(write_csv, assert_names):
     with pytest.raises(TimestampError, match="outside the years") as err:
         read_wide(path)
     assert_names(err.value, path, 2, "date")
+
+
+def test_a_variation_float32_cannot_hold_is_warned_about_once(write_csv):
+    """The model computes in float32: 1e9 + sin rounds to steps of 64 and its variation is lost. The reader keeps
+    the values (as float32, what the model sees) and names the first such column, counting the others."""
+    from armt_ts.data import PrecisionWarning
+
+    rows = "".join(f"2024-01-01 {h:02d}:00,{1e9 + np.sin(h):.6f},{1.7e9 + h},{10 + np.sin(h):.6f}\n"
+                   for h in range(24))
+    path = write_csv("date,offset,counter,plain\n" + rows)
+    with pytest.warns(PrecisionWarning) as caught:
+        frame = read_wide(path)
+    assert len(caught) == 1
+    w = caught[0].message
+    assert (w.file, w.column) == (str(path), "offset")
+    assert "column 'offset': values of magnitude up to 1e+09" in str(w) and "(1 more column like it)" in str(w)
+    assert "subtract an offset" in str(w)
+    assert frame.values.dtype == np.float32 and np.ptp(frame.values[:, 0]) <= 128  # kept as the model sees them
+    ok = write_csv("date,a,b\n" + "".join(f"2024-01-01 {h:02d}:00,{1e4 + np.sin(h):.4f},{1e-30 * h}\n"
+                                          for h in range(24)), name="ok.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_wide(ok)  # float32 holds 1e4 + sin to 0.001 and tiny values to 7 digits: no warning
