@@ -106,7 +106,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_forecast(commands)
     _add_evaluate(commands)
     _add_stream(commands)
+    _add_bench(commands)
     return parser
+
+
+# the scripts of benchmarks/ (each also runs as ``python -m benchmarks.NAME``; a test keeps this list complete)
+BENCHMARKS = ("agenda", "associative_retrieval", "channels", "forecast", "linear_skip", "missing_channels", "ops",
+              "reliability", "retrieval_drift", "state_tracking", "stream_accuracy", "streaming")
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="run one of the benchmarks (the same as python -m benchmarks.NAME)",
+        description=(
+            "Run benchmarks/NAME.py with the options that follow NAME, exactly as 'python -m benchmarks.NAME'\n"
+            "does: it writes benchmarks/results/<result name>.json and .md (and .png) next to the package's\n"
+            "benchmarks folder (the repository's, with the README's editable install), with the machine, the git\n"
+            "commit, the seeds and its wall time. 'armt-ts bench NAME --help' lists that benchmark's options;\n"
+            "the README and benchmarks/results/README.md say what each one measures."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  armt-ts bench streaming --quick\n"
+            "  armt-ts bench forecast --data ../shared/data/ett/ETTh1.csv --dataset ETTh1 --quick\n"
+            "  armt-ts bench reliability --quick"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=f"one of: {', '.join(BENCHMARKS)}")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` subcommand: ``benchmarks.<name>.main(options)``; its own usage errors exit 2 as they do under
+    ``python -m``."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"benchmarks.{args.name}")
+    except ModuleNotFoundError as err:
+        if err.name not in ("benchmarks", f"benchmarks.{args.name}"):
+            raise
+        raise CLIError(f"bench: the benchmarks package is not importable here ({err}); install armt_ts from its "
+                       f"repository (pip install -e .) to run the benchmarks") from None
+    saved = sys.argv
+    sys.argv = [f"{PROG} bench {args.name}", *args.options]  # its usage lines name this command (argparse's prog)
+    try:
+        module.main(list(args.options))
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def _add_forecast(commands: argparse._SubParsersAction) -> None:

@@ -417,3 +417,24 @@ def test_quantile_levels_that_would_share_a_column_are_refused(tmp_path, capsys)
     code, _, err = _run(capsys, "forecast", src, *TINY, "--quantiles", "0.1234567", "0.1234568",
                         "--out", tmp_path / "f.csv", "--no-plot")
     assert code == 2 and "would all be written as column q0.123457" in err
+
+
+def test_bench_runs_a_benchmark_script_with_its_own_options(capsys, monkeypatch):
+    """``armt-ts bench NAME ...`` is ``python -m benchmarks.NAME ...`` (DESIGN section 1's fourth command)."""
+    from pathlib import Path
+
+    import benchmarks.ops
+    from armt_ts.cli import BENCHMARKS
+
+    scripts = {p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+               if "def main(" in p.read_text()}
+    assert set(BENCHMARKS) == scripts  # every benchmark script, and nothing else
+    seen = []
+    monkeypatch.setattr(benchmarks.ops, "main", lambda argv: seen.append(argv))
+    assert main(["bench", "ops", "--repeats", "3", "--threads", "1"]) == 0
+    assert seen == [["--repeats", "3", "--threads", "1"]]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exit_info:  # the benchmark's own usage error, named as this command
+        main(["bench", "ops", "--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert "armt-ts bench ops: error: argument --repeats: expected an integer >= 1" in capsys.readouterr().err
