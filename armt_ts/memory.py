@@ -12,6 +12,7 @@ per key, the step of its last write, so callers can ask how stale an entity's st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,6 @@ class AssociativeMemory(nn.Module):
         self.W_v = nn.Linear(D, D, bias=False)
         self.W_beta = nn.Linear(D, D if config.beta_per_channel else H, bias=True)
         nn.init.zeros_(self.W_v.weight)
-        self.ops = get_ops(config.ops_backend)
         # keyed modes only: the content-keyed default creates no extra parameters or buffers
         if config.key_mode != "content":
             if config.identity_keys == "learned":
@@ -56,6 +56,12 @@ class AssociativeMemory(nn.Module):
             else:
                 self.register_buffer("codes", orthogonal_codes(config.key_buckets, r, config.nu).repeat(1, H),
                                      persistent=False)
+
+    @property
+    def ops(self) -> ModuleType:
+        """The memory ops (``config.ops_backend``), looked up on use: a module held as an attribute kept the layer,
+        and every model holding it, from being copied or pickled (``copy.deepcopy``, Lightning's weight averaging)."""
+        return get_ops(self.config.ops_backend)
 
     def code(self, key_ids: Tensor) -> Tensor:
         """Entity ids [B] -> pre-feature codes [B, H*r] (the identity part of the key)."""

@@ -280,3 +280,16 @@ def test_the_package_names_its_user_facing_classes():
     assert armt_ts.ARMTForecaster is ARMTForecaster
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         armt_ts.Nope
+
+
+def test_a_model_can_be_deep_copied_and_pickled():
+    """The memory layers held their ops module as an attribute, which copy.deepcopy and pickle refuse (Lightning's
+    weight averaging deep-copies the model); now they look it up from the config."""
+    import copy
+    import pickle
+
+    f = _forecaster("student_t")
+    x, m = _series(20)
+    want = f.point(x, m)
+    for other in (copy.deepcopy(f), pickle.loads(pickle.dumps(f))):
+        assert torch.equal(other.point(x, m), want)

@@ -19,6 +19,7 @@ The serialised predictor is JSON (``predictor.json``, gluonts' serde) plus the w
 
 # No `from __future__ import annotations`: gluonts' @validated reads the annotations with pydantic v1, which
 # cannot resolve them as strings.
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -33,6 +34,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from gluonts.core import fqname_for, serde
 from gluonts.core.component import validated
 from gluonts.dataset.common import Dataset
 from gluonts.dataset.field_names import FieldName
@@ -43,6 +45,7 @@ from gluonts.model.forecast_generator import (DistributionForecastGenerator, For
                                               QuantileForecastGenerator, make_predictions, to_numpy)
 from gluonts.model.predictor import RepresentablePredictor
 from gluonts.torch.model.estimator import PyTorchLightningEstimator
+from gluonts.torch.model.forecast import DistributionForecast
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.torch.util import resolve_device
 from gluonts.transform import (AddObservedValuesIndicator, AsNumpyArray, ExpectedNumInstanceSampler,
@@ -144,6 +147,52 @@ class PointForecastGenerator(ForecastGenerator):
                 )
 
 
+class ChannelDistributionForecast(DistributionForecast):
+    """gluonts' ``DistributionForecast`` with the ``dim`` / ``copy_dim`` / ``copy_aggregate`` that gluonts'
+    ``MultivariateEvaluator`` reads (a plain DistributionForecast raises NotImplementedError there).
+
+    Built from the distribution head's arguments for one series: ``distr_args`` [H] or [H, C], ``loc`` / ``scale``
+    [1] or [1, C]. The channels are independent, so ``copy_dim(c)`` is the forecast [H] of channel c's marginals,
+    exactly; ``copy_aggregate`` (e.g. the sum over channels) has no closed form and is computed from 200 sample
+    paths (``to_sample_forecast``, torch's global generator).
+    """
+
+    def __init__(self, distr_output: Any, distr_args: tuple, loc: torch.Tensor, scale: torch.Tensor,
+                 start_date: pd.Period, item_id: Optional[str] = None, info: Optional[dict] = None) -> None:
+        super().__init__(distr_output.distribution(distr_args, loc, scale), start_date, item_id=item_id, info=info)
+        self._parts = (distr_output, tuple(distr_args), loc, scale)
+
+    def dim(self) -> int:
+        return 1 if len(self.shape) == 1 else int(self.shape[1])
+
+    def copy_dim(self, dim: int) -> "ChannelDistributionForecast":
+        if len(self.shape) == 1:  # univariate: itself, as gluonts' SampleForecast.copy_dim
+            return self
+        if not 0 <= dim < self.dim():
+            raise IndexError(f"copy_dim: dim must be in 0 .. {self.dim() - 1}, got {dim}")
+        out, args, loc, scale = self._parts
+        return ChannelDistributionForecast(out, tuple(a[..., dim] for a in args), loc[..., dim], scale[..., dim],
+                                           self.start_date, item_id=self.item_id, info=self.info)
+
+    def copy_aggregate(self, agg_fun) -> SampleForecast:
+        return self.to_sample_forecast().copy_aggregate(agg_fun)
+
+
+class ChannelDistributionForecastGenerator(DistributionForecastGenerator):
+    """gluonts' ``DistributionForecastGenerator`` yielding ``ChannelDistributionForecast`` objects."""
+
+    def __call__(self, inference_data_loader, prediction_net, input_names, output_transform, num_samples, **kwargs):
+        for batch in inference_data_loader:
+            distr_args, loc, scale = make_predictions(prediction_net, select(input_names, batch, ignore_missing=True))
+            starts = batch[FieldName.FORECAST_START]
+            for i, start in enumerate(starts):
+                yield ChannelDistributionForecast(
+                    self.distr_output, tuple(a[i] for a in distr_args), loc[i], scale[i], start,
+                    item_id=batch[FieldName.ITEM_ID][i] if FieldName.ITEM_ID in batch else None,
+                    info=batch["info"][i] if "info" in batch else None,
+                )
+
+
 def forecast_generator(head: HeadConfig, module: ARMTLightningModule) -> ForecastGenerator:
     """The gluonts forecast generator matching ``ARMTModel.forward``'s output for ``head.kind``."""
     if head.kind == "point":
@@ -151,7 +200,7 @@ def forecast_generator(head: HeadConfig, module: ARMTLightningModule) -> Forecas
     if head.kind == "quantile":
         return QuantileForecastGenerator(quantiles=[str(q) for q in head.quantiles])
     assert head.kind in DISTRIBUTION_KINDS
-    return DistributionForecastGenerator(module.model.forecaster.head.output)
+    return ChannelDistributionForecastGenerator(module.model.forecaster.head.output)
 
 
 class ARMTPredictor(PyTorchPredictor):
@@ -332,6 +381,16 @@ class SkipWindows:
             wv = torch.from_numpy(np.array(windows_v[i:i + self.chunk].transpose(0, 2, 1), order="C"))  # [b, L+H, C]
             wo = torch.from_numpy(np.array(windows_o[i:i + self.chunk].transpose(0, 2, 1), order="C"))
             yield wv[:, :L], wo[:, :L], wv[:, L:], wo[:, L:]
+
+
+@serde.encode.register(ARMTConfig)
+@serde.encode.register(PatchConfig)
+@serde.encode.register(HeadConfig)
+def _encode_config(config: Any) -> Any:
+    """gluonts' serde (``serde.encode`` / ``dump_json``) records a @validated component such as ``ARMTEstimator`` by
+    its arguments; a config among them is recorded as its class and fields, which ``serde.decode`` passes back."""
+    return {"__kind__": serde.Kind.Instance, "class": fqname_for(type(config)),
+            "kwargs": serde.encode({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})}
 
 
 _INTEGER_ARGUMENTS = ("prediction_length", "context_length", "target_dim", "linear_skip", "batch_size",

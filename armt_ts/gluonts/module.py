@@ -6,8 +6,8 @@ Inputs: ``past_target`` and ``past_observed_values``, [B, T] for a univariate ta
 matching the predictor's forecast generator (``estimator.forecast_generator``):
 
 - distribution heads ("student_t", "normal", "laplace"): ``(distr_args, loc, scale)`` for gluonts'
-  ``DistributionForecastGenerator``; distr_args [B, H] (or [B, H, C]) in normalised units, loc / scale [B, 1]
-  (or [B, 1, C]);
+  ``DistributionForecastGenerator`` (the predictor uses its subclass ``ChannelDistributionForecastGenerator``);
+  distr_args [B, H] (or [B, H, C]) in normalised units, loc / scale [B, 1] (or [B, 1, C]);
 - "quantile": ``((quantiles,), loc, scale)`` for gluonts' ``QuantileForecastGenerator``, quantiles [B, H, Q]
   (or [B, H, C, Q]) in normalised units at the head's learned levels;
 - "point": the point forecast [B, H] (or [B, H, C]) in data units, for ``PointForecastGenerator``.

@@ -274,3 +274,37 @@ def test_datasets_it_cannot_train_on_or_read_are_named(tmp_path):
     with pytest.raises(DatasetError, match=r"dataset entry 4 \(item_id 's4'\): field 'target' at step 237 is -inf"):
         list(predictor.predict(bad))
     assert len(list(predictor.predict(bad[:4]))) == 4
+
+
+@pytest.mark.parametrize("kind", ["student_t", "laplace"])
+def test_multivariate_distribution_forecasts_work_with_the_multivariate_evaluator(kind, tmp_path):
+    """gluonts' MultivariateEvaluator reads forecast.dim() and copy_dim(c); a plain DistributionForecast raised
+    NotImplementedError. Channel c's forecast is the c-th marginal of the [H, C] forecast."""
+    from gluonts.evaluation import MultivariateEvaluator, make_evaluation_predictions
+
+    ds = _sines(n=2, target_dim=2)
+    predictor = _estimator(tmp_path, kind, target_dim=2, batches=2).train(ds)
+    forecasts, series = make_evaluation_predictions(ds, predictor)
+    forecasts, series = list(forecasts), list(series)
+    f = forecasts[0]
+    assert f.dim() == 2
+    for c in range(2):
+        one = f.copy_dim(c)
+        assert one.start_date == f.start_date and one.item_id == f.item_id and one.mean.shape == (H,)
+        np.testing.assert_allclose(one.mean, f.mean[:, c], rtol=1e-6)
+        np.testing.assert_allclose(one.quantile(0.9), f.quantile(0.9)[:, c], rtol=1e-6)
+    agg, _ = MultivariateEvaluator(quantiles=[0.1, 0.5, 0.9], num_workers=0)(series, forecasts)
+    assert all(math.isfinite(agg[k]) for k in ("MSE", "0_MSE", "1_MSE", "mean_wQuantileLoss")), agg
+    univariate = next(iter(_estimator(tmp_path / "u", kind, batches=1).train(_sines(n=1)).predict(_sines(n=1))))
+    assert univariate.dim() == 1
+
+
+def test_the_estimator_round_trips_through_gluonts_serde(tmp_path):
+    """serde.encode / decode (gluonts' way of recording a @validated component) rebuilds the estimator."""
+    from gluonts.core import serde
+
+    est = _estimator(tmp_path, "quantile")
+    again = serde.decode(serde.encode(est))
+    assert isinstance(again, ARMTEstimator) and again.config == est.config
+    assert again.context_length == CONTEXT and again.trainer_kwargs == est.trainer_kwargs
+    assert serde.decode(serde.encode(est.config.armt)) == ARMT
