@@ -24,8 +24,10 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -1104,16 +1106,21 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "        entity; a model with C channels: exactly C value columns, one entity);\n"
             "  long  with --id COL: timestamp, id, value per row; an id seen for the first time joins the fleet.\n"
             "Timestamps are ISO dates / datetimes, spelled as 'forecast' reads them (one with a UTC offset is\n"
-            "converted to UTC), or integers; one kind for the whole input, increasing per entity. Value cells\n"
-            "follow the rules of 'forecast': empty / NaN / NA / N/A / null / None are missing values, infinities\n"
-            "and text are errors, magnitudes >= 1e20 are kept with a warning. Errors name the row as 'forecast'\n"
-            "does (the first row after the header is row 1) and the column. With --state PATH the state is\n"
-            "loaded from PATH when it exists and saved there (atomically) at every forecast and at the end; after a\n"
-            "restart, rows at or before an entity's saved last timestamp are skipped, so replaying the same file\n"
-            "continues where the last run stopped."
+            "converted to UTC), or integers; one kind for the whole input (and for a resumed --state), increasing\n"
+            "per entity. They only order the rows: each row is the next step of its entities, whatever the time\n"
+            "since their previous row (the stream has no time grid; write a missing step as a row with an empty\n"
+            "cell). Value cells follow the rules of 'forecast': empty / NaN / NA / N/A / null / None are missing\n"
+            "values, infinities and text are errors, magnitudes >= 1e20 are kept with a warning. Errors name the\n"
+            "row as 'forecast' does (the first row after the header is row 1) and the column. With --state PATH\n"
+            "the state is loaded from PATH when it exists and saved there (atomically) at every forecast and at\n"
+            "the end; after a restart, rows at or before an entity's saved last timestamp are skipped, so\n"
+            "replaying the same file continues where the last run stopped. Ctrl-C (SIGINT) or SIGTERM stops the\n"
+            "stream after the row being pushed, saves the state and exits with 128 + the signal's number (130,\n"
+            "143)."
         ),
         epilog=(
-            "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp), step (1..h), mean and\n"
+            "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp, as the input spells its\n"
+            "kind: an integer, or a date/time in UTC to the second or its fraction), step (1..h), mean and\n"
             "q<level> per quantile; an entity without any observed value yet gets none.\n\n"
             "Examples:\n"
             "  armt-ts forecast ETTh1.csv --target OT HUFL --save-model ett-model\n"
@@ -1126,7 +1133,8 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", required=True, help="a model saved with 'forecast --save-model'")
     p.add_argument("--state", metavar="PATH", help="stream state file: loaded if present, saved at each forecast")
     p.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="N",
-                   help="write forecasts every N input rows (default: %(default)s; 0: only at the end)")
+                   help="write forecasts every N rows pushed (rows skipped after a restart do not count; default: "
+                        "%(default)s; 0: only at the end)")
     p.add_argument("--horizon", type=int, metavar="H", help="steps to forecast (default and maximum: the model's)")
     p.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
                    help=f"quantile levels (default: {' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
@@ -1194,8 +1202,10 @@ def _parse_time(text: str, where: str) -> tuple[int, str]:
     if np.isnat(d):
         raise CLIError(f"{where}: timestamp {text.strip()!r} is neither an ISO date/time (such as "
                        f"'2020-01-01 00:10:00', optionally with a UTC offset) nor an integer")
-    nano = d.astype("datetime64[ns]")  # numpy wraps around silently where nanoseconds overflow int64
-    ns = None if np.isnat(nano) or nano.astype(d.dtype) != d else int(nano.astype(np.int64)) - minutes * 60_000_000_000
+    from armt_ts.stream import datetimes_to_ns
+
+    nano, wrong = datetimes_to_ns(np.array([d]))  # numpy's own conversion wraps around / overflows at the ends
+    ns = None if wrong[0] else int(nano[0]) - minutes * 60_000_000_000
     if ns is None or not _INT64.min < ns <= _INT64.max:
         why = ("has a fraction of a second finer than nanoseconds" if np.datetime_data(d.dtype)[0] in ("ps", "fs", "as")
                else "is outside the years 1677..2262")
@@ -1319,6 +1329,7 @@ def run_stream(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CLIError(f"cannot write {args.out!r}: {err.strerror or err}") from None
         run = _StreamRun(sf, args, source, out, horizon, levels)
+        handlers = _catch_stop_signals(run)
         if not resumed:  # a model of C > 1 channels takes the file's value column names as its channel names
             run.fresh = lambda names: StreamingForecaster.from_predictor(predictor, entities=[], channels=names,
                                                                          **run_opts)
@@ -1338,7 +1349,16 @@ def run_stream(args: argparse.Namespace) -> int:
             run.save_state()
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        except _Stopped as stop:  # Ctrl-C / SIGTERM, between two rows' updates: keep the state, stop quietly
+            if run.counts["rows"]:
+                run.save_state()
+            saved = f"; state in {args.state}" if args.state and run.counts["rows"] else ""
+            print(f"{PROG} stream: stopped by {signal.Signals(stop.signum).name} after {run.counts['rows']} row(s) "
+                  f"from {source}{saved}", file=sys.stderr)
+            return 128 + stop.signum
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             out.close()
             if stream is not sys.stdin:
                 stream.close()
@@ -1364,10 +1384,14 @@ class _StreamRun:
         self.C = sf.C
         # after a restart, rows at or before an entity's saved last timestamp were pushed already: skip them
         self.watermark = {e: int(t) for e, t in zip(sf.entities, sf.state.last_time.tolist())}
-        self.as_of = {e: ("" if t == self.NO_TIME else _format_time(t)) for e, t in self.watermark.items()}
+        self.as_of = {e: t for e, t in self.watermark.items() if t != self.NO_TIME}  # each entity's last time
         self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
         self.forecast_is_current = False
-        self.time_kind: tuple[str, int] | None = None  # the first row's kind of timestamp, and that row
+        # the kind of timestamp and the row that set it: the first row's, or a resumed state's (row None)
+        kind = sf.notes.get("time_kind")
+        self.time_kind: tuple[str, int | None] | None = (kind, None) if kind in _TIME_KINDS else None
+        self.updating = False  # a row is updating the state: a stop signal waits for it (_catch_stop_signals)
+        self.stop_signal: int | None = None
         self.fresh: Callable[[list[str]], Any] | None = None  # a new stream with these channel names (not resumed)
         self.warned: set[str] = set()  # columns already warned about (a likely fill value)
 
@@ -1384,7 +1408,9 @@ class _StreamRun:
             self.time_kind = (kind, row_no)
         elif kind != self.time_kind[0]:
             first_kind, first_row = self.time_kind
-            raise CLIError(f"{where}: timestamp {cell.strip()!r} is {_TIME_KINDS[kind]}, but row {first_row}'s is "
+            first = (f"row {first_row}'s is" if first_row is not None else
+                     f"the state in {self.args.state!r} was made from rows whose timestamps are")
+            raise CLIError(f"{where}: timestamp {cell.strip()!r} is {_TIME_KINDS[kind]}, but {first} "
                            f"{_TIME_KINDS[first_kind]}; expected one kind of timestamp in the whole input"
                            + (" (convert local times to UTC first)" if {kind, first_kind} == {"naive", "zoned"}
                               else ""))
@@ -1392,8 +1418,13 @@ class _StreamRun:
 
     def save_state(self) -> None:
         if self.args.state is not None:
+            if self.time_kind is not None:  # a restart reads its input's times as this run did
+                self.sf.notes["time_kind"] = self.time_kind[0]
             with _writing(self.args.state):
                 self.sf.save(self.args.state)
+
+    def show_time(self, t: int) -> str:
+        return _format_time(t, None if self.time_kind is None else self.time_kind[0])
 
     def save_and_forecast(self) -> None:
         # an entity without an observed value yet (a wide file's column before its first value) has nothing to
@@ -1401,7 +1432,8 @@ class _StreamRun:
         ready = self.sf.entities_with_data()
         if ready:
             fc = self.sf.forecast(self.horizon, self.levels, entities=ready)
-            self.counts["forecast_rows"] += self.out.write(fc, self.as_of, self.sf.channels)
+            as_of = {e: self.show_time(self.as_of[e]) for e in fc.entities if e in self.as_of}
+            self.counts["forecast_rows"] += self.out.write(fc, as_of, self.sf.channels)
         self.save_state()
         self.forecast_is_current = True
 
@@ -1456,16 +1488,22 @@ class _StreamRun:
                 i, name = cols[0]
                 ents = [] if self._seen(e, ts) else [e]
                 vals = np.array([[_parse_value(cells[i], f"{where}, column {name!r}", warners[name])]])
-                if ents and e not in sf._rows:
-                    sf.join([e])  # a new entity joins the fleet
             if not ents:
                 self.counts["skipped"] += 1
                 continue
-            self.counts["segments"] += _push(sf, vals, np.full(len(ents), ts), ents, where)
-            for e in ents:
-                self.as_of[e] = _format_time(ts)
-            self.counts["rows"] += 1
-            self.forecast_is_current = False
+            self.updating = True  # from here to the counts, a stop signal waits (the state saved is a real one)
+            try:
+                if id_col is not None and ents[0] not in sf._rows:
+                    sf.join(ents)  # a new entity joins the fleet
+                self.counts["segments"] += _push(sf, vals, np.full(len(ents), ts), ents, where, self.time_kind[0])
+                for e in ents:
+                    self.as_of[e] = ts
+                self.counts["rows"] += 1
+                self.forecast_is_current = False
+            finally:
+                self.updating = False
+            if self.stop_signal is not None:
+                raise _Stopped(self.stop_signal)
             if self.args.every and self.counts["rows"] % self.args.every == 0:
                 self.save_and_forecast()
 
@@ -1481,12 +1519,39 @@ def _check_utf8(line: str, where: str) -> None:
                            f"a UTF-8 text file (convert it first, e.g. with iconv)") from None
 
 
-def _format_time(t: int) -> str:
-    """int64 nanoseconds (a datetime) or a plain integer (a step count) as written in the output."""
+def _format_time(t: int, kind: str | None) -> str:
+    """A time as written in the output: as an integer for integer timestamps, else int64 nanoseconds as a UTC
+    date/time, to the second or its fraction. With no kind known (a state written before the kind was saved, and
+    no row read yet) the size decides: nanoseconds since 1970 for any date after 1970-01-12."""
     t = int(t)
-    if abs(t) >= 10**15:  # nanoseconds since 1970 for any date after 1970-01-12
-        return str(np.datetime64(t, "ns").astype("datetime64[s]")).replace("T", " ")
-    return str(t)
+    if kind == "integer" or (kind is None and abs(t) < 10**15):
+        return str(t)
+    whole, _, fraction = str(np.datetime64(t, "ns")).replace("T", " ").partition(".")
+    return f"{whole}.{fraction.rstrip('0')}" if fraction.rstrip("0") else whole
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM while streaming (``_catch_stop_signals``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _catch_stop_signals(run: "_StreamRun") -> dict:
+    """SIGINT / SIGTERM raise ``_Stopped`` in the row loop; one that arrives while a row updates the state (a join
+    and a push) is raised once the update is complete, so the state saved on the way out is one the stream had.
+    -> the previous handlers (none outside the main thread, where Python cannot set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum: int, frame: Any) -> None:
+        if run.updating:
+            run.stop_signal = signum
+        else:
+            raise _Stopped(signum)
+
+    return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _stream_columns(header: list[str], args: argparse.Namespace, source: str, C: int):
@@ -1518,13 +1583,14 @@ def _stream_columns(header: list[str], args: argparse.Namespace, source: str, C:
     return t_col, None, cols
 
 
-def _push(sf, values: np.ndarray, timestamps: np.ndarray, entities: list, where: str) -> int:
+def _push(sf, values: np.ndarray, timestamps: np.ndarray, entities: list, where: str, kind: str) -> int:
     from armt_ts.stream import StreamError, TimeOrderError
 
     try:
         return sf.push(values, timestamps=timestamps, entities=entities)
     except TimeOrderError as err:  # the times as the file writes them, not as int64 nanoseconds
-        raise CLIError(f"{where}: entity {err.entity!r}: timestamp {_format_time(err.time)} is not after its previous "
-                       f"one, {_format_time(err.previous)} (timestamps must increase per entity)") from None
+        now, before = _format_time(err.time, kind), _format_time(err.previous, kind)
+        raise CLIError(f"{where}: entity {err.entity!r}: timestamp {now} is not after its previous one, {before} "
+                       f"(timestamps must increase per entity)") from None
     except StreamError as err:
         raise CLIError(f"{where}: {err}") from None

@@ -39,7 +39,8 @@ pushed one segment at a time to float rounding only:
 
 Memory: the state of an entity is fixed-size (per layer A [H, K, Dv] and z [H, K], a buffer of G*S + P steps,
 the scaler statistics, counters, the last timestamp and, with a linear skip, its last n steps), whatever the
-stream length.
+stream length. A fleet grown by ``join`` keeps up to a quarter more rows allocated, so that entities joining one at a
+time do not copy the whole fleet at every join.
 
 What ``push`` accepts (all checks happen before anything changes: a rejected push leaves the state
 bit-identical):
@@ -53,7 +54,9 @@ bit-identical):
 - ``timestamps``: None, or integers / numpy datetime64 (stored as int64; datetime64 as nanoseconds, so dates from
   1677-09-21 to 2262-04-11; integers above int64's minimum, which means "none yet"): a scalar (one step) or [L] in
   the single form, [N] or [N, L] in the fleet form. Per entity they must strictly increase, within the push and
-  against the entity's last timestamp.
+  against the entity's last timestamp. They only order the steps: each pushed step is the step after the entity's
+  previous one, whatever the time between them (the stream has no time grid; push a missing step as NaN or with
+  ``observed`` False).
 - ``channels``: None (the last axis of ``values`` is the model's channels, in order), or a list of channel names
   naming the columns of ``values``: a subset, in any order; the channels left out are unobserved for these steps.
 - ``entities``: ids (str or int) that joined the fleet (``join``; the constructor's ``entities``).
@@ -137,6 +140,28 @@ def _datetime_text(ns: int) -> str:
     """int64 nanoseconds since 1970 as an ISO datetime, to the second unless it has a fraction of one."""
     t = np.datetime64(ns, "ns")
     return str(t.astype("datetime64[s]") if ns % 1_000_000_000 == 0 else t)
+
+
+_NS_PER_UNIT = {"W": 7 * 86_400 * 10**9, "D": 86_400 * 10**9, "h": 3_600 * 10**9, "m": 60 * 10**9, "s": 10**9,
+                "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def datetimes_to_ns(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """datetime64 values (no NaT) -> (int64 nanoseconds since 1970, bool mask of the values that are not a whole
+    nanosecond in (int64 min, int64 max]: those get 0). numpy's conversion to nanoseconds wraps around silently, and
+    its conversion back to a coarser unit overflows within one unit of int64's minimum (1677-09-22 in days comes back
+    as 2262-04-11), so units of a fixed length are checked in integers."""
+    ts = np.asarray(ts)
+    unit, count = np.datetime_data(ts.dtype)
+    if unit in _NS_PER_UNIT:
+        f = _NS_PER_UNIT[unit] * count
+        v = ts.astype(np.int64)
+        wrong = (v < -(-(_NO_TIME + 1) // f)) | (v > np.iinfo(np.int64).max // f)
+        return np.where(wrong, 0, v) * f, wrong
+    # months, years (no fixed length; never within a unit of the range's ends) and units finer than a nanosecond
+    ns = ts.astype("datetime64[ns]")
+    wrong = np.isnat(ns) | (ns.astype(ts.dtype) != ts)
+    return np.where(wrong, 0, ns.astype(np.int64)), wrong
 
 
 class StreamError(ValueError):
@@ -284,6 +309,13 @@ class StreamForecast(NamedTuple):
     levels: tuple[float, ...]
 
 
+def _fields(st: StreamState) -> dict[str, Tensor]:
+    """Every tensor of a state by name, the empty history ones included (``tensors`` leaves those out)."""
+    out = {f"memory.A.{l}": a for l, a in enumerate(st.memory.A)}
+    out |= {f"memory.z.{l}": z for l, z in enumerate(st.memory.z)}
+    return out | {name: getattr(st, name) for name in StreamState.TENSOR_FIELDS}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Scaler statistics (float64; Chan et al.'s parallel merge of (count, mean, M2))
 
@@ -387,6 +419,9 @@ class StreamingForecaster:
 
     The forecaster owns its ``state`` and updates it in place after a push has been validated (copying the state
     of thousands of entities at every update would cost more than the update); ``state.clone()`` is a snapshot.
+
+    ``notes``: a dict of the caller's own JSON values (str keys), saved with the state and restored by ``load``
+    (``armt-ts stream`` records there the kind of timestamp its input had); empty in a new forecaster.
     """
 
     def __init__(
@@ -437,6 +472,8 @@ class StreamingForecaster:
         self._channel_index = {n: i for i, n in enumerate(names)}
         self.fingerprint = model_fingerprint(model)
         self.state = self._empty_state(())
+        self._spare: dict[str, Tensor] = {}  # see _appended
+        self.notes: dict[str, Any] = {}
         self._rows: dict[Hashable, int] = {}
         self.join([0] if entities is None else entities)
 
@@ -515,8 +552,34 @@ class StreamingForecaster:
             raise DuplicateEntityError(f"join: already in the fleet: {present[:5]}")
         if not ids:
             return
-        self.state = StreamState.concat(self.state, self._empty_state(ids))
+        self.state = self._appended(self._empty_state(ids))
         self._rows = {e: i for i, e in enumerate(self.state.entities)}
+
+    def _appended(self, new: StreamState) -> StreamState:
+        """The state with ``new``'s rows after its own. Each tensor is a view of the first rows of a larger one
+        (``_spare``), grown by a quarter when full: entities joining one at a time (a long-layout file's ids, as they
+        appear) copy the fleet's state O(log N) times instead of at every join. A tensor that is no longer such a
+        view (replaced by an update, ``leave`` or ``load``) is copied into a new one."""
+        old = self.state
+        n, k = old.num_entities, new.num_entities
+        spare: dict[str, Tensor] = {}
+        views: dict[str, Tensor] = {}
+        added = _fields(new)
+        for name, a in _fields(old).items():
+            b, room = added[name], self._spare.get(name)
+            if (room is None or room.shape[0] < n + k or room.shape[1:] != a.shape[1:] or room.dtype != a.dtype
+                    or (n and (a.data_ptr() != room.data_ptr() or a.stride() != room.stride()))):
+                rows = n + k if n == 0 else max(n + k, n + n // 4)  # a fleet made at once gets no spare rows
+                room = torch.empty((rows, *a.shape[1:]), dtype=a.dtype, device=a.device)
+                room[:n].copy_(a)
+            room[n:n + k].copy_(b)
+            spare[name], views[name] = room, room[:n + k]
+        self._spare = spare
+        layers = old.memory.num_layers
+        mem = MemoryState(tuple(views[f"memory.A.{l}"] for l in range(layers)),
+                          tuple(views[f"memory.z.{l}"] for l in range(layers)))
+        return StreamState(memory=mem, entities=old.entities + new.entities,
+                           **{f: views[f] for f in StreamState.TENSOR_FIELDS})
 
     def leave(self, entities: Sequence[Hashable]) -> None:
         """Remove entities and their state; the others keep theirs."""
@@ -525,6 +588,7 @@ class StreamingForecaster:
         keep = torch.tensor([i for i in range(self.state.num_entities) if i not in gone], dtype=torch.long,
                             device=self.device)
         self.state = self.state.select(keep)
+        self._spare = {}  # the next join copies the rows into new room (and the old room is freed now)
         self._rows = {e: i for i, e in enumerate(self.state.entities)}
 
     @staticmethod
@@ -672,12 +736,11 @@ class StreamingForecaster:
         if dates:
             if np.isnat(ts).any():
                 raise ShapeError("timestamps: NaT (not a time) is not a timestamp")
-            ns = ts.astype("datetime64[ns]")  # numpy wraps around silently where a date has no int64 nanosecond
-            if np.isnat(ns).any() or (ns.astype(ts.dtype) != ts).any():
-                bad = ts.reshape(-1)[int(np.argmax((np.isnat(ns) | (ns.astype(ts.dtype) != ts)).reshape(-1)))]
+            ts, wrong = datetimes_to_ns(ts)
+            if wrong.any():
+                bad = np.asarray(timestamps).reshape(-1)[int(np.argmax(wrong.reshape(-1)))]
                 raise ShapeError(f"timestamps: {bad} is not a whole nanosecond between {_datetime_text(_NO_TIME + 1)} "
                                  f"and {_datetime_text(np.iinfo(np.int64).max)} (stored as int64 nanoseconds)")
-            ts = ns.astype(np.int64)
         elif ts.dtype.kind not in "iu":
             raise ShapeError(f"timestamps: expected integers or numpy datetime64, got dtype {ts.dtype}")
         elif ts.size and (int(ts.max()) > np.iinfo(np.int64).max or int(ts.min()) <= _NO_TIME):
@@ -1041,6 +1104,14 @@ class StreamingForecaster:
             "num_layers": self.state.memory.num_layers, "config": self.model.config.to_dict(),
             "scaler_window": self.scaler_window,
         }
+        if self.notes:
+            try:
+                if not isinstance(self.notes, dict) or not all(isinstance(k, str) for k in self.notes):
+                    raise TypeError("not a dict with str keys")
+                json.dumps(self.notes, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"notes: expected a dict of JSON values with str keys ({e})") from None
+            meta["notes"] = self.notes
         atomic_save_safetensors(self.state.tensors(), path, meta)
 
     @classmethod
@@ -1101,4 +1172,8 @@ class StreamingForecaster:
                                **{k: tensors[k].to(dev) if k in tensors else getattr(template, k)
                                   for k in StreamState.TENSOR_FIELDS})
         sf._rows = {e: i for i, e in enumerate(ids)}
+        notes = meta.get("notes", {})  # absent in files without notes, and in those written before notes existed
+        if not isinstance(notes, dict):
+            raise StreamFileError(f"{path}: metadata notes {notes!r} is not a JSON object")
+        sf.notes = notes
         return sf

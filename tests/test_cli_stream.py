@@ -407,3 +407,79 @@ def test_a_multichannel_model_names_its_channels_by_column_and_keeps_their_order
     assert code == 2 and "not the state's channels ['x', 'y'] in that order" in err
     code, out, err = _run(capsys, "stream", "--model", tmp_path / "mc", whole, "--every", 0, "--state", state)
     assert code == 0 and "skipped 100 row(s)" in err
+
+
+def test_times_are_written_as_the_input_spells_them_and_a_resume_keeps_their_kind(saved_model, tmp_path, capsys):
+    """as_of and the time-order error used to guess a time's kind from its size: 1970-01-01 01:00 came out as
+    3600000000000, the integer 1700000000000000 as 1970-01-20 16:13:20, and fractions of a second were cut."""
+    cases = {"1970-01-01 01:00": "1970-01-01 01:00:00", "1700000000000001": "1700000000000001",
+             "2020-01-01 00:00:00.25": "2020-01-01 00:00:00.25", "1677-09-22": "1677-09-22 00:00:00"}
+    for i, (cell, shown) in enumerate(cases.items()):
+        f = tmp_path / f"t{i}.csv"
+        f.write_text(f"time,v\n{cell},1\n")
+        code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--horizon", 1)
+        assert code == 0, err
+        assert _blocks(out)["as_of"].to_list() == [shown]
+    f = tmp_path / "back.csv"
+    f.write_text("time,v\n2020-01-01 00:00:00.5,1\n2020-01-01 00:00:00.25,2\n")
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f)
+    assert code == 2 and "timestamp 2020-01-01 00:00:00.25 is not after its previous one, 2020-01-01 00:00:00.5" in err
+    # a state made from dates, resumed with integers (or the reverse), used to skip every row as "already seen"
+    state, dates, ints = tmp_path / "s.state", tmp_path / "dates.csv", tmp_path / "ints.csv"
+    dates.write_text("time,v\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n")
+    ints.write_text("time,v\n13,1\n14,2\n")
+    assert _run(capsys, "stream", "--model", saved_model, dates, "--state", state)[0] == 0
+    code, out, err = _run(capsys, "stream", "--model", saved_model, ints, "--state", state)
+    assert code == 2 and "row 1" in err and "was made from rows whose timestamps are a date/time" in err, err
+    code, out, err = _run(capsys, "stream", "--model", saved_model, dates, "--state", state, "--horizon", 1)
+    assert code == 0 and "skipped 2 row(s)" in err and _blocks(out)["as_of"].to_list() == ["2024-01-01 01:00:00"]
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_stream_saves_its_state_and_exits_quietly(saved_model, tmp_path, capsys, monkeypatch, signum):
+    """Ctrl-C (or a service manager's SIGTERM) is how a `tail -f` stream stops: it printed a traceback and lost the
+    rows since the last forecast. A signal during a push waits for the push, so the saved state is a real one."""
+    import os
+    import signal
+
+    from armt_ts.cli import load_model
+
+    model = load_model(str(saved_model), "cpu").prediction_net.model.forecaster
+    rows = _wide_rows(120)
+    sig = getattr(signal, signum)
+
+    class Feed(io.StringIO):  # the signal arrives while the stream waits for row 40
+        def readline(self, *a):
+            line = super().readline(*a)
+            if line.startswith(rows[40].split(",")[0]):
+                os.kill(os.getpid(), sig)
+            return line
+
+    real = StreamingForecaster._advance
+
+    def advance(self, *a):  # the signal arrives while row 10 updates the state
+        if int(self.state.steps.max()) == 9:
+            os.kill(os.getpid(), sig)
+        return real(self, *a)
+
+    state = tmp_path / "s.state"
+    previous = signal.signal(sig, _interrupt)  # (SIGTERM's default action would end pytest itself)
+    try:
+        for feed, rows_done in ((Feed, 39), (io.StringIO, 10)):
+            if rows_done == 10:
+                monkeypatch.setattr(StreamingForecaster, "_advance", advance)
+                state.unlink()
+            monkeypatch.setattr(sys, "stdin", feed("\n".join(rows) + "\n"))
+            try:
+                code, out, err = _run(capsys, "stream", "--model", saved_model, "--state", state, "--every", 100)
+            except KeyboardInterrupt:
+                code, err = "KeyboardInterrupt", ""
+            assert code == 128 + sig and f"stopped by {signum} after {rows_done} row(s)" in err, (code, err)
+            assert "Traceback" not in err and signal.getsignal(sig) is _interrupt  # the handler is restored
+            assert StreamingForecaster.load(state, model).state.steps.tolist() == [rows_done, rows_done]
+    finally:
+        signal.signal(sig, previous)

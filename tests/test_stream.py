@@ -719,3 +719,43 @@ def test_load_names_the_file_for_another_channel_count_or_a_duplicated_entity(tm
     atomic_save_safetensors(tensors, tmp_path / "ch.safetensors", {**meta, "channels": ["x", "x"]})
     with pytest.raises(StreamFileError, match="ch.safetensors: channels: need 2 distinct names"):
         StreamingForecaster.load(tmp_path / "ch.safetensors", model)
+
+
+def test_datetimes_within_a_unit_of_the_earliest_nanosecond_are_accepted():
+    """numpy's conversion of nanoseconds back to days (hours, seconds, ...) overflows within one unit of int64's
+    minimum, so 1677-09-22 (inside the documented range) was refused as "not a whole nanosecond"."""
+    sf = StreamingForecaster(make_model())
+    for ts in (np.datetime64("1677-09-21T00:12:44", "s"), np.datetime64("1677-09-21T01", "h"),
+               np.datetime64("1677-09-22", "D"), np.datetime64("1677-09-23", "D")):
+        sf.push(np.ones(2), timestamps=ts)
+        assert int(sf.state.last_time[0]) == int(ts.astype("datetime64[ns]").astype(np.int64)), ts
+    for ts in (np.datetime64("1677-09-21", "D"), np.datetime64("1677-09-21T00:12:43", "s")):  # before the range
+        with pytest.raises(ShapeError, match="is not a whole nanosecond"):
+            StreamingForecaster(make_model()).push(np.ones(2), timestamps=ts)
+
+
+def test_entities_joining_one_at_a_time_do_not_copy_the_fleet_at_every_join(tmp_path):
+    """A long-layout file's ids join as they appear, one per join: each join used to copy the whole fleet's state
+    (2000 entities of the CLI's model: 89 s). The rows now grow in place, so the state moves O(log N) times."""
+    model = make_model()
+    rng = np.random.default_rng(0)
+    sf = StreamingForecaster(model, entities=[])
+    moves, ptr = 0, None
+    for e in range(300):
+        sf.join([e])
+        sf.push(rng.normal(size=(int(rng.integers(1, 12)), 2)), entities=e)
+        moves += sf.state.memory.A[0].data_ptr() != ptr
+        ptr = sf.state.memory.A[0].data_ptr()
+    assert moves <= 40, f"the fleet's memory moved {moves} times in 300 joins"
+    ref = StreamingForecaster(model, entities=list(range(300)))
+    rng = np.random.default_rng(0)
+    for e in range(300):
+        ref.push(rng.normal(size=(int(rng.integers(1, 12)), 2)), entities=e)
+    assert sf.state.equal(ref.state)
+    sf.leave([3, 150])
+    sf.join(["x", 3])
+    ref.leave([3, 150])
+    ref.join(["x", 3])
+    assert sf.state.equal(ref.state) and torch.equal(sf.forecast().quantiles, ref.forecast().quantiles)
+    sf.save(tmp_path / "s.safetensors")
+    assert StreamingForecaster.load(tmp_path / "s.safetensors", model).state.equal(ref.state)
