@@ -574,7 +574,9 @@ class StreamingForecaster:
                 room[:n].copy_(a)
             room[n:n + k].copy_(b)
             spare[name], views[name] = room, room[:n + k]
-        self._spare = spare
+        # kept only where there is room to spare: a fleet made at once holds no second reference to its tensors,
+        # which an update that replaces a field would otherwise keep alive until the next join
+        self._spare = {name: room for name, room in spare.items() if room.shape[0] > n + k}
         layers = old.memory.num_layers
         mem = MemoryState(tuple(views[f"memory.A.{l}"] for l in range(layers)),
                           tuple(views[f"memory.z.{l}"] for l in range(layers)))

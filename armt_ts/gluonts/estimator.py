@@ -200,7 +200,9 @@ def forecast_generator(head: HeadConfig, module: ARMTLightningModule) -> Forecas
     if head.kind == "quantile":
         return QuantileForecastGenerator(quantiles=[str(q) for q in head.quantiles])
     assert head.kind in DISTRIBUTION_KINDS
-    return ChannelDistributionForecastGenerator(module.model.forecaster.head.output)
+    # gluonts' own class, so predictor.json stays readable by an armt_ts without ChannelDistributionForecastGenerator;
+    # ARMTPredictor.predict uses that subclass in its place
+    return DistributionForecastGenerator(module.model.forecaster.head.output)
 
 
 class ARMTPredictor(PyTorchPredictor):
@@ -224,6 +226,10 @@ class ARMTPredictor(PyTorchPredictor):
         """gluonts' ``predict``, with every entry checked as it is read (``check_entry``): a bad one raises a
         DatasetError naming it, instead of an error about a position in a batch."""
         channels = self.prediction_net.model.config.patch.n_channels
+        gen = self.forecast_generator
+        if type(gen) is DistributionForecastGenerator:  # forecasts gluonts' MultivariateEvaluator can read; the
+            # saved predictor.json keeps naming gluonts' class (serde records the constructor's arguments)
+            self.forecast_generator = ChannelDistributionForecastGenerator(gen.distr_output)
         yield from super().predict(_CheckedEntries(dataset, channels, "dataset"), num_samples=num_samples)
 
     def serialize(self, path: Path) -> None:

@@ -295,6 +295,12 @@ def test_multivariate_distribution_forecasts_work_with_the_multivariate_evaluato
         np.testing.assert_allclose(one.quantile(0.9), f.quantile(0.9)[:, c], rtol=1e-6)
     agg, _ = MultivariateEvaluator(quantiles=[0.1, 0.5, 0.9], num_workers=0)(series, forecasts)
     assert all(math.isfinite(agg[k]) for k in ("MSE", "0_MSE", "1_MSE", "mean_wQuantileLoss")), agg
+    # the saved predictor names gluonts' own generator (an older armt_ts reads it); a loaded one still gives these
+    predictor.serialize(tmp_path / "saved")
+    assert "armt_ts.gluonts.estimator.ChannelDistributionForecastGenerator" not in (
+        tmp_path / "saved" / "predictor.json").read_text()
+    loaded = next(iter(ARMTPredictor.deserialize(tmp_path / "saved").predict(ds)))
+    assert loaded.dim() == 2 and np.array_equal(loaded.mean, next(iter(predictor.predict(ds))).mean)
     univariate = next(iter(_estimator(tmp_path / "u", kind, batches=1).train(_sines(n=1)).predict(_sines(n=1))))
     assert univariate.dim() == 1
 
