@@ -12,6 +12,8 @@ A SIGKILL during a save leaves the previous file intact (at worst a stale ``.<na
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -55,11 +57,14 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike,
     """Write ``tensors`` (+ ``meta`` as JSON in the safetensors header) to ``path`` atomically.
 
     The bytes go to a temp file in the same directory, are fsync'ed, then renamed over ``path``: a
-    crash at any point leaves either the old file or the new one, never a torn file.
+    crash at any point leaves either the old file or the new one, never a torn file. A process killed mid-save
+    (SIGKILL, a power cut) leaves its temp file, as large as the state, behind: each save removes those of
+    ``path`` whose writer process is gone (``_remove_orphans``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         contiguous = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
@@ -87,6 +92,24 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` files next to ``path`` whose pid names no running process on this machine:
+    temp files of saves that were killed before their rename. A live writer's file, and one without a pid (written
+    before temp names carried one), is left alone."""
+    prefix = f".{path.name}."
+    for f in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = f.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        except (PermissionError, OverflowError):  # another user's live process; or not a pid at all
+            continue
 
 
 def load_safetensors(path: str | os.PathLike, expect_format: str) -> tuple[dict[str, Tensor], dict]:

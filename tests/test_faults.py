@@ -64,6 +64,27 @@ def test_a_save_that_fails_half_way_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.safetensors"], "the temp file was left behind"
 
 
+def test_a_save_removes_the_temp_files_of_killed_saves(tmp_path):
+    """A save killed before its rename leaves a temp file as large as the state (a 10000-entity stream's is a GB);
+    the next save of the same path removes those whose writer process is gone, and nothing else."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "state.safetensors"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    orphan = tmp_path / f".state.safetensors.{gone}.abc123.tmp"
+    alive = tmp_path / f".state.safetensors.{os.getppid()}.def456.tmp"  # a running process's (a live save)
+    old_style = tmp_path / ".state.safetensors.xyz789.tmp"  # no pid in the name: not ours to judge
+    other = tmp_path / f".other.safetensors.{gone}.abc123.tmp"  # another file's
+    for f in (orphan, alive, old_style, other):
+        f.write_bytes(b"\x00" * 64)
+    _memory_state(1.0).save(path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(p.name for p in (alive, old_style, other, path)), left
+    assert MemoryState.load(path).equal(_memory_state(1.0))
+
+
 def test_state_files_record_version_and_checksum(tmp_path):
     from safetensors import safe_open
 
