@@ -1116,7 +1116,7 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "the end; after a restart, rows at or before an entity's saved last timestamp are skipped, so\n"
             "replaying the same file continues where the last run stopped. Ctrl-C (SIGINT) or SIGTERM stops the\n"
             "stream after the row being pushed, saves the state and exits with 128 + the signal's number (130,\n"
-            "143)."
+            "143). After a SIGKILL the rows since the last save are pushed again, and their forecasts written again."
         ),
         epilog=(
             "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp, as the input spells its\n"
