@@ -455,6 +455,9 @@ def _read_panel(args: argparse.Namespace) -> Panel:
     return panel
 
 
+# evaluate names the series with fewer observed training values than this (their z-scoring std is a guess)
+FEW_TRAIN_VALUES = 10
+
 # A series whose standard deviation is below this gets a warning: the std scaler's floor (variance + 1e-5, i.e. a
 # scale of at least 0.0032) then inflates a typical context's scale by 5% or more and flattens its forecast
 SMALL_SPREAD = 0.01
@@ -574,6 +577,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         notes.append(f"{flat.size} series are constant over the training part [0, {cut}) (standard deviation 0): "
                      f"their z-scores divide by 1, so they are in the series' own units: "
                      f"{_series_names(panel, flat)}")
+    few = np.flatnonzero((np.isfinite(train_part).sum(1) < FEW_TRAIN_VALUES) & ~np.isin(np.arange(len(train_part)),
+                                                                                         flat))
+    if few.size:
+        notes.append(f"{few.size} series have fewer than {FEW_TRAIN_VALUES} observed values in the training part, so "
+                     f"the standard deviation that z-scores them rests on those few and their scores can outweigh "
+                     f"the rest: {_series_names(panel, few)}")
     if int(starts[-1]) - season + min(horizon, season) - 1 < 0:  # seasonal_naive's every look-back is before 0
         notes.append(f"the season ({season} steps) reaches before the first step from every origin, so "
                      f"SeasonalNaive repeats the last value (Naive's forecast); lower --season")

@@ -227,6 +227,21 @@ def test_a_series_constant_in_its_training_part_is_named(tmp_path, capsys):
     assert cycle["mae_z"].to_list() == pytest.approx(cycle["mae"].to_list())
 
 
+def test_a_series_with_few_training_values_is_named(tmp_path, capsys):
+    """Four observed values in the training part: the std that z-scores the series rests on them (two training
+    points gave MSE(z) 1137, which outweighed every other series); the command names it."""
+    src = tmp_path / "p.csv"
+    _periodic_csv(src)
+    df = pl.read_csv(src, infer_schema=False)
+    rows = pl.int_range(df.height)
+    df.with_columns(pl.when((rows < 320) & (rows % 80 != 0)).then(pl.lit("")).otherwise(pl.col("cycle"))
+                    .alias("cycle")).write_csv(src)
+    code, stdout, err = _run(capsys, "evaluate", src, *TINY)
+    assert code == 0, err
+    assert "note: 1 series have fewer than 10 observed values in the training part" in stdout
+    assert stdout.count("fewer than 10 observed values") == 1 and "'cycle'" in stdout.split("fewer than 10")[1]
+
+
 def test_a_failed_run_leaves_no_empty_out_file(tmp_path, capsys):
     """--out is created before the work (to fail early when it cannot be written); a run that then fails removes
     it again instead of leaving an empty scores file behind. A file that was there already is left alone."""
