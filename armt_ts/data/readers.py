@@ -148,7 +148,7 @@ def read_wide(source: Source, *, timestamp: str | None = None, channels: Sequenc
     grid_freq = given or _inferred_freq(t, None, table.file, ts)
     grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
     ok = ~np.isnan(v)
-    _check_float32_precision(v, None, chans, file=table.file, column=lambda j: chans[j], where=lambda j: "",
+    _check_float32_precision(v, None, len(chans), file=table.file, column=lambda j: chans[j], where=lambda j: "",
                              noun="column")
     values = np.zeros((grid.size, len(chans)), dtype=np.float32)
     observed = np.zeros_like(values)
@@ -204,7 +204,7 @@ def read_long(source: Source, *, timestamp: str | None = None, series_id: str | 
     grid_freq = given or _inferred_freq(t, g, table.file, ts)
     grid, pos = place_on_grid(t, rows, grid_freq, inferred=given is None, file=table.file, column=ts)
     ok = ~np.isnan(v[:, 0])
-    _check_float32_precision(v[:, 0], g, [None] * (len(series_ids) * n_chan), file=table.file, column=lambda k: val,
+    _check_float32_precision(v[:, 0], g, len(series_ids) * n_chan, file=table.file, column=lambda k: val,
                              where=lambda k: f"series {series_ids[k // n_chan]!r}"
                              + (f", channel {chans[k % n_chan]!r}" if ch is not None else "") + ": ", noun="series")
     values = np.zeros((len(series_ids), grid.size, n_chan), dtype=np.float32)
@@ -576,13 +576,12 @@ def _numeric(s: pl.Series, *, file: str, column: str) -> np.ndarray:
 _PRECISION_LOSS = 0.01
 
 
-def _check_float32_precision(v: np.ndarray, groups: np.ndarray | None, names: list, *, file: str,
+def _check_float32_precision(v: np.ndarray, groups: np.ndarray | None, n_groups: int, *, file: str,
                              column: Callable[[int], str], where: Callable[[int], str], noun: str) -> None:
     """Warn (PrecisionWarning, once per call, naming the first series and counting the rest) where storing the
     float64 values ``v`` as float32 moves some value by more than ``_PRECISION_LOSS`` of its series' standard
     deviation. ``v`` is [n, S] (a wide table's columns) with ``groups`` None, or [n] with ``groups`` [n] giving each
-    value's series (a long table's (series, channel) index); NaN is missing. ``names`` has one entry per series."""
-    n_groups = len(names)
+    value's series (a long table's (series, channel) index) among ``n_groups``; NaN is missing."""
     if groups is None:
         groups = np.broadcast_to(np.arange(v.shape[1]), v.shape)
     ok = ~np.isnan(v)
