@@ -552,8 +552,11 @@ class StreamingForecaster:
             raise DuplicateEntityError(f"join: already in the fleet: {present[:5]}")
         if not ids:
             return
+        first = self.state.num_entities
         self.state = self._appended(self._empty_state(ids))
-        self._rows = {e: i for i, e in enumerate(self.state.entities)}
+        # the new rows only: rebuilding the whole index made N one-at-a-time joins (a long-layout file's ids, as
+        # they appear) cost O(N^2), 57 s for 32000 entities
+        self._rows.update((e, first + i) for i, e in enumerate(ids))
 
     def _appended(self, new: StreamState) -> StreamState:
         """The state with ``new``'s rows after its own. Each tensor is a view of the first rows of a larger one
