@@ -181,12 +181,43 @@ def show_time(t_ns: int) -> str:
     return str(np.datetime64(int(t_ns), "ns")).replace("T", " ").removesuffix(".000000000")
 
 
+# A text column with at most this share of distinct cells is parsed one distinct cell at a time (see parse_timestamps).
+_DISTINCT_SHARE = 0.5
+
+
 def parse_timestamps(s: pl.Series, *, file: str, column: str, time_unit: str | None = None,
                      time_format: str | None = None) -> np.ndarray:
     """Parse a timestamp column into [n] int64 ns (UTC if zoned). Row i of ``s`` is file row i + 1.
 
     Raises TimestampError naming the row for a missing, unparseable, mixed-zone or mixed-unit cell.
+
+    A text column whose cells repeat (a long file: every series has a row at each time) is parsed one distinct
+    cell at a time and the results are spread back over the rows: parsing ISO text costs about 1.2 us a cell (the
+    spellings are normalised by regular expressions, then tried against several formats), 25 s of a 20-million-row
+    file of 1000 distinct times. The distinct cells keep the order of their first rows and every check is on the
+    cell alone or against row 1, so an error names the same (first) row as parsing every row would.
     """
+    s = s.alias("cell")  # polars evaluates Series methods as pl.col(name): "^x$" or "*" would be patterns
+    if s.dtype == pl.String and s.null_count() == 0 and s.len() > 1:
+        first = s.arg_unique()  # each distinct cell's first row, in file order
+        if first.len() <= _DISTINCT_SHARE * s.len():
+            distinct = s.gather(first)
+            try:
+                t = _parse_timestamps(distinct, file=file, column=column, time_unit=time_unit,
+                                      time_format=time_format)
+            except TimestampError as err:
+                if err.row is None:
+                    raise
+                raise type(err)(err.problem, file=err.file, row=int(first[err.row - 1]) + 1, column=err.column,
+                                expected=err.expected) from err.__cause__
+            codes = s.cast(pl.Enum(distinct)).to_physical().to_numpy()
+            return t[codes]
+    return _parse_timestamps(s, file=file, column=column, time_unit=time_unit, time_format=time_format)
+
+
+def _parse_timestamps(s: pl.Series, *, file: str, column: str, time_unit: str | None,
+                      time_format: str | None) -> np.ndarray:
+    """``parse_timestamps`` of every cell of ``s``."""
     ctx = {"file": file, "column": column}
     s = s.alias("cell")  # polars evaluates Series methods as pl.col(name): "^x$" or "*" would be patterns
     if s.null_count():
