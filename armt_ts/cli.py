@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1017,10 +1017,47 @@ def predict(predictor: ARMTPredictor, panel: Panel, horizon: int, levels: Sequen
 
 
 def _forecast_arrays(forecasts: list, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """gluonts forecasts of S series -> mean [S, H] and quantiles [S, Q, H] at ``levels``, float64."""
+    """gluonts forecasts of S series -> mean [S, H] and quantiles [S, Q, H] at ``levels``, float64.
+
+    The distribution forecasts of the default head are evaluated all at once (``_distribution_arrays``): asked one
+    series and one level at a time, gluonts' Student-t builds a scipy distribution per call (about 0.2 ms each, with
+    the mean), 16 s of a 20000-series forecast and most of a backtest's time."""
+    batched = _distribution_arrays(forecasts, levels)
+    if batched is not None:
+        return batched
     mean = np.stack([np.asarray(f.mean, dtype=np.float64) for f in forecasts])
     quantiles = np.stack([np.stack([np.asarray(f.quantile(q), dtype=np.float64) for q in levels])
                           for f in forecasts])
+    return mean, quantiles
+
+
+def _distribution_arrays(forecasts: list, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_forecast_arrays`` for ``ChannelDistributionForecast`` objects of one distribution and shape (what
+    ``ARMTPredictor.predict`` yields for a distribution head): their parameters stacked into one distribution of
+    batch [S, H], whose mean and ``icdf`` are the per-series ones computed elementwise, so the values are the same
+    as asking each forecast (``f.mean``, ``f.quantile(q)``). None for anything else (the caller then asks each)."""
+    import torch
+
+    from armt_ts.gluonts.estimator import ChannelDistributionForecast
+
+    if not forecasts or not all(type(f) is ChannelDistributionForecast for f in forecasts):
+        return None
+    output, args, loc, scale = forecasts[0]._parts
+    shape = [tuple(a.shape) for a in args] + [tuple(loc.shape), tuple(scale.shape)]
+    for f in forecasts:
+        o, a, lo, sc = f._parts
+        if o is not output or [tuple(x.shape) for x in (*a, lo, sc)] != shape:
+            return None
+    stacked = tuple(torch.stack([f._parts[1][k] for f in forecasts]) for k in range(len(args)))
+    d = output.distribution(stacked, torch.stack([f._parts[2] for f in forecasts]),
+                            torch.stack([f._parts[3] for f in forecasts]))
+    if len(d.batch_shape + d.event_shape) != 2:  # [S, H]: univariate forecasts only
+        return None
+    device = d.mean.device
+    mean = d.mean.cpu().numpy().astype(np.float64)
+    # as DistributionForecast.quantile does it: the level as a one-element float32 tensor, broadcast over [S, H]
+    quantiles = np.stack([d.icdf(torch.tensor([q], device=device)).cpu().numpy().astype(np.float64)
+                          for q in levels], axis=1)
     return mean, quantiles
 
 
@@ -1121,16 +1158,19 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
             "cell). Value cells follow the rules of 'forecast': empty / NaN / NA / N/A / null / None are missing\n"
             "values, infinities and text are errors, magnitudes >= 1e20 are kept with a warning. Errors name the\n"
             "row as 'forecast' does (the first row after the header is row 1) and the column. With --state PATH\n"
-            "the state is loaded from PATH when it exists and saved there (atomically) at every forecast and at\n"
-            "the end; after a restart, rows at or before an entity's saved last timestamp are skipped, so\n"
-            "replaying the same file continues where the last run stopped. Ctrl-C (SIGINT) or SIGTERM stops the\n"
-            "stream after the row being pushed, saves the state and exits with 128 + the signal's number (130,\n"
-            "143). After a SIGKILL the rows since the last save are pushed again, and their forecasts written again."
+            "the state is loaded from PATH when it exists and saved there (atomically) at every forecast block\n"
+            "(or every --save-every rows) and at the end; after a restart, rows at or before an entity's saved\n"
+            "last timestamp are skipped, so replaying the same file continues where the last run stopped. Ctrl-C\n"
+            "(SIGINT) or SIGTERM stops the stream after the row being pushed, saves the state and exits with\n"
+            "128 + the signal's number (130, 143). After a SIGKILL the rows since the last save are pushed again,\n"
+            "and their forecasts written again."
         ),
         epilog=(
             "Output CSV (stdout or --out): entity, as_of (the entity's last timestamp, as the input spells its\n"
             "kind: an integer, or a date/time in UTC to the second or its fraction), step (1..h), mean and\n"
-            "q<level> per quantile; an entity without any observed value yet gets none.\n\n"
+            "q<level> per quantile; an entity without any observed value yet gets none. A block (every --every\n"
+            "rows) holds the entities pushed since the block before; a run that writes no block before the end\n"
+            "of its input writes every entity's forecast there.\n\n"
             "Examples:\n"
             "  armt-ts forecast ETTh1.csv --target OT HUFL --save-model ett-model\n"
             "  tail -f live.csv | armt-ts stream --model ett-model --state live.state --every 1\n"
@@ -1140,10 +1180,16 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE", nargs="?", default="-", help="CSV file, or '-' (default) for stdin")
     p.add_argument("--model", metavar="DIR", required=True, help="a model saved with 'forecast --save-model'")
-    p.add_argument("--state", metavar="PATH", help="stream state file: loaded if present, saved at each forecast")
+    p.add_argument("--state", metavar="PATH",
+                   help="stream state file: loaded if present, saved at each forecast block (see --save-every) and "
+                        "at the end")
     p.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="N",
-                   help="write forecasts every N rows pushed (rows skipped after a restart do not count; default: "
-                        "%(default)s; 0: only at the end)")
+                   help="write forecasts every N rows pushed, for the entities pushed since the last block (rows "
+                        "skipped after a restart do not count; default: %(default)s; 0: only at the end)")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help="with --state, save it every N rows pushed instead of at every forecast block (a large "
+                        "fleet's state is ~100 KB per entity; 0: only at the end or when stopped; rows after the "
+                        "last save are pushed and forecast again after a restart)")
     p.add_argument("--horizon", type=int, metavar="H", help="steps to forecast (default and maximum: the model's)")
     p.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
                    help=f"quantile levels (default: {' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
@@ -1301,6 +1347,8 @@ def run_stream(args: argparse.Namespace) -> int:
     """The ``stream`` subcommand."""
     if args.every < 0:
         raise CLIError(f"--every must be >= 0, got {args.every}")
+    if args.save_every is not None and args.save_every < 0:
+        raise CLIError(f"--save-every must be >= 0, got {args.save_every}")
     if args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     levels = sorted(args.quantiles)
@@ -1344,8 +1392,8 @@ def run_stream(args: argparse.Namespace) -> int:
                                                                          **run_opts)
         try:
             run.rows(iter(stream.readline, ""))  # row by row as they arrive, no read-ahead
-            if not run.forecast_is_current:
-                run.save_and_forecast()
+            if not run.forecast_is_current or run.saved_at != run.counts["rows"] or run.blocks == 0:
+                run.save_and_forecast(end=True)
         except CLIError:
             if run.counts["rows"]:
                 run.save_state()  # the rows before the bad one are kept: a restart continues from there
@@ -1396,6 +1444,12 @@ class _StreamRun:
         self.as_of = {e: t for e, t in self.watermark.items() if t != self.NO_TIME}  # each entity's last time
         self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
         self.forecast_is_current = False
+        # entities pushed since the last forecast block, in order of their first push: a block forecasts these
+        # only (another entity's forecast is the one already written: nothing it reads has changed). Forecasting
+        # the whole fleet every N rows made a long file's output grow as rows x entities.
+        self.pushed: dict[Hashable, None] = {}
+        self.blocks = 0  # forecast blocks written by this run
+        self.saved_at = 0  # rows pushed when the state was last saved
         # the kind of timestamp and the row that set it: the first row's, or a resumed state's (row None)
         kind = sf.notes.get("time_kind")
         self.time_kind: tuple[str, int | None] | None = (kind, None) if kind in _TIME_KINDS else None
@@ -1426,6 +1480,7 @@ class _StreamRun:
         return ts
 
     def save_state(self) -> None:
+        self.saved_at = self.counts["rows"]
         if self.args.state is not None:
             if self.time_kind is not None:  # a restart reads its input's times as this run did
                 self.sf.notes["time_kind"] = self.time_kind[0]
@@ -1435,15 +1490,23 @@ class _StreamRun:
     def show_time(self, t: int) -> str:
         return _format_time(t, None if self.time_kind is None else self.time_kind[0])
 
-    def save_and_forecast(self) -> None:
+    def save_and_forecast(self, end: bool = False) -> None:
+        """A forecast block for the entities pushed since the last one (at the end of a run that wrote none: every
+        entity, so a resumed state with no new rows still gives its forecasts), then the state saved if due."""
         # an entity without an observed value yet (a wide file's column before its first value) has nothing to
         # forecast from
         ready = self.sf.entities_with_data()
+        if not (end and self.blocks == 0):
+            ready = [e for e in ready if e in self.pushed]
         if ready:
             fc = self.sf.forecast(self.horizon, self.levels, entities=ready)
             as_of = {e: self.show_time(self.as_of[e]) for e in fc.entities if e in self.as_of}
             self.counts["forecast_rows"] += self.out.write(fc, as_of, self.sf.channels)
-        self.save_state()
+        self.blocks += 1
+        self.pushed.clear()
+        save_every = self.args.every if self.args.save_every is None else self.args.save_every
+        if end or (save_every and self.counts["rows"] - self.saved_at >= save_every):
+            self.save_state()
         self.forecast_is_current = True
 
     def _seen(self, entity, ts: int) -> bool:
@@ -1507,6 +1570,7 @@ class _StreamRun:
                 self.counts["segments"] += _push(sf, vals, np.full(len(ents), ts), ents, where, self.time_kind[0])
                 for e in ents:
                     self.as_of[e] = ts
+                    self.pushed[e] = None
                 self.counts["rows"] += 1
                 self.forecast_is_current = False
             finally:
@@ -1515,6 +1579,9 @@ class _StreamRun:
                 raise _Stopped(self.stop_signal)
             if self.args.every and self.counts["rows"] % self.args.every == 0:
                 self.save_and_forecast()
+            elif (self.args.save_every and self.args.state is not None
+                  and self.counts["rows"] - self.saved_at >= self.args.save_every):
+                self.save_state()
 
 
 def _check_utf8(line: str, where: str) -> None:

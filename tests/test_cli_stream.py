@@ -157,6 +157,74 @@ def test_long_layout_entities_join_as_they_appear(saved_model, tmp_path, capsys)
     assert np.isfinite(df.select(["mean", "q0.25", "q0.75"]).to_numpy()).all()
 
 
+def _long_lines(steps=120, late=50):
+    """A long file: m1 every step, m2 from step ``late`` on, m3 on every 10th step only."""
+    lines = ["time,machine,value"]
+    for i in range(steps):
+        lines.append(f"{1000 + i},m1,{np.sin(i / 3):.4f}")
+        if i >= late:
+            lines.append(f"{1000 + i},m2,{2 + np.cos(i / 7):.4f}")
+        if i % 10 == 0:
+            lines.append(f"{1000 + i},m3,{np.cos(i / 9):.4f}")
+    return lines
+
+
+def test_a_block_forecasts_only_the_entities_pushed_since_the_last(saved_model, tmp_path, capsys):
+    """Every block used to forecast the whole fleet, so a long file's output grew as rows x entities (2000 rows of a
+    4000-entity file gave 2 million forecast rows). A block now holds the entities pushed since the one before:
+    an entity's forecast is written each time it changes, and the last forecast written for each entity is the one
+    a run that forecasts only at the end gives."""
+    lines = _long_lines()
+    f = tmp_path / "long.csv"
+    f.write_text("\n".join(lines) + "\n")
+    code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "machine", "--every", 5)
+    assert code == 0, err
+    df = _blocks(out)
+    # which entities each block of 5 rows pushed, computed from the file itself
+    machines = [line.split(",")[1] for line in lines[1:]]
+    blocks = [machines[i:i + 5] for i in range(0, len(machines), 5)]
+    expected_rows = sum(len(set(b)) for b in blocks) * H
+    assert df.height == expected_rows, (df.height, expected_rows)
+    assert f"{expected_rows} forecast row(s)" in err
+    # at most one forecast per entity per as_of (no entity repeated in a block, none rewritten unchanged)
+    assert df.group_by(["entity", "as_of"]).len()["len"].max() == H
+    code, end_only, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "machine", "--every", 0)
+    assert code == 0, err
+    last = df.group_by("entity", maintain_order=True).tail(H).sort(["entity", "step"])
+    end_only = _blocks(end_only).sort(["entity", "step"])
+    assert last.select(["entity", "as_of", "step"]).equals(end_only.select(["entity", "as_of", "step"]))
+    # to float rounding: a forecast of a few entities batches them differently from one of the whole fleet
+    np.testing.assert_allclose(last.drop(["entity", "as_of", "step"]).to_numpy(),
+                               end_only.drop(["entity", "as_of", "step"]).to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_save_every_sets_how_often_the_state_is_saved(saved_model, tmp_path, capsys, monkeypatch):
+    f = tmp_path / "long.csv"
+    f.write_text("\n".join(_long_lines(60)) + "\n")  # 60 + 10 + 6 = 76 rows
+    saves = []
+    real = StreamingForecaster.save
+    monkeypatch.setattr(StreamingForecaster, "save", lambda self, path: saves.append(path) or real(self, path))
+    state = tmp_path / "s.state"
+    # (options, saves): at every block of 4 rows; at blocks 30+ rows after the last save, then at the end; only at the
+    # end; every 3 rows between blocks too, then at the end
+    cases = (((), 76 // 4), (("--save-every", 30), 2 + 1), (("--save-every", 0), 1), (("--save-every", 3), 25 + 1))
+    for extra, n in cases:
+        saves.clear()
+        state.unlink(missing_ok=True)
+        code, out, err = _run(capsys, "stream", "--model", saved_model, f, "--id", "machine", "--every", 4,
+                              "--state", state, *extra)
+        assert code == 0, err
+        assert len(saves) == n, (extra, len(saves))
+        # whatever the saving cadence, the forecasts are the same and the saved state is the one at the end
+        if not extra:
+            reference = out
+        assert out == reference
+        resumed = StreamingForecaster.load(state, StreamingForecaster.from_directory(saved_model).model)
+        assert resumed.state.steps.sum().item() == 76
+    code, _, err = _run(capsys, "stream", "--model", saved_model, f, "--save-every", -1)
+    assert code == 2 and "--save-every must be >= 0" in err
+
+
 @pytest.mark.parametrize("bad_cell,column,message", [
     ("abc", "'a'", "not a number"),
     ("inf", "'a'", "not a finite number"),
