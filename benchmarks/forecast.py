@@ -777,12 +777,23 @@ BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
 PANDAS_FREQ = {"ETTh1": "h", "ETTm1": "15min", "Weather": "10min"}
 
 
-def baseline_settings(deepar_lags: str = "gluonts") -> dict[str, dict[str, Any]]:
-    """The baselines' settings; ``deepar_lags="context"`` keeps DeepAR inside the shared context (``deepar_within``)."""
+def baseline_settings(deepar_lags: str = "gluonts", deepar_distr: str = "student_t",
+                      deepar_scaling: bool = True) -> dict[str, dict[str, Any]]:
+    """The baselines' settings; ``deepar_lags="context"`` keeps DeepAR inside the shared context (``deepar_within``);
+    ``deepar_distr="normal"`` gives it gluonts' ``NormalOutput`` instead of its default Student-t, and
+    ``deepar_scaling=False`` turns its mean scaler off (the data are z-scored already). The defaults leave the
+    settings as they were, so files made before these options merge with files made after."""
     settings = {k: dict(v) for k, v in BASELINE_SETTINGS.items()}
     if deepar_lags == "context":
         settings["DeepAR"]["lags"] = "context"
+    if deepar_distr != "student_t":
+        settings["DeepAR"]["distr_output"] = deepar_distr
+    if not deepar_scaling:
+        settings["DeepAR"]["scaling"] = False
     return settings
+
+
+DEEPAR_DISTR = ("student_t", "normal")
 
 
 def deepar_within(freq: str, context_length: int) -> tuple[list[int], int]:
@@ -811,6 +822,9 @@ def make_estimator(name: str, dataset: str, horizon: int, context_length: int, k
     if name == "DeepAR":
         if s.pop("lags", "gluonts") == "context":
             s["lags_seq"], common["context_length"] = deepar_within(PANDAS_FREQ[dataset], context_length)
+        if s.pop("distr_output", "student_t") == "normal":
+            from gluonts.torch.distributions import NormalOutput
+            s["distr_output"] = NormalOutput()
         return DeepAREstimator(freq=PANDAS_FREQ[dataset], **common, **s)
     raise ValueError(name)
 
@@ -1633,6 +1647,11 @@ def build_parser(live: bool = True) -> argparse.ArgumentParser:
                         "shared context, so a test window leaves the longer ones 0), or 'context': its lags up to "
                         "L/2 and an RNN context of L minus the largest, so it reads exactly the L steps every model "
                         "gets (default: %(default)s, as the committed DeepAR rows)")
+    p.add_argument("--deepar-distr", choices=DEEPAR_DISTR, default="student_t",
+                   help="DeepAR's output distribution: gluonts' default Student-t, or a Normal (default: "
+                        "%(default)s)")
+    p.add_argument("--deepar-no-scaling", action="store_true",
+                   help="turn DeepAR's mean scaler off (every model gets z-scored data)")
     p.add_argument("--armt-from", nargs="+", type=json_type, default=None, metavar="JSON",
                    help="take the ARMT hyperparameters from an earlier result JSON (its armt_chosen) instead of "
                         "a grid; with --grid choices, two or more files whose choices the validation split decides "
@@ -1764,7 +1783,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"chosen on val: {hyper.name()}")
 
     name = args.out or f"forecast_{args.dataset}{'_quick' if args.quick else ''}"
-    settings = baseline_settings(args.deepar_lags)
+    settings = baseline_settings(args.deepar_lags, args.deepar_distr, not args.deepar_no_scaling)
     partial = PartialRows(RESULTS / f"{name}.partial.json",
                           {"command": command_line('forecast', argv), "git_commit": commit,
                            "machine": machine_info(args.device), "armt_chosen": hyper.__dict__,

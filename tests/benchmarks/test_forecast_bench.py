@@ -1403,6 +1403,27 @@ def test_deepar_within_the_context_reads_exactly_the_shared_steps():
     assert "lags" not in fc.BASELINE_SETTINGS["DeepAR"]  # baseline_settings("context") copies, never mutates
 
 
+def test_deepar_normal_output_and_no_scaling_are_recorded_and_built():
+    """--deepar-distr normal / --deepar-no-scaling (chosen on the validation split; HISTORY, "DeepAR's output"):
+    recorded in the settings (JSON-able) and built into gluonts' estimator; the defaults leave the settings as the
+    committed files record them, so those files still merge with new ones."""
+    import json
+
+    import benchmarks.forecast as fc
+    from gluonts.torch.distributions import NormalOutput, StudentTOutput
+
+    s = fc.baseline_settings("gluonts", "normal", False)
+    assert s["DeepAR"]["distr_output"] == "normal" and s["DeepAR"]["scaling"] is False
+    assert json.loads(json.dumps(s)) == s
+    assert fc.baseline_settings("gluonts", "student_t", True) == fc.BASELINE_SETTINGS
+    est = fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1}, s)
+    assert isinstance(est.distr_output, NormalOutput) and est.scaling is False
+    default = fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1})
+    assert isinstance(default.distr_output, StudentTOutput) and default.scaling is True
+    args = fc.build_parser(live=False).parse_args(["--deepar-distr", "normal", "--deepar-no-scaling"])
+    assert (args.deepar_distr, args.deepar_no_scaling) == ("normal", True)
+
+
 def test_published_rows_carry_designs_ttm_anchor_unverified():
     """DESIGN section 7's ETTh1 H=96 anchors: PatchTST/64 0.370 and DLinear 0.375 (checked against a copy of their
     table) and TTM zero-shot 0.363 (quoted as given: MSE only, verified false); TTM has no average (one horizon)."""
