@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # the scripts of benchmarks/ (each also runs as ``python -m benchmarks.NAME``; a test keeps this list complete)
 BENCHMARKS = ("agenda", "associative_retrieval", "channels", "forecast", "linear_skip", "missing_channels", "ops",
-              "reliability", "retrieval_drift", "state_tracking", "stream_accuracy", "streaming")
+              "reliability", "retrieval_drift", "scale", "state_tracking", "stream_accuracy", "streaming")
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:

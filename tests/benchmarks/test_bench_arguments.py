@@ -57,6 +57,8 @@ CASES = [
     ("streaming", ["--fleet-long", "0"], "--fleet-long: expected an integer >= 1"),
     ("linear_skip", ["--data", "{tmp}/typo.csv"], "typo.csv: no such file"),
     ("reliability", ["--kills", "0"], "--kills: expected an integer >= 1"),
+    ("scale", ["--quick", "--long", "1000"], "--long: expected SERIESxSTEPS"),
+    ("scale", ["--quick", "--stream-entities", "0"], "--stream-entities: expected an integer >= 1"),
     ("agenda", ["--timeout", "0"], "--timeout: expected an integer >= 1"),
     # result names are file stems under benchmarks/results: no folder, no extension
     ("forecast", ["--data", "{hourly}", "--dataset", "ETTh1", "--out", "runs/x"], "--out: expected a file stem"),
@@ -69,6 +71,7 @@ CASES = [
     ("stream_accuracy", ["--out-name", "x/y"], "--out-name: expected a file stem"),
     ("streaming", ["--out-name", ".hidden"], "--out-name: expected a file stem"),
     ("reliability", ["--out", "x.png"], "give the stem without .png"),
+    ("scale", ["--quick", "--out-name", "x.json"], "give the stem without .json"),
     ("agenda", ["--name", "a/b"], "--name: expected a file stem"),
 ]
 
