@@ -1188,8 +1188,8 @@ def _add_stream(commands: argparse._SubParsersAction) -> None:
                         "skipped after a restart do not count; default: %(default)s; 0: only at the end)")
     p.add_argument("--save-every", type=int, metavar="N",
                    help="with --state, save it every N rows pushed instead of at every forecast block (a large "
-                        "fleet's state is ~100 KB per entity; 0: only at the end or when stopped; rows after the "
-                        "last save are pushed and forecast again after a restart)")
+                        "fleet's state is ~100 KB per entity; 0: only at the end, on a stop signal or on a bad row; "
+                        "rows after the last save are pushed and forecast again after a restart)")
     p.add_argument("--horizon", type=int, metavar="H", help="steps to forecast (default and maximum: the model's)")
     p.add_argument("--quantiles", type=float, nargs="+", metavar="Q", default=list(DEFAULT_QUANTILES),
                    help=f"quantile levels (default: {' '.join(f'{q:g}' for q in DEFAULT_QUANTILES)})")
@@ -1349,6 +1349,8 @@ def run_stream(args: argparse.Namespace) -> int:
         raise CLIError(f"--every must be >= 0, got {args.every}")
     if args.save_every is not None and args.save_every < 0:
         raise CLIError(f"--save-every must be >= 0, got {args.save_every}")
+    if args.save_every is not None and args.state is None:
+        raise CLIError("--save-every sets how often the --state file is saved; give --state PATH too")
     if args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     levels = sorted(args.quantiles)
@@ -1429,6 +1431,9 @@ def run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNFORECAST = "unforecast"  # the state's note: entities pushed since the last forecast block written
+
+
 class _StreamRun:
     """The row loop of ``stream``: parse, push, and forecast / save every ``args.every`` rows."""
 
@@ -1444,10 +1449,12 @@ class _StreamRun:
         self.as_of = {e: t for e, t in self.watermark.items() if t != self.NO_TIME}  # each entity's last time
         self.counts = {"rows": 0, "skipped": 0, "segments": 0, "forecast_rows": 0}
         self.forecast_is_current = False
-        # entities pushed since the last forecast block, in order of their first push: a block forecasts these
-        # only (another entity's forecast is the one already written: nothing it reads has changed). Forecasting
-        # the whole fleet every N rows made a long file's output grow as rows x entities.
-        self.pushed: dict[Hashable, None] = {}
+        # entities pushed since the last forecast block (a dict as an ordered set): a block forecasts these only
+        # (another entity's forecast is the one already written: nothing it reads has changed). Forecasting the
+        # whole fleet every N rows made a long file's output grow as rows x entities. A state saved between two
+        # blocks (--save-every, an error, a stop) keeps them in its notes, so a restart, which skips their rows,
+        # still forecasts them.
+        self.pushed: dict[Hashable, None] = dict.fromkeys(e for e in sf.notes.get(_UNFORECAST, ()) if e in sf._rows)
         self.blocks = 0  # forecast blocks written by this run
         self.saved_at = 0  # rows pushed when the state was last saved
         # the kind of timestamp and the row that set it: the first row's, or a resumed state's (row None)
@@ -1482,6 +1489,7 @@ class _StreamRun:
     def save_state(self) -> None:
         self.saved_at = self.counts["rows"]
         if self.args.state is not None:
+            self.sf.notes[_UNFORECAST] = list(self.pushed)
             if self.time_kind is not None:  # a restart reads its input's times as this run did
                 self.sf.notes["time_kind"] = self.time_kind[0]
             with _writing(self.args.state):

@@ -822,7 +822,10 @@ def make_estimator(name: str, dataset: str, horizon: int, context_length: int, k
     if name == "DeepAR":
         if s.pop("lags", "gluonts") == "context":
             s["lags_seq"], common["context_length"] = deepar_within(PANDAS_FREQ[dataset], context_length)
-        if s.pop("distr_output", "student_t") == "normal":
+        distr = s.pop("distr_output", "student_t")
+        if distr not in DEEPAR_DISTR:
+            raise ValueError(f"DeepAR distr_output {distr!r}: expected one of {DEEPAR_DISTR}")
+        if distr == "normal":
             from gluonts.torch.distributions import NormalOutput
             s["distr_output"] = NormalOutput()
         return DeepAREstimator(freq=PANDAS_FREQ[dataset], **common, **s)

@@ -1420,6 +1420,9 @@ def test_deepar_normal_output_and_no_scaling_are_recorded_and_built():
     assert isinstance(est.distr_output, NormalOutput) and est.scaling is False
     default = fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1})
     assert isinstance(default.distr_output, StudentTOutput) and default.scaling is True
+    bad = {**s, "DeepAR": dict(s["DeepAR"], distr_output="gamma")}
+    with pytest.raises(ValueError, match="DeepAR distr_output 'gamma'"):
+        fc.make_estimator("DeepAR", "ETTh1", 24, 336, {"max_epochs": 1}, bad)
     args = fc.build_parser(live=False).parse_args(["--deepar-distr", "normal", "--deepar-no-scaling"])
     assert (args.deepar_distr, args.deepar_no_scaling) == ("normal", True)
 
