@@ -1503,9 +1503,7 @@ class _StreamRun:
         entity, so a resumed state with no new rows still gives its forecasts), then the state saved if due."""
         # an entity without an observed value yet (a wide file's column before its first value) has nothing to
         # forecast from
-        ready = self.sf.entities_with_data()
-        if not (end and self.blocks == 0):
-            ready = [e for e in ready if e in self.pushed]
+        ready = self.sf.entities_with_data(None if end and self.blocks == 0 else list(self.pushed))
         if ready:
             fc = self.sf.forecast(self.horizon, self.levels, entities=ready)
             as_of = {e: self.show_time(self.as_of[e]) for e in fc.entities if e in self.as_of}

@@ -500,14 +500,20 @@ class StreamingForecaster:
     def entities(self) -> tuple:
         return self.state.entities
 
-    def entities_with_data(self) -> list:
+    def entities_with_data(self, entities: Sequence[Hashable] | None = None) -> list:
         """The entities with at least one observed value so far (in the scaler statistics or the buffer), in row
-        order; a forecast for any other one has nothing but the model's prior to go on."""
+        order; a forecast for any other one has nothing but the model's prior to go on. ``entities``: look at
+        these only (a few of a large fleet cost a few rows, not the fleet)."""
         st = self.state
+        names = st.entities
+        rows = slice(None)
+        if entities is not None:
+            rows = self._rows_of(self._as_id_list(entities), "entities_with_data").sort().values
+            names = [names[i] for i in rows.tolist()]
         steps = torch.arange(st.buf_observed.shape[1], device=st.buf_observed.device)
-        buffered = (st.buf_observed & (steps[None, :, None] < st.fill[:, None, None])).flatten(1).any(1)
-        seen = ((st.stat_n.sum(1) > 0) | buffered).cpu().tolist()
-        return [e for e, ok in zip(st.entities, seen) if ok]
+        buffered = (st.buf_observed[rows] & (steps[None, :, None] < st.fill[rows, None, None])).flatten(1).any(1)
+        seen = ((st.stat_n[rows].sum(1) > 0) | buffered).cpu().tolist()
+        return [e for e, ok in zip(names, seen) if ok]
 
     def staleness(self, entities: Sequence[Hashable] | None = None) -> dict:
         """How stale each entity's memory is: {id: steps pushed since its last segment was written to memory}.

@@ -322,6 +322,10 @@ def test_entities_with_data_counts_buffered_and_segment_values():
         vals = np.stack([nan, np.array([1.0, np.nan]) if i == 0 else nan, np.array([np.nan, 2.0]) if i == 13 else nan])
         sf.push(vals, timestamps=np.full(3, i), entities=["quiet", "early", "late"])
         assert sf.entities_with_data() == (["early"] if i < 13 else ["early", "late"])
+        # a subset: the same answer for those entities, in row order whatever order they are asked in
+        assert sf.entities_with_data(["late", "quiet", "early"]) == sf.entities_with_data()
+        assert sf.entities_with_data(["late"]) == ([] if i < 13 else ["late"])
+    assert sf.entities_with_data([]) == []
     assert int(sf.state.segments[0]) == 1
 
 
